@@ -1,0 +1,52 @@
+# The study's entry points. Every target calls `python -m wbc_utils` (see `python -m wbc_utils --help`).
+# Variables: PROFILE (smoke | quick | paper, default quick), PYTHON (default python3), ARGS (extra CLI flags).
+SHELL := /bin/bash
+PROFILE ?= quick
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+# Debian packages that PDF export needs (Chromium drives nbconvert's webpdf exporter; fonts for its text).
+SYSTEM_PACKAGES := chromium fonts-dejavu-core poppler-utils
+
+.DEFAULT_GOAL := help
+.PHONY: help setup report study figures test test-fast bench notebooks-check clean-cache clean-runs
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  PROFILE=$(PROFILE) (smoke: ~3 min, quick: <30 min, paper: the full 2020 set-up; see python -m wbc_utils profiles)"
+
+setup: ## create .venv, install the package and its dependencies, and the system packages PDF export needs
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -e .
+	@bash tools/install_system_packages.sh $(SYSTEM_PACKAGES)
+	@$(PY) -c "import wbc_utils, tensorflow; print('wbc_utils', wbc_utils.__version__, '| tensorflow', tensorflow.__version__, '| ready')"
+
+report: ## run the study of PROFILE (reusing finished runs), draw its figures, export report/report.{html,pdf}
+	$(PY) -m wbc_utils all --profile $(PROFILE) --reuse $(ARGS)
+
+study: ## run the study of PROFILE only (reusing finished runs)
+	$(PY) -m wbc_utils study --profile $(PROFILE) --reuse $(ARGS)
+
+figures: ## draw the figures of PROFILE's study into figures/PROFILE/
+	$(PY) -m wbc_utils figures --profile $(PROFILE)
+
+test: ## run the whole test suite, the end-to-end smoke study included
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: ## run the tests that train nothing
+	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
+
+bench: ## measure speed and memory side by side (benchmarks/), print ratios
+	$(PY) benchmarks/run.py $(ARGS)
+
+notebooks-check: ## fail if a notebook is stored with outputs
+	$(PY) -m pytest -q tests/test_notebooks_clean.py
+
+clean-cache: ## delete the decoded-image cache (data/cache/)
+	rm -rf data/cache
+
+clean-runs: ## delete the runs, figures and report of PROFILE (asks first)
+	@read -p "Delete runs/$(PROFILE), figures/$(PROFILE) and report/$(PROFILE)? [y/N] " a && [ "$$a" = y ] && \
+	  rm -rf runs/$(PROFILE) figures/$(PROFILE) report/$(PROFILE) || echo "kept"

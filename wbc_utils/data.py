@@ -1,0 +1,387 @@
+"""The dataset: finding it, listing it (the manifest), decoding and caching it.
+
+Layout accepted under a dataset root (any one of)::
+
+    <root>/images/{TRAIN,TEST[,TEST_SIMPLE]}/<CLASS>/_<k>_<n>.jpeg     (source repository, shared copy)
+    <root>/dataset2-master/dataset2-master/images/{TRAIN,TEST,...}     (Kaggle archive)
+    <root>/{TRAIN,TEST[,TEST_SIMPLE]}                                   (the splits directly)
+
+Rules, chosen for what a careful user expects:
+
+* Class folders match **case-insensitively** (``Monocyte`` is MONOCYTE); a
+  split missing one of the four classes, or holding none of its images, is an
+  error.  Other folders (``BASOPHIL``, a misspelling such as ``MONOCYT``) are
+  skipped with a warning and listed in the data summary.
+* Non-image files (``.DS_Store``, ``Thumbs.db``, ``*.txt``, hidden files) are
+  skipped and counted.  Zero-byte, truncated or corrupt images are skipped with
+  a warning when they are decoded, and listed.
+* PNG and grayscale images are accepted and converted to RGB; images of another
+  size are resized like every other image.
+* ``_<k>_<n>.jpeg`` names the source cell ``(class, k)``.  A name that does not
+  follow it keeps its image but makes it a cell of its own (``<CLASS>/?<stem>``),
+  and is counted as ``no_cell_id``.
+* The same file reached twice (a symlink) is listed once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from . import CLASSES, SPLITS
+from .artifacts import atomic_path, read_json, write_json
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
+IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+CELL_RE = re.compile(r"^_(\d+)_(\d+)$")
+#: Native size of every image in the dataset (height, width).
+NATIVE_SIZE = (240, 320)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir() -> Path:
+    """``WBC_DATA_DIR`` if set, else ``data/blood-cells/`` in the project."""
+    env = os.environ.get("WBC_DATA_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT / "data" / "blood-cells"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("WBC_CACHE_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT / "data" / "cache"
+
+
+def find_images_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """Return the folder that holds the split folders, or raise a DataError."""
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    how = "--data-dir" if data_dir else ("WBC_DATA_DIR" if os.environ.get("WBC_DATA_DIR") else "the default")
+    if not root.exists():
+        raise DataError(
+            f"dataset folder {root} (from {how}) does not exist. Point --data-dir or WBC_DATA_DIR "
+            f"at the 'Blood Cell Images' dataset, or fetch it with `python -m wbc_utils download`.")
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} (from {how}) is not a folder.")
+    candidates = [root / "images", root / "dataset2-master" / "dataset2-master" / "images",
+                  root / "dataset2-master" / "images", root]
+    for cand in candidates:
+        if cand.is_dir() and _split_dir(cand, "TRAIN") is not None:
+            return cand
+    if not any(root.iterdir()):
+        raise DataError(f"dataset folder {root} (from {how}) is empty. Fetch the dataset with "
+                        f"`python -m wbc_utils download --data-dir {root}`.")
+    raise DataError(
+        f"no TRAIN split found under {root}. Expected one of: {root}/images/TRAIN, "
+        f"{root}/dataset2-master/dataset2-master/images/TRAIN, or {root}/TRAIN.")
+
+
+def _split_dir(images_root: Path, split: str) -> Path | None:
+    for child in images_root.iterdir() if images_root.is_dir() else []:
+        if child.is_dir() and child.name.upper() == split:
+            return child
+    return None
+
+
+@dataclasses.dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Manifest:
+    """One row per usable image file: path, class, label, split, source cell."""
+
+    images_root: Path
+    frame: "object"  # pandas.DataFrame
+    skipped: list[Skipped]
+
+    def split(self, name: str):
+        return self.frame[self.frame["split"] == name].reset_index(drop=True)
+
+    def summary(self):
+        """Counts of files and source cells per split and class (a DataFrame)."""
+        import pandas as pd
+
+        f = self.frame
+        files = f.pivot_table(index="split", columns="class", values="path", aggfunc="count", fill_value=0)
+        cells = f.groupby(["split", "class"])["cell"].nunique().unstack(fill_value=0)
+        out = pd.concat({"files": files, "cells": cells}, axis=1)
+        return out.reindex([s for s in SPLITS if s in files.index])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for row in self.frame[["relpath", "size_bytes", "mtime_ns"]].itertuples(index=False):
+            h.update(f"{row[0]}|{row[1]}|{row[2]}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def build_manifest(data_dir: str | os.PathLike | None = None,
+                   splits: Sequence[str] = SPLITS, require: Sequence[str] = ("TRAIN", "TEST")) -> Manifest:
+    """List the dataset. Raises DataError for a missing split or class."""
+    import pandas as pd
+
+    images_root = find_images_root(data_dir)
+    rows, skipped, seen = [], [], set()
+    for split in splits:
+        sdir = _split_dir(images_root, split)
+        if sdir is None:
+            if split in require:
+                raise DataError(f"split {split} is missing: no folder {images_root}/{split}. "
+                                f"The dataset needs {', '.join(require)}; re-download or fix the folder.")
+            continue
+        class_dirs = {}
+        for child in sorted(sdir.iterdir()):
+            if not child.is_dir():
+                if not child.name.startswith(".") and child.name.lower() not in IGNORED_NAMES:
+                    skipped.append(Skipped(str(child), "not a class folder"))
+                continue
+            if child.name.upper() in CLASSES:
+                if child.name.upper() in class_dirs:
+                    raise DataError(f"{sdir} holds two folders for class {child.name.upper()}: "
+                                    f"{class_dirs[child.name.upper()].name} and {child.name}. Merge them.")
+                class_dirs[child.name.upper()] = child
+            else:
+                log.warning("skipping unknown class folder %s (known: %s)", child, ", ".join(CLASSES))
+                skipped.append(Skipped(str(child), "unknown class folder"))
+        missing = [c for c in CLASSES if c not in class_dirs]
+        if missing:
+            raise DataError(f"split {split} at {sdir} has no folder for class(es) {', '.join(missing)}. "
+                            f"Expected {', '.join(CLASSES)} (case-insensitive); check for a misspelled folder.")
+        for label, cls in enumerate(CLASSES):
+            n_before = len(rows)
+            for f in sorted(class_dirs[cls].iterdir()):
+                if f.is_dir():
+                    skipped.append(Skipped(str(f), "nested folder"))
+                    continue
+                if f.name.lower() in IGNORED_NAMES or f.name.startswith("."):
+                    skipped.append(Skipped(str(f), "system file"))
+                    continue
+                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    skipped.append(Skipped(str(f), f"not an image ({f.suffix or 'no extension'})"))
+                    continue
+                real = f.resolve()
+                if real in seen:
+                    skipped.append(Skipped(str(f), f"duplicate of {real} (symlink)"))
+                    continue
+                seen.add(real)
+                st = real.stat()
+                m = CELL_RE.match(f.stem)
+                cell = f"{cls}/{int(m.group(1))}" if m else f"{cls}/?{f.stem}"
+                rows.append(dict(path=str(f), relpath=str(f.relative_to(images_root)), split=split,
+                                 **{"class": cls}, label=label, cell=cell, has_cell_id=bool(m),
+                                 size_bytes=st.st_size, mtime_ns=st.st_mtime_ns))
+            if len(rows) == n_before:
+                raise DataError(f"class folder {class_dirs[cls]} holds no images (.jpeg, .jpg, .png). "
+                                f"Re-download the dataset or remove the empty split.")
+    frame = pd.DataFrame(rows)
+    n_noid = int((~frame["has_cell_id"]).sum())
+    if n_noid:
+        log.warning("%d file(s) do not follow _<k>_<n>; each is treated as a source cell of its own", n_noid)
+    for s in skipped:
+        log.info("skipped %s: %s", s.path, s.reason)
+    return Manifest(images_root=images_root, frame=frame, skipped=skipped)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _decode(path: str, size: tuple[int, int]) -> np.ndarray | str:
+    """Decode one image to uint8 (H, W, 3); return an error string if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = size
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (w, h))  # decode at a reduced scale when possible: much faster
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            arr = np.asarray(im, dtype=np.uint8)
+        return arr
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"cannot decode image: {e}"
+
+
+def _decode_chunk(args):
+    paths, size = args
+    out = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
+    errors = {}
+    for i, p in enumerate(paths):
+        r = _decode(p, size)
+        if isinstance(r, str):
+            errors[i] = r
+        else:
+            out[i] = r
+    return out, errors
+
+
+def decode_images(paths: Sequence[str], size: tuple[int, int], workers: int | None = None,
+                  progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode ``paths`` to one uint8 array; returns it and {index: error} for unreadable files."""
+    workers = workers or min(2, os.cpu_count() or 1)
+    chunk = 256
+    jobs = [(list(paths[i:i + chunk]), size) for i in range(0, len(paths), chunk)]
+    out = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
+    errors: dict[int, str] = {}
+    it: Iterable
+    if workers > 1 and len(jobs) > 1:
+        ex = ProcessPoolExecutor(workers)
+        it = ex.map(_decode_chunk, jobs)
+    else:
+        ex = None
+        it = map(_decode_chunk, jobs)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, total=len(jobs), desc=f"decoding {len(paths)} images at {size[0]}x{size[1]}", unit="chunk")
+    try:
+        for j, (arr, errs) in enumerate(it):
+            out[j * chunk:j * chunk + len(arr)] = arr
+            errors.update({j * chunk + i: e for i, e in errs.items()})
+    finally:
+        if ex is not None:
+            ex.shutdown()
+    return out, errors
+
+
+@dataclasses.dataclass
+class SplitData:
+    """Decoded images of one split with their manifest rows (same order)."""
+
+    split: str
+    images: np.ndarray  # uint8 (N, H, W, 3), possibly a read-only memory map
+    frame: "object"     # pandas.DataFrame: path, class, label, cell, ...
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.frame["label"].to_numpy(np.int32)
+
+    @property
+    def cells(self) -> np.ndarray:
+        return self.frame["cell"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, idx) -> "SplitData":
+        idx = np.asarray(idx)
+        return SplitData(self.split, self.images[idx], self.frame.iloc[idx].reset_index(drop=True))
+
+
+def check_image_size(size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    from .errors import ParameterError
+
+    try:
+        h, w = (int(v) for v in size)
+        if [h, w] != [v for v in size]:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be two integers [height, width], got {size!r}") from None
+    if h < 16 or w < 16:
+        raise ParameterError(f"{name}={[h, w]} is too small: the model's four 2x max-pools need at least "
+                             f"16 pixels on each side. Try [60, 80], [120, 160] or [240, 320].")
+    if h > 4 * NATIVE_SIZE[0] or w > 4 * NATIVE_SIZE[1]:
+        raise ParameterError(f"{name}={[h, w]} is larger than 4x the images' native {list(NATIVE_SIZE)}.")
+    return h, w
+
+
+def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE,
+               cache_dir: str | os.PathLike | None = None, progress: bool = True) -> SplitData:
+    """Decode one split at ``size`` (height, width), cached on disk and keyed by size.
+
+    The first call decodes every JPEG (about a minute for TRAIN on two cores) and
+    writes ``<cache>/<fingerprint>/<split>_<H>x<W>.npy``; later calls memory-map it.
+    Unreadable files are dropped with a warning and recorded in ``manifest.skipped``.
+    """
+    import pandas as pd
+
+    size = check_image_size(size)
+    frame = manifest.split(split)
+    if frame.empty:
+        raise DataError(f"split {split} is not in the dataset at {manifest.images_root}.")
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = manifest.fingerprint()
+    base = cache_root / key / f"{split}_{size[0]}x{size[1]}"
+    npy, meta_path = base.with_suffix(".npy"), base.with_suffix(".json")
+    if npy.exists() and meta_path.exists():
+        meta = read_json(meta_path)
+        keep = np.asarray(meta["keep"], dtype=bool)
+        for i in np.flatnonzero(~keep):
+            _record_bad(manifest, frame["path"].iloc[i], meta["errors"].get(str(i), "unreadable"))
+        return SplitData(split, np.load(npy, mmap_mode="r"), frame[keep].reset_index(drop=True))
+    images, errors = decode_images(frame["path"].tolist(), size, progress=progress)
+    keep = np.ones(len(frame), bool)
+    for i, err in errors.items():
+        keep[i] = False
+        _record_bad(manifest, frame["path"].iloc[i], err)
+    images = images[keep] if errors else images
+    with atomic_path(npy) as tmp:
+        np.save(tmp, images)
+    write_json(meta_path, {"split": split, "size": list(size), "keep": keep.tolist(),
+                           "errors": {str(k): v for k, v in errors.items()},
+                           "images_root": str(manifest.images_root)})
+    del images
+    return SplitData(split, np.load(npy, mmap_mode="r"), frame[keep].reset_index(drop=True))
+
+
+def _record_bad(manifest: Manifest, path: str, reason: str) -> None:
+    if not any(s.path == path for s in manifest.skipped):
+        log.warning("skipping %s: %s", path, reason)
+        manifest.skipped.append(Skipped(path, reason))
+
+
+# ----------------------------------------------------------------------------- subsets and splits
+
+def stratified_subset(frame, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` rows, balanced over classes and spread over source cells."""
+    from .errors import ParameterError
+
+    if n > len(frame):
+        raise ParameterError(f"train_subset={n} is larger than the {len(frame)} training images available; "
+                             f"use 0 for all of them or a smaller number.")
+    rng = np.random.default_rng(seed)
+    labels = frame["label"].to_numpy()
+    per_class = [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
+    quota = np.full(len(CLASSES), n // len(CLASSES))
+    quota[: n % len(CLASSES)] += 1
+    chosen = []
+    for c, idx in enumerate(per_class):
+        chosen.append(rng.choice(idx, size=min(quota[c], len(idx)), replace=False))
+    out = np.concatenate(chosen)
+    short = n - len(out)
+    if short > 0:
+        rest = np.setdiff1d(np.arange(len(frame)), out)
+        out = np.concatenate([out, rng.choice(rest, size=short, replace=False)])
+    return np.sort(out)
+
+
+def grouped_split(frame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows by source cell, stratified by class: (train_idx, val_idx).
+
+    A fraction of each class's cells (at least one) is held out, with every
+    augmented copy of a held-out cell; no cell appears on both sides.
+    """
+    from .errors import ParameterError
+
+    if not 0 < fraction < 1:
+        raise ParameterError(f"val_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = set()
+    for cls in CLASSES:
+        cells = np.array(sorted(frame.loc[frame["class"] == cls, "cell"].unique()))
+        if len(cells) < 2:
+            raise ParameterError(f"class {cls} has {len(cells)} source cell(s) in TRAIN: too few to hold any out.")
+        k = min(len(cells) - 1, max(1, int(round(fraction * len(cells)))))
+        held.update(rng.choice(cells, size=k, replace=False).tolist())
+    is_val = frame["cell"].isin(held).to_numpy()
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

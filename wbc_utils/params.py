@@ -1,0 +1,257 @@
+"""Run parameters, their validation, and the study profiles.
+
+A *run* is one training of one model: one loss, one target encoding, one seed.
+A *profile* is a named study: the set of runs and their shared settings.
+Every parameter is checked before any work starts; an error names the
+parameter and lists what it accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+from typing import Any, Sequence
+
+from .errors import ParameterError
+
+LOSSES = ("crossentropy", "mse", "huber")
+ENCODINGS = ("paper", "onehot")
+VALIDATIONS = ("paper", "grouped")
+ARCHS = ("paper", "he", "bn")
+INPUT_SCALINGS = ("raw", "unit")
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+LOSS_TITLES = {"crossentropy": "Sparse categorical cross-entropy", "mse": "Mean squared error", "huber": "Huber"}
+ENCODING_TITLES = {"paper": "integer labels (as in 2020)", "onehot": "one-hot targets vs softmax"}
+#: Names the 2020 code (and its checkpoints and logs) used.
+PAPER_LOSS_NAMES = {"crossentropy": "sparse_categorical_crossentropy", "mse": "mean_squared_error",
+                    "huber": "huber"}
+
+
+def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ParameterError(f"{name}={value!r} is not valid; valid values: {', '.join(valid)}")
+    return value
+
+
+def check_loss(loss: str) -> str:
+    return _choice("loss", loss, LOSSES)
+
+
+def check_encoding(encoding: str) -> str:
+    return _choice("target_encoding", encoding, ENCODINGS)
+
+
+def _int(name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ParameterError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ParameterError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not lo < float(value) < hi:
+        raise ParameterError(f"{name} must be between {lo} and {hi} (exclusive), got {value}")
+    return float(value)
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """Seeds from a list, a comma-separated string ('0,1,2') or a range ('0-4')."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        out: list[Any] = []
+        for p in parts:
+            if "-" in p[1:]:
+                a, b = p.split("-", 1)
+                try:
+                    out.extend(range(int(a), int(b) + 1))
+                except ValueError:
+                    raise ParameterError(f"seeds: {p!r} is not an integer range like 0-4") from None
+            else:
+                try:
+                    out.append(int(p))
+                except ValueError:
+                    raise ParameterError(f"seeds must be integers, got {p!r} in {value!r}") from None
+        value = out
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ParameterError(f"seeds must be a non-empty list of integers, got {value!r}")
+    return [_int("seeds", v, 0) for v in value]
+
+
+@dataclasses.dataclass
+class RunParams:
+    """Everything that defines one training run (the papermill parameters)."""
+
+    loss: str = "crossentropy"
+    target_encoding: str = "paper"
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 32
+    image_size: list = dataclasses.field(default_factory=lambda: [240, 320])
+    train_subset: int = 0          # 0 = all of TRAIN
+    validation: str = "paper"      # "paper": TEST as validation (as in 2020); "grouped": held-out TRAIN cells
+    val_fraction: float = 0.2      # share of TRAIN's source cells held out when validation="grouped"
+    learning_rate: float = 1e-3
+    arch: str = "paper"
+    input_scaling: str = "raw"
+    precision: str = "float32"
+    early_stopping_patience: int = 0  # epochs without val improvement; 0 = off (needs validation="grouped")
+    profile: str = "custom"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "RunParams":
+        from .data import check_image_size
+
+        check_loss(self.loss)
+        check_encoding(self.target_encoding)
+        self.seed = _int("seed", self.seed, 0)
+        self.epochs = _int("epochs", self.epochs, 1)
+        self.batch_size = _int("batch_size", self.batch_size, 1)
+        if isinstance(self.image_size, str):
+            self.image_size = [v for v in self.image_size.lower().replace("x", ",").split(",") if v]
+            try:
+                self.image_size = [int(v) for v in self.image_size]
+            except ValueError:
+                raise ParameterError(f"image_size must look like 60x80 or [60, 80], got {self.image_size!r}") from None
+        self.image_size = list(check_image_size(self.image_size))
+        self.train_subset = _int("train_subset", self.train_subset, 0)
+        _choice("validation", self.validation, VALIDATIONS)
+        self.val_fraction = _float("val_fraction", self.val_fraction, 0.0, 1.0)
+        self.learning_rate = _float("learning_rate", self.learning_rate, 0.0, 1.0)
+        _choice("arch", self.arch, ARCHS)
+        _choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
+        _choice("precision", self.precision, PRECISIONS)
+        self.early_stopping_patience = _int("early_stopping_patience", self.early_stopping_patience, 0)
+        if self.early_stopping_patience and self.validation != "grouped":
+            raise ParameterError("early_stopping_patience needs validation='grouped': with validation='paper' "
+                                 "it would choose the epoch on TEST, which is what this study must not do.")
+        if not isinstance(self.profile, str) or not self.profile.replace("-", "").replace("_", "").isalnum():
+            raise ParameterError(f"profile must be a simple name (letters, digits, - or _), got {self.profile!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunParams":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ParameterError(f"unknown run parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_name(self) -> str:
+        parts = [self.loss, self.target_encoding]
+        if self.arch != "paper":
+            parts.append(self.arch)
+        if self.input_scaling != "raw":
+            parts.append(self.input_scaling)
+        parts.append(f"lr{self.learning_rate:g}")
+        if self.validation != "paper":
+            parts.append("gval")
+        parts.append(f"s{self.seed}")
+        return "_".join(parts)
+
+    def same_as(self, other: dict) -> bool:
+        return json.loads(json.dumps(self.to_dict())) == json.loads(json.dumps(other))
+
+
+@dataclasses.dataclass
+class Profile:
+    """A named study: which runs, and the settings they share."""
+
+    name: str
+    description: str
+    image_size: list
+    epochs: int
+    seeds: list
+    train_subset: int = 0
+    batch_size: int = 32
+    losses: tuple = LOSSES
+    encodings: tuple = ENCODINGS
+    validation: str = "paper"
+    arch: str = "paper"
+    input_scaling: str = "raw"
+    learning_rate: float = 1e-3
+    precision: str = "float32"
+    rescore_split: str = "TEST"   # where the 2020 weights are re-scored (TEST_SIMPLE is quicker)
+    #: control runs for the collapse study: each dict overrides the main settings, run for every seed
+    controls: tuple = ()
+    jobs: int = 1                  # notebooks run at once (2 suits many short runs on 2 cores)
+    trades: str = ""
+
+    def _run(self, loss, encoding, seed, **over) -> RunParams:
+        kw = dict(loss=loss, target_encoding=encoding, seed=seed, epochs=self.epochs, batch_size=self.batch_size,
+                  image_size=list(self.image_size), train_subset=self.train_subset, validation=self.validation,
+                  arch=self.arch, input_scaling=self.input_scaling, learning_rate=self.learning_rate,
+                  precision=self.precision, profile=self.name)
+        kw.update(over)
+        return RunParams(**kw)
+
+    def runs(self) -> list[RunParams]:
+        main = [self._run(l, e, s) for l in self.losses for e in self.encodings for s in self.seeds]
+        extra = [self._run(c.get("loss", "crossentropy"), c.get("target_encoding", "paper"), s,
+                           **{k: v for k, v in c.items() if k not in ("loss", "target_encoding")})
+                 for c in self.controls for s in self.seeds
+                 if c.get("loss", "crossentropy") in self.losses and c.get("target_encoding", "paper") in self.encodings]
+        return main + extra
+
+    def is_main(self, params: dict) -> bool:
+        """True for the profile's main runs, False for its control runs."""
+        return all(params.get(k) == getattr(self, k) for k in ("arch", "input_scaling", "learning_rate"))
+
+    def with_overrides(self, **kw) -> "Profile":
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if "seeds" in kw:
+            kw["seeds"] = parse_seeds(kw["seeds"])
+        if "losses" in kw:
+            kw["losses"] = tuple(check_loss(v) for v in _listify(kw["losses"]))
+        if "encodings" in kw:
+            kw["encodings"] = tuple(check_encoding(v) for v in _listify(kw["encodings"]))
+        out = dataclasses.replace(self, **kw)
+        out.runs()  # validates every run's parameters now, before any work starts
+        return out
+
+
+def _listify(v) -> list:
+    return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else list(v)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", description="the whole pipeline on a few images, to check it works",
+        image_size=[48, 64], epochs=2, seeds=[0], train_subset=256, batch_size=32, rescore_split="TEST_SIMPLE",
+        learning_rate=3e-4, jobs=2,
+        controls=({"loss": "crossentropy", "target_encoding": "paper", "learning_rate": 1e-3},),
+        trades="256 training images, 2 epochs, 48x64 pixels, one seed: numbers are meaningless; "
+               "the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
+    "quick": Profile(
+        name="quick", description="the study at reduced size, in under 30 minutes on a 2-core CPU",
+        image_size=[60, 80], epochs=6, seeds=[0, 1, 2], train_subset=3000, batch_size=32, learning_rate=3e-4,
+        controls=({"loss": "crossentropy", "target_encoding": "paper", "learning_rate": 1e-3},),
+        trades="60x80 pixels instead of 240x320 (16x fewer), a class-balanced 3,000-image subset of TRAIN, "
+               "6 epochs instead of 100, and Adam's learning rate lowered from 0.001 to 0.0003, because at this "
+               "size the 2020 rate stalls at ln 4 (3 control runs at 0.001 measure how often); three seeds "
+               "per loss and encoding"),
+    "paper": Profile(
+        name="paper", description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN",
+        image_size=[240, 320], epochs=100, seeds=[0], train_subset=0, batch_size=32,
+        trades="nothing: this is the 2020 set-up (about 120 hours on a 2-core CPU; use a GPU)"),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ParameterError(f"profile={name!r} is not known; valid values: {', '.join(PROFILES)}")
+    return PROFILES[name]
