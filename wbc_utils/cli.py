@@ -10,6 +10,7 @@ Commands, in the order data flows:
   report     execute the report notebook, export report/<profile>/report.{html,pdf}
   all        study + figures + report (what `make report` runs)
   summary    print a study's summary.csv as a table
+  download   fetch the dataset, only when asked (verified, extracted safely)
 
 Every command takes --data-dir (else WBC_DATA_DIR, else data/blood-cells/) and
 --runs-dir (else WBC_RUNS_DIR, else runs/). Exit status: 0 on success, 1 when
@@ -118,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pdf", action="store_true", help="export HTML only")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("download", help="fetch the dataset (only when asked), verify it, extract it safely")
+    p.add_argument("--data-dir", default=None, help="where to put it (default: $WBC_DATA_DIR, else data/blood-cells/)")
+    p.add_argument("--source", default="github", choices=["github", "kaggle"],
+                   help="github: dhruvp/wbc-classification; kaggle: paultimothymooney/blood-cells (your credentials)")
+    p.add_argument("--url", help="a mirror's URL of the same zip, instead of --source")
+    p.add_argument("--archive", help="a zip you already downloaded: verify and extract it, fetch nothing")
+    p.add_argument("--sha256", help="the archive's expected SHA-256, when you know it")
+    p.add_argument("--keep-archive", action="store_true", help="keep the zip after extracting")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_download)
+
     p = sub.add_parser("summary", help="print a study's summary table")
     _common(p)
     p.add_argument("--profile", default="quick")
@@ -215,6 +227,20 @@ def cmd_all(args) -> int:
     status = max(status, cmd_report(args))
     print(f"done in {time.time() - t:.0f} s")
     return status
+
+
+def cmd_download(args) -> int:
+    from pathlib import Path
+
+    from .data import default_data_dir
+    from .download import download
+
+    target = Path(args.data_dir) if args.data_dir else default_data_dir()
+    print(f"downloading into {target} ({args.url or args.source}); nothing else is ever downloaded")
+    images = download(target, args.source, url=args.url, archive=Path(args.archive) if args.archive else None,
+                      digest=args.sha256, keep_archive=args.keep_archive)
+    print(f"dataset ready: {images}")
+    return 0
 
 
 def cmd_summary(args) -> int:

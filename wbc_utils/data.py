@@ -49,6 +49,12 @@ NATIVE_SIZE = (240, 320)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def output_root() -> Path:
+    """Where figures/ and report/ outputs go: ``WBC_OUTPUT_DIR``, else the project folder."""
+    env = os.environ.get("WBC_OUTPUT_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT
+
+
 def default_data_dir() -> Path:
     """``WBC_DATA_DIR`` if set, else ``data/blood-cells/`` in the project."""
     env = os.environ.get("WBC_DATA_DIR")

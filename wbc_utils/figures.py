@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES
-from .data import REPO_ROOT
+from .data import output_root
 from .params import ENCODING_TITLES, LOSS_TITLES, LOSSES
 
 PALETTE = {"crossentropy": "#1b9e77", "mse": "#d95f02", "huber": "#7570b3"}
@@ -186,7 +186,7 @@ def save(fig, name: str, out_dir: Path) -> list[Path]:
 
 
 def figures_dir(profile: str) -> Path:
-    return REPO_ROOT / "figures" / profile
+    return output_root() / "figures" / profile
 
 
 def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict:

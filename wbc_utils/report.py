@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from .artifacts import atomic_path
-from .data import REPO_ROOT
+from .data import REPO_ROOT, output_root
 from .errors import WBCError
 
 REPORT_NOTEBOOK = REPO_ROOT / "report" / "report.ipynb"
@@ -39,7 +39,7 @@ def execute_report(profile: str, runs_root=None, out_dir: Path | None = None) ->
     """Run the report notebook with papermill for ``profile``; returns the executed notebook's path."""
     import papermill as pm
 
-    out_dir = out_dir or REPO_ROOT / "report" / profile
+    out_dir = out_dir or output_root() / "report" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "report.ipynb"
     with atomic_path(out) as tmp:
@@ -131,15 +131,15 @@ def export_pdf(executed: Path, out: Path) -> Path:
 
 def build_report(profile: str, runs_root=None, pdf: bool = True) -> dict:
     """Execute and export the report; returns {"html": path, "pdf": path or None, "pdf_error": str or None}."""
-    out_dir = REPO_ROOT / "report" / profile
+    out_dir = output_root() / "report" / profile
     executed = execute_report(profile, runs_root, out_dir)
     html = export_html(executed, out_dir / "report.html")
-    _copy(html, REPO_ROOT / "report" / "report.html")
+    _copy(html, output_root() / "report" / "report.html")
     result = {"html": html, "pdf": None, "pdf_error": None}
     if pdf:
         try:
             p = export_pdf(executed, out_dir / "report.pdf")
-            _copy(p, REPO_ROOT / "report" / "report.pdf")
+            _copy(p, output_root() / "report" / "report.pdf")
             result["pdf"] = p
         except Exception as e:  # HTML stands on its own; say exactly what PDF needs
             result["pdf_error"] = f"{type(e).__name__}: {e}"

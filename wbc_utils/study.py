@@ -84,6 +84,8 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     jobs = max(1, int(jobs or profile.jobs))
     record = {"profile": profile.name, "profile_settings": _profile_dict(profile), "jobs": jobs, "runs": [],
               "failed": []}
+    prev = read_json(pdir / "study.json") if (pdir / "study.json").exists() else None
+    write_json(pdir / "study.json", {**record, "in_progress": True})
     t0 = time.time()
     if jobs > 1:
         os.environ["WBC_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -117,9 +119,8 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
             record["rescore_error"] = _short_error(e)
         record["rescore_seconds"] = round(time.time() - t, 1)
     summarize(profile.name, runs_root, failed={r["run_name"]: r.get("error") for r in record["runs"] if "error" in r})
-    prev = pdir / "study.json"
-    if prev.exists():
-        record["previous"] = {k: v for k, v in read_json(prev).items() if k != "previous"}
+    if prev and not prev.get("in_progress"):
+        record["previous"] = {k: v for k, v in prev.items() if k != "previous"}
     write_json(pdir / "study.json", record)
     return record
 
@@ -139,7 +140,7 @@ def _short_error(e: BaseException) -> str:
 
 
 SUMMARY_COLUMNS = [
-    "run_name", "status", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
+    "run_name", "status", "role", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
     "validation", "image_size", "epochs", "train_subset", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi",
     "cell_accuracy", "cell_accuracy_lo", "cell_accuracy_hi", "test_simple_accuracy", "test_simple_accuracy_lo",
     "test_simple_accuracy_hi", "paper_metric_test", "regression_decoded_accuracy", "final_train_accuracy",
@@ -148,12 +149,14 @@ SUMMARY_COLUMNS = [
     "recall_NEUTROPHIL", "train_seconds", "images_per_second", "error", "run_dir"]
 
 
-def summary_row(run_dir: Path, error: str | None = None) -> dict:
+def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
     status = run_status(run_dir)
     row = {"run_name": run_dir.name, "status": "failed" if error else status, "error": error or "",
-           "run_dir": str(run_dir)}
+           "run_dir": str(run_dir), "role": "main"}
     if (run_dir / "params.json").exists():
         p = read_json(run_dir / "params.json")
+        if profile is not None and not profile.is_main(p):
+            row["role"] = "control"
         row.update({k: p.get(k) for k in ("loss", "target_encoding", "seed", "arch", "input_scaling",
                                            "learning_rate", "validation", "epochs", "train_subset")})
         row["image_size"] = "x".join(str(v) for v in p.get("image_size", []))
@@ -178,13 +181,29 @@ def summarize(profile: str, runs_root=None, failed: dict | None = None):
 
     pdir = profile_dir(profile, runs_root)
     failed = failed or {}
-    if not failed and (pdir / "study.json").exists():
-        failed = {r["run_name"]: r["error"] for r in read_json(pdir / "study.json").get("runs", []) if r.get("error")}
-    rows = [summary_row(d, failed.get(d.name)) for d in sorted(pdir.iterdir())
+    study = read_json(pdir / "study.json") if (pdir / "study.json").exists() else {}
+    if not failed:
+        failed = {r["run_name"]: r["error"] for r in study.get("runs", []) if r.get("error")}
+    prof = _profile_of(profile, study)
+    rows = [summary_row(d, failed.get(d.name), prof) for d in sorted(pdir.iterdir())
             if d.is_dir() and (d / "params.json").exists() or (d.is_dir() and d.name in failed)]
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     write_csv(pdir / "summary.csv", frame)
     return frame
+
+
+def _profile_of(name: str, study: dict) -> Profile | None:
+    """The profile a study ran with: as recorded in study.json, else the named built-in one."""
+    import dataclasses
+
+    from .params import PROFILES
+
+    settings = study.get("profile_settings")
+    if settings:
+        fields = {f.name for f in dataclasses.fields(Profile)}
+        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") else v) for k, v in settings.items() if k in fields}
+        return Profile(**kw)
+    return PROFILES.get(name)
 
 
 def rescore_original(profile: Profile, runs_root=None, data_dir=None, original_dir=None) -> dict:

@@ -1,0 +1,196 @@
+"""The data layer: layouts, manifest, source cells, bad input, cache, splits."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import CLASSES, make_dataset, write_image
+
+from wbc_utils.data import build_manifest, check_image_size, find_images_root, grouped_split, load_split, stratified_subset
+from wbc_utils.errors import DataError, ParameterError
+
+
+@pytest.mark.parametrize("layout", ["images", "kaggle", "direct"])
+def test_layouts_are_found(tmp_path, layout):
+    root = make_dataset(tmp_path / "d", layout=layout)
+    m = build_manifest(root)
+    assert len(m.split("TRAIN")) == 4 * 3 * 4
+    assert len(m.split("TEST")) == 4 * 2 * 4
+    assert len(m.split("TEST_SIMPLE")) == 4 * 2
+
+
+def test_manifest_rows_and_cells(tiny_dataset):
+    m = build_manifest(tiny_dataset)
+    f = m.frame
+    assert set(f.columns) >= {"path", "class", "label", "split", "cell"}
+    assert (f["label"] == f["class"].map({c: i for i, c in enumerate(CLASSES)})).all()
+    train = m.split("TRAIN")
+    assert train["cell"].nunique() == 12
+    assert train.groupby("cell").size().eq(4).all()
+    assert sorted(train[train["class"] == "MONOCYTE"]["cell"].unique()) == ["MONOCYTE/0", "MONOCYTE/1", "MONOCYTE/2"]
+    s = m.summary()
+    assert s.loc["TEST", ("cells", "NEUTROPHIL")] == 2
+
+
+def test_missing_folder_error_names_path_and_fix(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*WBC_DATA_DIR"):
+        find_images_root(tmp_path / "nope")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        find_images_root(tmp_path / "empty")
+
+
+def test_env_var_is_used(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "d")
+    monkeypatch.setenv("WBC_DATA_DIR", str(root))
+    assert build_manifest().images_root == root / "images"
+
+
+def test_missing_test_split(tmp_path):
+    root = make_dataset(tmp_path / "d", splits=("TRAIN",))
+    with pytest.raises(DataError, match="split TEST is missing"):
+        build_manifest(root)
+
+
+def test_missing_class_folder(tiny_dataset):
+    import shutil
+
+    shutil.rmtree(tiny_dataset / "images" / "TEST" / "MONOCYTE")
+    with pytest.raises(DataError, match="MONOCYTE"):
+        build_manifest(tiny_dataset)
+
+
+def test_empty_class_folder(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN" / "LYMPHOCYTE"
+    for f in d.iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="holds no images"):
+        build_manifest(tiny_dataset)
+
+
+def test_class_folders_match_case_insensitively(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN"
+    (d / "MONOCYTE").rename(d / "Monocyte")
+    m = build_manifest(tiny_dataset)
+    assert (m.split("TRAIN")["class"] == "MONOCYTE").sum() == 12
+
+
+def test_misspelled_class_folder_is_an_error_naming_it(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN"
+    (d / "MONOCYTE").rename(d / "MONOCYT")
+    with pytest.raises(DataError, match="MONOCYTE.*misspelled"):
+        build_manifest(tiny_dataset)
+
+
+def test_unknown_class_folder_is_skipped_and_listed(tiny_dataset):
+    write_image(tiny_dataset / "images" / "TRAIN" / "BASOPHIL" / "_0_1.jpeg", 0, np.random.default_rng(0))
+    m = build_manifest(tiny_dataset)
+    assert any("BASOPHIL" in s.path and "unknown class" in s.reason for s in m.skipped)
+    assert "BASOPHIL" not in set(m.frame["class"])
+
+
+def test_non_image_files_are_skipped_and_counted(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN" / "EOSINOPHIL"
+    (d / ".DS_Store").write_bytes(b"\0\0")
+    (d / "Thumbs.db").write_bytes(b"x")
+    (d / "notes.txt").write_text("hello")
+    m = build_manifest(tiny_dataset)
+    reasons = {os.path.basename(s.path): s.reason for s in m.skipped}
+    assert reasons["notes.txt"].startswith("not an image")
+    assert ".DS_Store" in reasons and "Thumbs.db" in reasons
+    assert len(m.split("TRAIN")) == 48
+
+
+def test_corrupt_and_empty_images_are_skipped_when_decoded(tiny_dataset, cache_dir):
+    d = tiny_dataset / "images" / "TEST" / "NEUTROPHIL"
+    (d / "_0_1.jpeg").write_bytes((d / "_0_1000.jpeg").read_bytes()[:100])  # truncated
+    (d / "_1_2.jpeg").write_bytes(b"")  # zero bytes
+    m = build_manifest(tiny_dataset)
+    s = load_split(m, "TEST", (32, 40), progress=False)
+    assert len(s) == 32
+    reasons = {os.path.basename(x.path): x.reason for x in m.skipped}
+    assert "0 bytes" in reasons["_1_2.jpeg"]
+    assert "cannot decode" in reasons["_0_1.jpeg"]
+    # the cached load reports the same skips
+    m2 = build_manifest(tiny_dataset)
+    s2 = load_split(m2, "TEST", (32, 40), progress=False)
+    assert len(s2) == 32 and len(m2.skipped) == 2
+
+
+def test_png_grayscale_and_odd_sizes_are_converted(tiny_dataset, cache_dir):
+    d = tiny_dataset / "images" / "TRAIN" / "EOSINOPHIL"
+    rng = np.random.default_rng(1)
+    write_image(d / "_9_1.png", 0, rng, fmt="PNG")
+    write_image(d / "_9_2.jpeg", 0, rng, mode="L")
+    write_image(d / "_9_3.jpeg", 0, rng, size=(64, 50))
+    m = build_manifest(tiny_dataset)
+    s = load_split(m, "TRAIN", (32, 40), progress=False)
+    assert s.images.shape == (51, 32, 40, 3) and s.images.dtype == np.uint8
+    assert (s.frame["cell"] == "EOSINOPHIL/9").sum() == 3
+
+
+def test_file_without_cell_id_is_its_own_cell(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN" / "EOSINOPHIL"
+    write_image(d / "cell.jpeg", 0, np.random.default_rng(2))
+    m = build_manifest(tiny_dataset)
+    row = m.frame[m.frame["path"].str.endswith("cell.jpeg")].iloc[0]
+    assert row["cell"] == "EOSINOPHIL/?cell" and not row["has_cell_id"]
+
+
+def test_symlinked_duplicate_is_listed_once(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN" / "EOSINOPHIL"
+    os.symlink(d / "_0_1000.jpeg", d / "_0_99999.jpeg")
+    m = build_manifest(tiny_dataset)
+    assert len(m.split("TRAIN")) == 48
+    assert any("symlink" in s.reason for s in m.skipped)
+
+
+def test_cache_is_keyed_by_size_and_reused(tiny_dataset, cache_dir):
+    m = build_manifest(tiny_dataset)
+    a = load_split(m, "TRAIN", (32, 40), progress=False)
+    b = load_split(m, "TRAIN", (16, 20), progress=False)
+    assert a.images.shape[1:3] == (32, 40) and b.images.shape[1:3] == (16, 20)
+    files = sorted(p.name for p in cache_dir.rglob("*.npy"))
+    assert files == ["TRAIN_16x20.npy", "TRAIN_32x40.npy"]
+    t = time.perf_counter()
+    c = load_split(build_manifest(tiny_dataset), "TRAIN", (32, 40), progress=False)
+    assert time.perf_counter() - t < 5
+    assert isinstance(c.images, np.memmap)
+    np.testing.assert_array_equal(a.images, c.images)
+
+
+def test_image_size_check():
+    assert check_image_size([60, 80]) == (60, 80)
+    with pytest.raises(ParameterError, match="16 pixels"):
+        check_image_size([8, 80])
+    with pytest.raises(ParameterError, match="two integers"):
+        check_image_size(["a", 80])
+
+
+def test_grouped_split_never_shares_a_cell(tiny_dataset):
+    m = build_manifest(tiny_dataset)
+    train = m.split("TRAIN")
+    for seed in range(5):
+        tr, va = grouped_split(train, 0.34, seed)
+        assert set(train["cell"].iloc[tr]).isdisjoint(set(train["cell"].iloc[va]))
+        assert len(tr) + len(va) == len(train)
+        assert set(train["class"].iloc[va]) == set(CLASSES)  # stratified: every class held out
+
+
+def test_grouped_split_rejects_bad_fraction(tiny_dataset):
+    with pytest.raises(ParameterError, match="val_fraction"):
+        grouped_split(build_manifest(tiny_dataset).split("TRAIN"), 1.5, 0)
+
+
+def test_stratified_subset(tiny_dataset):
+    train = build_manifest(tiny_dataset).split("TRAIN")
+    idx = stratified_subset(train, 20, 0)
+    assert len(idx) == len(set(idx)) == 20
+    assert train["label"].iloc[idx].value_counts().min() == 5
+    with pytest.raises(ParameterError, match="train_subset=999 is larger"):
+        stratified_subset(train, 999, 0)

@@ -1,0 +1,112 @@
+"""End to end: the smoke profile through papermill and nbconvert, on the real dataset.
+
+Checks every artifact a user is promised: per-run folders, summary.csv, figures
+(PNG and SVG), the self-contained HTML report and a PDF with pages. Then runs the
+other notebooks in fresh kernels against the same study.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import real_data_dir
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.skipif(real_data_dir() is None, reason="the dataset is not available (set WBC_DATA_DIR)")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "WBC_DATA_DIR": str(real_data_dir()), "WBC_RUNS_DIR": str(out / "runs"),
+           "WBC_OUTPUT_DIR": str(out)}
+    res = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "smoke"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, env, res
+
+
+def test_every_run_has_its_artifacts(smoke):
+    out, _, _ = smoke
+    summary = pd.read_csv(out / "runs" / "smoke" / "summary.csv")
+    from wbc_utils.params import get_profile
+
+    assert len(summary) == len(get_profile("smoke").runs())
+    assert (summary["status"] == "finished").all()
+    main = summary[summary["role"] == "main"]
+    assert sorted(set(zip(main["loss"], main["target_encoding"]))) == sorted(
+        (l, e) for l in ("crossentropy", "mse", "huber") for e in ("paper", "onehot"))
+    for run in summary["run_dir"]:
+        run = Path(run)
+        for name in ("params.json", "history.csv", "metrics.json", "train.ipynb", "model.keras", "predictions.csv"):
+            assert (run / name).exists(), f"{run.name}/{name}"
+        h = pd.read_csv(run / "history.csv")
+        assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(h.columns)
+        m = json.loads((run / "metrics.json").read_text())
+        for k in ("loss", "target_encoding", "seed", "epochs", "image_size", "test_accuracy", "per_class",
+                  "train_seconds", "images_per_second", "collapsed", "test_accuracy_ci", "cell_accuracy",
+                  "test_simple_accuracy"):
+            assert k in m, f"{run.name}: {k}"
+        nb = json.loads((run / "train.ipynb").read_text())
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+    orig = json.loads((out / "runs" / "smoke" / "original-2020.json").read_text())
+    assert orig["split"] == "TEST_SIMPLE"
+
+
+def test_figures_in_png_and_svg(smoke):
+    out, _, _ = smoke
+    figs = out / "figures" / "smoke"
+    for name in ("figure1_crossentropy_paper", "figure2_mse_paper", "figure3_huber_paper", "figure2_mse_onehot",
+                 "validation_comparison", "confusion_matrices", "collapse"):
+        for ext in ("png", "svg"):
+            assert (figs / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
+
+
+def test_report_html_is_self_contained_and_pdf_has_pages(smoke):
+    out, _, _ = smoke
+    html = (out / "report" / "report.html").read_text()
+    assert "Loss functions for white-blood-cell classification" in html
+    for section in ("1. Introduction", "2. Methods", "3. Results", "4. Discussion", "5. Conclusion"):
+        assert section in html
+    assert 'src="http' not in html and "<script src=" not in html, "the HTML fetches something from a network"
+    assert "data:image/png;base64" in html
+    assert "Traceback" not in html and "import " not in html  # code hidden, no errors
+    from pypdf import PdfReader
+
+    pdf = out / "report" / "report.pdf"
+    assert pdf.exists(), "PDF missing: is Chromium installed? (make setup installs it)"
+    pages = PdfReader(pdf).pages
+    assert len(pages) >= 3
+    assert "Profile" in pages[0].extract_text() and "smoke" in pages[0].extract_text()
+
+
+def test_rerun_reuses_or_refuses(smoke):
+    out, env, _ = smoke
+    cmd = [sys.executable, "-m", "wbc_utils", "study", "--profile", "smoke"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--reuse" in res.stderr
+    res = subprocess.run(cmd + ["--reuse", "--losses", "mse", "--encodings", "paper"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and ": reuse" in res.stdout
+
+
+@pytest.mark.parametrize("notebook", ["01_data.ipynb", "02_model.ipynb", "04_analysis.ipynb"])
+def test_notebooks_run_top_to_bottom(smoke, notebook, tmp_path):
+    import papermill as pm
+
+    out, env, _ = smoke
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        params = {"profile": "smoke"} if notebook.startswith("04") else {}
+        pm.execute_notebook(str(ROOT / "notebooks" / notebook), str(tmp_path / notebook), parameters=params,
+                            cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+    finally:
+        os.environ.clear()
+        os.environ.update(old)

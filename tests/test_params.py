@@ -1,0 +1,84 @@
+"""Parameters are checked before any work, and errors name the parameter and the valid values."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from wbc_utils.errors import ParameterError
+from wbc_utils.params import PROFILES, RunParams, get_profile, parse_seeds
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    ({"loss": "hinge"}, r"loss='hinge' is not valid; valid values: crossentropy, mse, huber"),
+    ({"target_encoding": "ordinal"}, r"target_encoding='ordinal'.*paper, onehot"),
+    ({"epochs": 0}, r"epochs must be at least 1"),
+    ({"epochs": "10"}, r"epochs must be an integer, got '10' \(str\)"),
+    ({"seed": 1.5}, r"seed must be an integer"),
+    ({"image_size": [10, 80]}, r"image_size=\[10, 80\] is too small.*four 2x max-pools"),
+    ({"image_size": "sixty"}, r"image_size must look like 60x80"),
+    ({"batch_size": True}, r"batch_size must be an integer"),
+    ({"validation": "test"}, r"validation='test'.*paper, grouped"),
+    ({"learning_rate": 0}, r"learning_rate must be between"),
+    ({"early_stopping_patience": 3}, r"needs validation='grouped'"),
+])
+def test_bad_run_parameters(kw, pattern):
+    with pytest.raises(ParameterError, match=pattern):
+        RunParams(**kw)
+
+
+def test_image_size_string_forms():
+    assert RunParams(image_size="60x80").image_size == [60, 80]
+    assert RunParams(image_size="120,160").image_size == [120, 160]
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(ParameterError, match="unknown run parameter.*lossy"):
+        RunParams.from_dict({"lossy": "mse"})
+
+
+def test_seeds():
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds(5) == [5]
+    with pytest.raises(ParameterError, match="seeds must be integers, got 'a'"):
+        parse_seeds("0,a")
+    with pytest.raises(ParameterError, match="seeds must be an integer"):
+        parse_seeds([0, 1.5])
+
+
+def test_profiles_and_overrides():
+    quick = get_profile("quick")
+    assert len(quick.seeds) >= 3
+    main = [r for r in quick.runs() if quick.is_main(r.to_dict())]
+    assert len(main) == 3 * 2 * len(quick.seeds)
+    assert PROFILES["paper"].image_size == [240, 320] and PROFILES["paper"].epochs == 100
+    small = quick.with_overrides(losses="mse", encodings="onehot", seeds="7")
+    assert [(r.loss, r.target_encoding, r.seed) for r in small.runs()] == [("mse", "onehot", 7)]
+    with pytest.raises(ParameterError, match="profile='fast'"):
+        get_profile("fast")
+    with pytest.raises(ParameterError, match="loss='l1'"):
+        quick.with_overrides(losses="mse,l1")
+
+
+def test_run_names_are_unique_within_profiles():
+    for p in PROFILES.values():
+        names = [r.run_name for r in p.runs()]
+        assert len(names) == len(set(names))
+
+
+def test_notebook_parameters_match_run_params():
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "03_training.ipynb").read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "the training notebook must have exactly one 'parameters' cell"
+    src = "".join(cells[0]["source"])
+    names = {line.split(":")[0].strip() for line in src.splitlines() if line and not line.startswith("#")}
+    fields = {f.name for f in dataclasses.fields(RunParams)}
+    assert fields <= names
+    assert names - fields == {"output_dir", "data_dir", "reuse", "force"}
+    # every default in the notebook is a valid RunParams value
+    ns: dict = {}
+    exec(src, ns)
+    RunParams.from_dict({k: ns[k] for k in fields})
