@@ -81,6 +81,20 @@ def test_evaluate_predictions_collapse_and_recall():
     m2 = evaluate_predictions(good, labels, cells, good[:8], labels[:8])
     assert not m2["collapsed"] and m2["test_accuracy"] == 1 and m2["cell_accuracy"] == 1
     assert m2["test_accuracy_ci"] == [1.0, 1.0] and m2["test_simple_accuracy"] == 1
+    assert m2["test_accuracy_ci_stratified"] == [1.0, 1.0]
+
+
+def test_headline_interval_resamples_all_cells_together():
+    # class 0: one cell right; class 1: one cell wrong. Over all cells the mix varies: [0, 1];
+    # within class (stratified) it cannot: always 0.5.
+    labels = np.repeat([0, 1, 2, 3], 10)
+    cells = np.array([f"{l}/{i % 2}" for i, l in enumerate(labels)])
+    scores = np.eye(4)[np.where(labels < 2, labels, 0)]
+    m = evaluate_predictions(scores, labels, cells)
+    lo, hi = m["test_accuracy_ci"]
+    slo, shi = m["test_accuracy_ci_stratified"]
+    assert m["test_accuracy"] == 0.5 + 0.25 * 0  # classes 0, 1 right (20), 2 wrong, 3 wrong
+    assert slo == shi == 0.5 and lo < 0.5 < hi
 
 
 def test_collapse_epoch():

@@ -126,3 +126,16 @@ def test_study_marks_incomplete_and_failed_runs(tmp_path, monkeypatch):
     assert f.loc[0, "status"] == "failed" and f.loc[0, "error"] == "ValueError: boom"
     f = summarize("p")
     assert f.loc[0, "status"] == "incomplete" and pd.isna(f.loc[0, "test_accuracy"])
+
+
+def test_grouped_validation_holds_out_whole_cells(train_dataset, cache, tmp_path):
+    from wbc_utils.training import prepare_data
+
+    p = _params(validation="grouped", val_fraction=0.25, early_stopping_patience=1, epochs=3)
+    data = prepare_data(p, train_dataset, progress=False)
+    assert set(data.train.cells).isdisjoint(set(data.val.cells))
+    assert data.val.split == "TRAIN" and len(data.val) == 4 * 6  # one of 4 cells per class, 6 copies each
+    m = train_run(p, tmp_path / "g", data_dir=train_dataset, verbose=0)
+    assert m["validation"] == "grouped" and m["val_images"] == 24
+    assert 1 <= m["chosen_epoch"] <= m["epochs_run"] <= 3
+    assert m["test_images"] == 48  # TEST is evaluated once, at the end

@@ -43,6 +43,24 @@ def pooled_correct(summary, loss: str, encoding: str, split: str = "TEST"):
     return np.mean(acc, 0), base["label"].to_numpy(), base["cell"].to_numpy(), len(acc)
 
 
+def pooled_cell_correct(summary, loss: str, encoding: str):
+    """(share of finished seeds whose majority vote gets each TEST cell right, cell labels, cell ids)."""
+    from .evaluation import cell_majority
+
+    rows = summary[(summary["loss"] == loss) & (summary["target_encoding"] == encoding) &
+                   (summary["status"] == "finished")]
+    acc, ids0, true0 = [], None, None
+    for r in rows.itertuples():
+        f = _predictions(r.run_dir)
+        ids, true, vote = cell_majority(f["pred"].to_numpy(), f["label"].to_numpy(), f["cell"].to_numpy())
+        if ids0 is None:
+            ids0, true0 = ids, true
+        acc.append((true == vote).astype(float))
+    if not acc:
+        return None
+    return np.mean(acc, 0), true0, ids0
+
+
 def group_table(summary):
     """One row per loss x encoding: seeds, collapse count, accuracies (mean, sd, pooled interval)."""
     import pandas as pd
@@ -65,8 +83,15 @@ def group_table(summary):
                 row[f"{k}_sd"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
             pc = pooled_correct(summary, loss, enc)
             if pc is not None:
-                ci = cluster_bootstrap(pc[0], pc[2], pc[1])
+                ci = cluster_bootstrap(pc[0], pc[2])
                 row["pooled_lo"], row["pooled_hi"] = ci["lo"], ci["hi"]
+                st = cluster_bootstrap(pc[0], pc[2], pc[1])
+                row["pooled_strat_lo"], row["pooled_strat_hi"] = st["lo"], st["hi"]
+                row["test_images"] = len(pc[0])
+            cc = pooled_cell_correct(summary, loss, enc)
+            if cc is not None:
+                ci = cluster_bootstrap(cc[0], cc[2])
+                row["cell_pooled"], row["cell_pooled_lo"], row["cell_pooled_hi"] = ci["value"], ci["lo"], ci["hi"]
             out.append(row)
     return pd.DataFrame(out)
 
@@ -81,7 +106,7 @@ def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "hube
             pa, pb = pooled_correct(summary, a, enc), pooled_correct(summary, b, enc)
             if pa is None or pb is None:
                 continue
-            d = paired_difference(pa[0], pb[0], pa[2], pa[1])
+            d = paired_difference(pa[0], pb[0], pa[2])
             out.append({"encoding": enc, "comparison": f"{a} - {b}", **d,
                         "verdict": ("A better" if d["lo"] > 0 else "B better") if d["resolved"] else "not resolved"})
     return pd.DataFrame(out)
@@ -96,7 +121,7 @@ def encoding_effect(summary):
         po, pp = pooled_correct(summary, loss, "onehot"), pooled_correct(summary, loss, "paper")
         if po is None or pp is None:
             continue
-        d = paired_difference(po[0], pp[0], po[2], po[1])
+        d = paired_difference(po[0], pp[0], po[2])
         out.append({"loss": loss, **d})
     return pd.DataFrame(out)
 

@@ -11,6 +11,7 @@ Commands, in the order data flows:
   all        study + figures + report (what `make report` runs)
   summary    print a study's summary.csv as a table
   download   fetch the dataset, only when asked (verified, extracted safely)
+  reevaluate recompute finished runs' metrics from their saved predictions
 
 Every command takes --data-dir (else WBC_DATA_DIR, else data/blood-cells/) and
 --runs-dir (else WBC_RUNS_DIR, else runs/). Exit status: 0 on success, 1 when
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_download)
 
+    p = sub.add_parser("reevaluate", help="recompute finished runs' metrics from their predictions (no training)")
+    _common(p)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--force", action="store_true", help="even runs already at the current evaluation version")
+    p.set_defaults(func=cmd_reevaluate)
+
     p = sub.add_parser("summary", help="print a study's summary table")
     _common(p)
     p.add_argument("--profile", default="quick")
@@ -240,6 +247,16 @@ def cmd_download(args) -> int:
     images = download(target, args.source, url=args.url, archive=Path(args.archive) if args.archive else None,
                       digest=args.sha256, keep_archive=args.keep_archive)
     print(f"dataset ready: {images}")
+    return 0
+
+
+def cmd_reevaluate(args) -> int:
+    from .reevaluate import reevaluate_profile
+    from .study import profile_dir, summarize
+
+    n = reevaluate_profile(profile_dir(args.profile, args.runs_dir), force=args.force)
+    summarize(args.profile, args.runs_dir)
+    print(f"{n} run(s) re-evaluated in {profile_dir(args.profile, args.runs_dir)}")
     return 0
 
 

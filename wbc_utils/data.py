@@ -76,8 +76,10 @@ def find_images_root(data_dir: str | os.PathLike | None = None) -> Path:
             f"at the 'Blood Cell Images' dataset, or fetch it with `python -m wbc_utils download`.")
     if not root.is_dir():
         raise DataError(f"dataset path {root} (from {how}) is not a folder.")
-    candidates = [root / "images", root / "dataset2-master" / "dataset2-master" / "images",
-                  root / "dataset2-master" / "images", root]
+    layouts = ("images", "dataset2-master/dataset2-master/images", "dataset2-master/images", ".")
+    # the layouts at the root, then one folder down (a GitHub zip unpacks into <repo>-master/)
+    tops = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    candidates = [(top / lay) for top in tops for lay in layouts]
     for cand in candidates:
         if cand.is_dir() and _split_dir(cand, "TRAIN") is not None:
             return cand

@@ -244,6 +244,13 @@ PROFILES: dict[str, Profile] = {
                "6 epochs instead of 100, and Adam's learning rate lowered from 0.001 to 0.0003, because at this "
                "size the 2020 rate stalls at ln 4 (3 control runs at 0.001 measure how often); three seeds "
                "per loss and encoding"),
+    "collapse": Profile(
+        name="collapse", description="the collapse study: cross-entropy with integer labels, the 2020 recipe "
+        "against one change at a time, on the same seeds",
+        image_size=[60, 80], epochs=3, seeds=[0, 1, 2, 3, 4], train_subset=2000, batch_size=32, learning_rate=1e-3,
+        losses=("crossentropy",), encodings=("paper",), rescore_split="TEST_SIMPLE",
+        controls=({"learning_rate": 3e-4}, {"input_scaling": "unit"}, {"arch": "he"}, {"arch": "bn"}),
+        trades="60x80 pixels, 2,000 TRAIN images, 3 epochs: enough to see a run stall at ln 4 or leave it"),
     "paper": Profile(
         name="paper", description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN",
         image_size=[240, 320], epochs=100, seeds=[0], train_subset=0, batch_size=32,
