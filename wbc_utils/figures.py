@@ -131,39 +131,58 @@ def confusion_figure(metrics: dict, summary):
     return fig
 
 
+def _setting(r) -> str:
+    parts = [f"lr {r.learning_rate:g}"]
+    if r.arch != "paper":
+        parts.append(f"{r.arch} init" if r.arch == "he" else "BatchNorm")
+    if r.input_scaling != "raw":
+        parts.append("0-1 inputs")
+    return ", ".join(parts)
+
+
 def collapse_figure(summary, histories, diagnostics: dict):
-    """Left: training loss of every cross-entropy run against ln 4. Right: dead ReLUs at init and after epoch 1."""
+    """Cross-entropy runs with integer labels. Left: training loss against ln 4, one colour per setting.
+    Right: share of zero ReLU outputs per layer, at init and after epoch 1, for runs held at ln 4 and the rest."""
     _style()
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
+    ce = summary[(summary["loss"] == "crossentropy") & (summary["target_encoding"] == "paper")].copy()
+    ce["setting"] = [_setting(r) for r in ce.itertuples()]
+    settings = sorted(ce["setting"].unique())
+    colors = dict(zip(settings, sns.color_palette("tab10", len(settings))))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
-    for r in summary[summary["loss"] == "crossentropy"].itertuples():
+    for r in ce.itertuples():
         h = histories.get(r.run_name)
-        if h is None:
-            continue
-        ax.plot(h["epoch"], h["loss"], color="#d62728" if r.collapsed is True else "#1b9e77", alpha=0.7, lw=1.2)
-    ax.axhline(math.log(4), color="black", ls="--", lw=1, label="ln 4 = 1.386 (constant output)")
-    ax.plot([], [], color="#d62728", label="collapsed run")
-    ax.plot([], [], color="#1b9e77", label="learning run")
+        if h is not None:
+            ax.plot(h["epoch"], h["loss"], color=colors[r.setting], alpha=0.75, lw=1.2)
+    for st in settings:
+        n = int((ce["setting"] == st).sum())
+        held = int(ce.loc[ce["setting"] == st, "ce_collapse_epoch"].notna().sum())
+        ax.plot([], [], color=colors[st], label=f"{st}: {held}/{n} held at ln 4")
+    ax.axhline(math.log(4), color="black", ls="--", lw=1, label="ln 4 = 1.386 (equal outputs)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (cross-entropy)")
     ax.set_ylim(0, 2.5)
-    ax.legend(fontsize=8)
-    ax.set_title("cross-entropy runs", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.set_title("cross-entropy, integer labels: every run", fontsize=10)
     ax = axes[1]
-    layers = None
+    held = ce["ce_collapse_epoch"].notna()
     for when, ls in (("init", ":"), ("after_epoch_1", "-")):
-        for status, color in ((True, "#d62728"), (False, "#1b9e77")):
-            vals = []
-            for r in summary[summary["collapsed"] == status].itertuples():
+        for is_held, color in ((True, "#d62728"), (False, "#1b9e77")):
+            vals, layers = [], None
+            for r in ce[held == is_held].itertuples():
                 d = diagnostics.get(r.run_name, {}).get(when)
                 if d:
                     layers = list(d["zero_fraction"])
                     vals.append([d["zero_fraction"][l] for l in layers])
             if vals:
                 ax.plot(range(1, len(layers) + 1), np.mean(vals, 0), color=color, ls=ls, marker="o", ms=3,
-                        label=f"{'collapsed' if status else 'learning'} runs, {when.replace('_', ' ')} (n={len(vals)})")
+                        label=f"{'held at ln 4' if is_held else 'learning'}, {when.replace('_', ' ')} (n={len(vals)})")
     ax.set_xlabel("convolution layer")
     ax.set_ylabel("share of ReLU outputs that are 0")
     ax.set_ylim(0, 1.02)
@@ -201,7 +220,8 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict
     from .artifacts import read_json
     from .study import load_runs, profile_dir
 
-    summary, metrics, histories = load_runs(profile, runs_root)
+    allruns, metrics, histories = load_runs(profile, runs_root)
+    summary = allruns[allruns["role"] == "main"]  # control runs appear in the collapse figure only
     out_dir = out_dir or figures_dir(profile)
     orig = profile_dir(profile, runs_root) / "original-2020.json"
     logs = read_json(orig).get("logs", {}) if orig.exists() else {}
@@ -219,11 +239,11 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict
     if metrics:
         figs["confusion_matrices"] = confusion_figure(metrics, summary)
     diags = {}
-    for r in summary.itertuples():
+    for r in allruns.itertuples():
         p = Path(r.run_dir) / "diagnostics.json"
         if p.exists():
             diags[r.run_name] = read_json(p)
-    figs["collapse"] = collapse_figure(summary, histories, diags)
+    figs["collapse"] = collapse_figure(allruns, histories, diags)
     for name, fig in figs.items():
         save(fig, name, out_dir)
         plt.close(fig)

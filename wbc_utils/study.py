@@ -215,9 +215,12 @@ def rescore_original(profile: Profile, runs_root=None, data_dir=None, original_d
     out_path = pdir / "original-2020.json"
     found = find_original(original_dir)
     if out_path.exists():
+        from .evaluation import EVALUATION_VERSION
+
         cached = read_json(out_path)
         if cached.get("split") == profile.rescore_split and all(
-                (l in cached["models"]) == (found[l]["checkpoint"] is not None) for l in found):
+                (l in cached["models"]) == (found[l]["checkpoint"] is not None) for l in found) and all(
+                m.get("evaluation_version") == EVALUATION_VERSION for m in cached["models"].values()):
             return cached
     result = {"split": profile.rescore_split, "models": {}, "logs": {}, "missing": []}
     for loss, f in found.items():
