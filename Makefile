@@ -38,7 +38,7 @@ test: ## run the whole test suite, the end-to-end smoke study included
 test-fast: ## run the tests that train nothing
 	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
 
-bench: ## measure speed and memory side by side (benchmarks/), print ratios
+bench: ## measure training speed and data loading side by side (benchmarks/), print ratios
 	$(PY) benchmarks/run.py $(ARGS)
 
 notebooks-check: ## fail if a notebook is stored with outputs

@@ -15,7 +15,7 @@ def test_notebook_is_stripped(path):
     nb = json.loads(path.read_text())
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [], f"{path.name} is stored with outputs: run `make strip`"
+            assert cell.get("outputs") == [], f"{path.name} is stored with outputs: clear them (README: Development)"
             assert cell.get("execution_count") is None, f"{path.name} is stored with execution counts"
 
 
