@@ -28,9 +28,6 @@ from .tfenv import import_tf
 def make_loss(loss: str, encoding: str):
     """A Keras loss taking integer labels (N,) and raw scores (N, 4)."""
     check_loss(loss), check_encoding(encoding)
-    import_tf()
-    import keras
-
     return _EncodedLoss(loss=loss, encoding=encoding)
 
 

@@ -245,8 +245,8 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     else:
         model = compile_model(build_model(params.image_size, params.arch, params.input_scaling), params)
 
-    probe = np.asarray(data.train.images[stratified_subset(data.train.frame, min(64, len(data.train)), 12345)])
-    probe_y = data.train.labels[stratified_subset(data.train.frame, min(64, len(data.train)), 12345)]
+    probe_idx = stratified_subset(data.train.frame, min(64, len(data.train)), 12345)
+    probe, probe_y = np.asarray(data.train.images[probe_idx]), data.train.labels[probe_idx]
     diag = Diagnostics(run_dir / "diagnostics.json", model, params, probe, probe_y)
     if start_epoch == 0:
         diag("init")
