@@ -141,6 +141,8 @@ def original_table(orig: dict):
                         "true_lo": m["test_accuracy_ci"][0], "true_hi": m["test_accuracy_ci"][1],
                         "argmax_class0_share": m["argmax_class0_share"],
                         "regression_decoded_accuracy": m["regression_decoded_accuracy"],
+                        "regression_lo": (m.get("regression_decoded_accuracy_ci") or [np.nan, np.nan])[0],
+                        "regression_hi": (m.get("regression_decoded_accuracy_ci") or [np.nan, np.nan])[1],
                         "cell_accuracy": m["cell_accuracy"], "cell_lo": m["cell_accuracy_ci"][0],
                         "cell_hi": m["cell_accuracy_ci"][1], "collapsed": m["collapsed"],
                         "score_spread_within_image": m["score_spread_within_image"]})

@@ -19,7 +19,7 @@ def reevaluate_run(run_dir: str | Path, force: bool = False) -> bool:
     """Re-evaluate one finished run; returns True if its metrics.json was rewritten."""
     import pandas as pd
 
-    from .training import paper_metric_numpy, regression_decoded
+    from .training import paper_metric_numpy
 
     run_dir = Path(run_dir)
     mfile, pfile = run_dir / "metrics.json", run_dir / "predictions.csv"
@@ -36,9 +36,8 @@ def reevaluate_run(run_dir: str | Path, force: bool = False) -> bool:
     new = evaluate_predictions(scores, labels, test["cell"].to_numpy(),
                                simple[cols].to_numpy(np.float32) if len(simple) else None,
                                simple["label"].to_numpy() if len(simple) else None,
-                               paper_metric=paper_metric_numpy(metrics["loss"], metrics["target_encoding"], labels, scores))
-    if metrics["loss"] != "crossentropy" and metrics["target_encoding"] == "paper":
-        new["regression_decoded_accuracy"] = float((regression_decoded(scores) == labels).mean())
+                               paper_metric=paper_metric_numpy(metrics["loss"], metrics["target_encoding"], labels, scores),
+                               regression=metrics["loss"] != "crossentropy" and metrics["target_encoding"] == "paper")
     metrics.update(new)
     write_json(mfile, metrics)
     return True

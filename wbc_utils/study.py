@@ -146,7 +146,7 @@ SUMMARY_COLUMNS = [
     "test_simple_accuracy_hi", "paper_metric_test", "regression_decoded_accuracy", "final_train_accuracy",
     "final_train_paper_metric", "final_val_accuracy", "final_val_paper_metric", "final_train_loss", "collapsed",
     "top_class_share", "ce_collapse_epoch", "recall_EOSINOPHIL", "recall_LYMPHOCYTE", "recall_MONOCYTE",
-    "recall_NEUTROPHIL", "train_seconds", "images_per_second", "error", "run_dir"]
+    "recall_NEUTROPHIL", "cells_EOSINOPHIL", "cells_LYMPHOCYTE", "cells_MONOCYTE", "cells_NEUTROPHIL", "train_seconds", "images_per_second", "error", "run_dir"]
 
 
 def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
@@ -172,6 +172,7 @@ def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None
             row[k] = m.get(k)
         for c, v in m.get("per_class", {}).items():
             row[f"recall_{c}"] = v.get("recall")
+            row[f"cells_{c}"] = v.get("cells")
     return row
 
 

@@ -146,11 +146,6 @@ def paper_metric_numpy(loss: str, encoding: str, labels, scores) -> float:
     return float((pred == np.asarray(labels)).mean())
 
 
-def regression_decoded(scores) -> np.ndarray:
-    """The 'regression' reading of paper-encoded MSE/Huber: the outputs' mean, rounded to a class index."""
-    return np.clip(np.rint(np.asarray(scores, float).mean(1)), 0, len(CLASSES) - 1).astype(int)
-
-
 def software_versions() -> dict:
     import importlib.metadata as md
 
@@ -297,9 +292,8 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     metrics.update(evaluate_predictions(
         test_scores, data.test.labels, data.test.cells,
         simple_scores, data.test_simple.labels if data.test_simple is not None else None,
-        paper_metric=paper_metric_numpy(params.loss, params.target_encoding, data.test.labels, test_scores)))
-    if params.loss != "crossentropy" and params.target_encoding == "paper":
-        metrics["regression_decoded_accuracy"] = float((regression_decoded(test_scores) == data.test.labels).mean())
+        paper_metric=paper_metric_numpy(params.loss, params.target_encoding, data.test.labels, test_scores),
+        regression=params.loss != "crossentropy" and params.target_encoding == "paper"))
     write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return metrics
