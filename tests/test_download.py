@@ -126,3 +126,58 @@ def test_kaggle_needs_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
     with pytest.raises(DataError, match="Kaggle API credentials"):
         download(tmp_path / "t", source="kaggle")
+
+
+def test_malicious_archive_served_over_http_is_refused(server, tmp_path):
+    www, base = server
+    with zipfile.ZipFile(www / "evil.zip", "w") as f:
+        f.writestr("images/TRAIN/EOSINOPHIL/_0_1.jpeg", "x")
+        f.writestr("../../outside.txt", "pwned")
+    target = tmp_path / "data" / "blood-cells"
+    with pytest.raises(DataError, match="refusing archive"):
+        download(target, url=f"{base}/evil.zip", expected=TINY_COUNTS)
+    assert not target.exists() and not (tmp_path / "outside.txt").exists()
+    assert not list((tmp_path / "data").glob(".blood-cells.*"))
+
+
+class _RangeServer(http.server.SimpleHTTPRequestHandler):
+    """Serves byte ranges (206), as GitHub and Kaggle do; records the ranges asked for."""
+
+    ranges: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        data = path.read_bytes()
+        rng = self.headers.get("Range")
+        _RangeServer.ranges.append(rng)
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            body = data[start:]
+        else:
+            self.send_response(200)
+            body = data
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_partial_download_resumes_with_a_range_request(good_zip, tmp_path):
+    www = tmp_path / "www2"
+    www.mkdir()
+    payload = good_zip.read_bytes()
+    (www / "blood.zip").write_bytes(payload)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_RangeServer, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        dest = tmp_path / "blood.zip"
+        (tmp_path / "blood.zip.part").write_bytes(payload[:1000])  # what a cut-off transfer left
+        fetch(f"http://127.0.0.1:{httpd.server_address[1]}/blood.zip", dest)
+        assert dest.read_bytes() == payload
+        assert _RangeServer.ranges == ["bytes=1000-"]  # only the missing part was fetched
+    finally:
+        httpd.shutdown()
