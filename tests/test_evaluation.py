@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from wbc_utils.evaluation import (cell_majority, cluster_bootstrap, collapse_epoch, evaluate_predictions,
                                   paired_difference)

@@ -311,7 +311,6 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
     writes ``<cache>/<fingerprint>/<split>_<H>x<W>.npy``; later calls memory-map it.
     Unreadable files are dropped with a warning and recorded in ``manifest.skipped``.
     """
-    import pandas as pd
 
     size = check_image_size(size)
     frame = manifest.split(split)

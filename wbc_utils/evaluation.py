@@ -105,13 +105,24 @@ def regression_decoded(scores) -> np.ndarray:
     return np.clip(np.rint(np.asarray(scores, float).mean(1)), 0, len(CLASSES) - 1).astype(int)
 
 
-def evaluate_predictions(scores, labels, cells, simple_scores=None, simple_labels=None, paper_metric=None,
-                         regression: bool = False) -> dict:
+def paper_metric(loss: str, encoding: str, labels, scores) -> float:
+    """What the 2020 code's ``metrics=['accuracy']`` printed (see :mod:`wbc_utils.losses`)."""
+    pred = np.asarray(scores).argmax(1)
+    if loss != "crossentropy" and encoding == "paper":
+        return float((pred == 0).mean())
+    return float((pred == np.asarray(labels)).mean())
+
+
+def evaluate_predictions(scores, labels, cells, simple_scores=None, simple_labels=None, loss: str | None = None,
+                         encoding: str | None = None, regression: bool | None = None) -> dict:
     """All the metrics of one run on TEST (and TEST_SIMPLE when given).
 
+    With ``loss`` and ``encoding``, also the 2020 metric (``paper_metric_test``).
     ``regression`` adds the accuracy of reading the outputs as a regression onto the
-    class index (for MSE and Huber trained on integer labels), with its interval.
+    class index, with its interval; by default for MSE and Huber trained on integer labels.
     """
+    if regression is None:
+        regression = loss is not None and loss != "crossentropy" and encoding == "paper"
     scores = np.asarray(scores, float)
     labels = np.asarray(labels)
     pred = scores.argmax(1)
@@ -141,8 +152,8 @@ def evaluate_predictions(scores, labels, cells, simple_scores=None, simple_label
     out["collapsed"] = bool(share.max() >= COLLAPSE_SHARE)
     out["confusion"] = confusion(labels, pred).tolist()
     out["misclassified_cells"] = [str(c) for c in ucells[~cell_ok]]
-    if paper_metric is not None:
-        out["paper_metric_test"] = float(paper_metric)
+    if loss is not None:
+        out["paper_metric_test"] = paper_metric(loss, encoding, labels, scores)
     if regression:
         rok = regression_decoded(scores) == labels
         rci = cluster_bootstrap(rok, cells)

@@ -97,14 +97,14 @@ def load_original_model(checkpoint: str | os.PathLike):
 def rescore(loss: str, checkpoint, test, test_simple=None, batch_size: int = 32) -> dict:
     """Evaluate one 2020 model with this project's metrics. ``test`` is a SplitData at 240x320."""
     from .evaluation import evaluate_predictions
-    from .training import _predict, paper_metric_numpy
+    from .training import _predict
 
     model = load_original_model(checkpoint)
     scores = _predict(model, test, batch_size)
     simple = _predict(model, test_simple, batch_size) if test_simple is not None else None
     out = evaluate_predictions(scores, test.labels, test.cells, simple,
                                test_simple.labels if test_simple is not None else None,
-                               paper_metric=paper_metric_numpy(loss, "paper", test.labels, scores), regression=True)
+                               loss=loss, encoding="paper", regression=True)
     out["loss"] = loss
     out["checkpoint"] = str(checkpoint)
     out["split"] = test.split

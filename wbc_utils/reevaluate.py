@@ -19,8 +19,6 @@ def reevaluate_run(run_dir: str | Path, force: bool = False) -> bool:
     """Re-evaluate one finished run; returns True if its metrics.json was rewritten."""
     import pandas as pd
 
-    from .training import paper_metric_numpy
-
     run_dir = Path(run_dir)
     mfile, pfile = run_dir / "metrics.json", run_dir / "predictions.csv"
     if not (mfile.exists() and pfile.exists()):
@@ -36,8 +34,7 @@ def reevaluate_run(run_dir: str | Path, force: bool = False) -> bool:
     new = evaluate_predictions(scores, labels, test["cell"].to_numpy(),
                                simple[cols].to_numpy(np.float32) if len(simple) else None,
                                simple["label"].to_numpy() if len(simple) else None,
-                               paper_metric=paper_metric_numpy(metrics["loss"], metrics["target_encoding"], labels, scores),
-                               regression=metrics["loss"] != "crossentropy" and metrics["target_encoding"] == "paper")
+                               loss=metrics["loss"], encoding=metrics["target_encoding"])
     metrics.update(new)
     write_json(mfile, metrics)
     return True

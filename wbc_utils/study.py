@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import traceback
 from pathlib import Path
 
 from .artifacts import read_json, write_csv, write_json
@@ -259,7 +258,3 @@ def load_runs(profile: str, runs_root=None):
         if (d / "history.csv").exists():
             histories[row.run_name] = pd.read_csv(d / "history.csv")
     return summary, metrics, histories
-
-
-def format_exc() -> str:
-    return traceback.format_exc()

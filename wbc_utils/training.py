@@ -139,13 +139,6 @@ def _predict(model, split: SplitData, batch_size: int) -> np.ndarray:
     return np.asarray(model.predict(make_dataset(split, max(batch_size, 64)), verbose=0), np.float32)
 
 
-def paper_metric_numpy(loss: str, encoding: str, labels, scores) -> float:
-    pred = np.asarray(scores).argmax(1)
-    if loss != "crossentropy" and encoding == "paper":
-        return float((pred == 0).mean())
-    return float((pred == np.asarray(labels)).mean())
-
-
 def software_versions() -> dict:
     import importlib.metadata as md
 
@@ -292,8 +285,7 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     metrics.update(evaluate_predictions(
         test_scores, data.test.labels, data.test.cells,
         simple_scores, data.test_simple.labels if data.test_simple is not None else None,
-        paper_metric=paper_metric_numpy(params.loss, params.target_encoding, data.test.labels, test_scores),
-        regression=params.loss != "crossentropy" and params.target_encoding == "paper"))
+        loss=params.loss, encoding=params.target_encoding))
     write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return metrics
