@@ -25,6 +25,7 @@ import sys
 import time
 
 from .errors import WBCError
+from .params import ARCHS, PROFILES, VALIDATIONS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -34,15 +35,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
+    p.add_argument("--profile", default="quick", help=f"{' | '.join(PROFILES)} (default: quick)")
     p.add_argument("--losses", help="comma-separated subset of: crossentropy,mse,huber")
     p.add_argument("--encodings", help="comma-separated subset of: paper,onehot")
     p.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--image-size", help="override the image size, e.g. 120x160")
     p.add_argument("--train-subset", type=int, help="override the number of TRAIN images (0 = all)")
-    p.add_argument("--validation", choices=["paper", "grouped"], help="paper: TEST as validation; grouped: held-out TRAIN cells")
-    p.add_argument("--arch", choices=["paper", "he", "bn"], help="model variant (collapse study)")
+    p.add_argument("--validation", choices=list(VALIDATIONS),
+                   help="paper: TEST as validation; grouped: held-out TRAIN cells; none: all of TRAIN, no validation")
+    p.add_argument("--arch", choices=list(ARCHS), help="model: the paper's, its variants he and bn, or wbcnet")
     p.add_argument("--input-scaling", choices=["raw", "unit"], help="raw 0-255 (2020) or unit 0-1")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 0.001)")
     p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "auto"])

@@ -201,10 +201,20 @@ def build_manifest(data_dir: str | os.PathLike | None = None,
 
 # ----------------------------------------------------------------------------- decoding
 
-def _decode(path: str, size: tuple[int, int]) -> np.ndarray | str:
-    """Decode one image to uint8 (H, W, 3); return an error string if it cannot be read."""
+def _decode(path: str, size: tuple[int, int], view: str = "full") -> np.ndarray | str:
+    """Decode one image to uint8 (H, W, 3); return an error string if it cannot be read.
+
+    ``view="full"`` resizes the whole field to ``size``; ``view="cell"`` resizes
+    it to the native 240x320 first, then crops the white cell out of it and
+    resizes the crop to ``size`` (see :mod:`wbc_utils.cellcrop`).
+    """
     from PIL import Image, UnidentifiedImageError
 
+    if view == "cell":
+        from .cellcrop import crop_cell
+
+        field = _decode(path, NATIVE_SIZE)
+        return field if isinstance(field, str) else crop_cell(field, size)
     h, w = size
     try:
         if os.path.getsize(path) == 0:
@@ -222,11 +232,11 @@ def _decode(path: str, size: tuple[int, int]) -> np.ndarray | str:
 
 
 def _decode_chunk(args):
-    paths, size = args
+    paths, size, view = args
     out = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
     errors = {}
     for i, p in enumerate(paths):
-        r = _decode(p, size)
+        r = _decode(p, size, view)
         if isinstance(r, str):
             errors[i] = r
         else:
@@ -235,11 +245,12 @@ def _decode_chunk(args):
 
 
 def decode_images(paths: Sequence[str], size: tuple[int, int], workers: int | None = None,
-                  progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
+                  progress: bool = False, view: str = "full") -> tuple[np.ndarray, dict[int, str]]:
     """Decode ``paths`` to one uint8 array; returns it and {index: error} for unreadable files."""
+    check_view(view)
     workers = workers or min(2, os.cpu_count() or 1)
     chunk = 256
-    jobs = [(list(paths[i:i + chunk]), size) for i in range(0, len(paths), chunk)]
+    jobs = [(list(paths[i:i + chunk]), size, view) for i in range(0, len(paths), chunk)]
     out = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
     errors: dict[int, str] = {}
     it: Iterable
@@ -251,7 +262,8 @@ def decode_images(paths: Sequence[str], size: tuple[int, int], workers: int | No
         it = map(_decode_chunk, jobs)
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, total=len(jobs), desc=f"decoding {len(paths)} images at {size[0]}x{size[1]}", unit="chunk")
+        what = f"{size[0]}x{size[1]}" + (" (cell crops)" if view == "cell" else "")
+        it = tqdm(it, total=len(jobs), desc=f"decoding {len(paths)} images at {what}", unit="chunk")
     try:
         for j, (arr, errs) in enumerate(it):
             out[j * chunk:j * chunk + len(arr)] = arr
@@ -286,6 +298,16 @@ class SplitData:
         return SplitData(self.split, self.images[idx], self.frame.iloc[idx].reset_index(drop=True))
 
 
+def check_view(view: str) -> str:
+    from .errors import ParameterError
+    from .params import VIEWS
+
+    if view not in VIEWS:
+        raise ParameterError(f"view={view!r} is not known; valid values: {', '.join(VIEWS)} "
+                             f"(full: the whole field resized; cell: a crop around the white cell)")
+    return view
+
+
 def check_image_size(size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
     from .errors import ParameterError
 
@@ -304,21 +326,25 @@ def check_image_size(size: Sequence[int], name: str = "image_size") -> tuple[int
 
 
 def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE,
-               cache_dir: str | os.PathLike | None = None, progress: bool = True) -> SplitData:
-    """Decode one split at ``size`` (height, width), cached on disk and keyed by size.
+               cache_dir: str | os.PathLike | None = None, progress: bool = True, view: str = "full") -> SplitData:
+    """Decode one split at ``size`` (height, width), cached on disk and keyed by size and view.
 
     The first call decodes every JPEG (about a minute for TRAIN on two cores) and
-    writes ``<cache>/<fingerprint>/<split>_<H>x<W>.npy``; later calls memory-map it.
-    Unreadable files are dropped with a warning and recorded in ``manifest.skipped``.
+    writes ``<cache>/<fingerprint>/<split>_<H>x<W>.npy`` (``<split>_cell128_<H>x<W>.npy``
+    for cell crops); later calls memory-map it. Unreadable files are dropped with a
+    warning and recorded in ``manifest.skipped``.
     """
+    from .cellcrop import CROP
 
+    check_view(view)
     size = check_image_size(size)
     frame = manifest.split(split)
     if frame.empty:
         raise DataError(f"split {split} is not in the dataset at {manifest.images_root}.")
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     key = manifest.fingerprint()
-    base = cache_root / key / f"{split}_{size[0]}x{size[1]}"
+    tag = f"_cell{CROP}" if view == "cell" else ""
+    base = cache_root / key / f"{split}{tag}_{size[0]}x{size[1]}"
     npy, meta_path = base.with_suffix(".npy"), base.with_suffix(".json")
     if npy.exists() and meta_path.exists():
         meta = read_json(meta_path)
@@ -326,7 +352,7 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
         for i in np.flatnonzero(~keep):
             _record_bad(manifest, frame["path"].iloc[i], meta["errors"].get(str(i), "unreadable"))
         return SplitData(split, np.load(npy, mmap_mode="r"), frame[keep].reset_index(drop=True))
-    images, errors = decode_images(frame["path"].tolist(), size, progress=progress)
+    images, errors = decode_images(frame["path"].tolist(), size, progress=progress, view=view)
     keep = np.ones(len(frame), bool)
     for i, err in errors.items():
         keep[i] = False
@@ -334,7 +360,7 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
     images = images[keep] if errors else images
     with atomic_path(npy) as tmp:
         np.save(tmp, images)
-    write_json(meta_path, {"split": split, "size": list(size), "keep": keep.tolist(),
+    write_json(meta_path, {"split": split, "size": list(size), "view": view, "keep": keep.tolist(),
                            "errors": {str(k): v for k, v in errors.items()},
                            "images_root": str(manifest.images_root)})
     del images

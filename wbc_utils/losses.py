@@ -25,20 +25,27 @@ from .params import ENCODINGS, LOSSES, LOSS_TITLES, PAPER_LOSS_NAMES, check_enco
 from .tfenv import import_tf
 
 
-def make_loss(loss: str, encoding: str):
+def make_loss(loss: str, encoding: str, label_smoothing: float = 0.0):
     """A Keras loss taking integer labels (N,) and raw scores (N, 4)."""
     check_loss(loss), check_encoding(encoding)
-    return _EncodedLoss(loss=loss, encoding=encoding)
+    return _EncodedLoss(loss=loss, encoding=encoding, label_smoothing=float(label_smoothing))
 
 
-def loss_value(loss: str, encoding: str, y, scores):
-    """Per-example loss (N,) for integer labels ``y`` and raw scores, under an encoding."""
+def loss_value(loss: str, encoding: str, y, scores, label_smoothing: float = 0.0):
+    """Per-example loss (N,) for integer labels ``y`` and raw scores, under an encoding.
+
+    ``label_smoothing`` (cross-entropy only) mixes the one-hot target with the
+    uniform one: 1 - e + e/4 on the true class, e/4 elsewhere.
+    """
     import keras
     from keras import ops
 
     scores = ops.cast(scores, "float32")
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
     if loss == "crossentropy":
+        if label_smoothing:
+            return keras.losses.categorical_crossentropy(ops.one_hot(y, 4), scores, from_logits=True,
+                                                         label_smoothing=label_smoothing)
         return keras.losses.sparse_categorical_crossentropy(y, scores, from_logits=True)
     if encoding == "paper":
         target = ops.cast(ops.reshape(y, (-1, 1)), "float32")  # broadcast against all 4 outputs
@@ -75,15 +82,17 @@ keras = _keras()
 
 @keras.saving.register_keras_serializable(package="wbc_utils")
 class _EncodedLoss(keras.losses.Loss):
-    def __init__(self, loss: str = "crossentropy", encoding: str = "paper", name: str | None = None, **kw):
+    def __init__(self, loss: str = "crossentropy", encoding: str = "paper", label_smoothing: float = 0.0,
+                 name: str | None = None, **kw):
         super().__init__(name=name or f"{loss}_{encoding}", **kw)
-        self.loss, self.encoding = loss, encoding
+        self.loss, self.encoding, self.label_smoothing = loss, encoding, float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        return loss_value(self.loss, self.encoding, y_true, y_pred)
+        return loss_value(self.loss, self.encoding, y_true, y_pred, self.label_smoothing)
 
     def get_config(self):
-        return {**super().get_config(), "loss": self.loss, "encoding": self.encoding}
+        return {**super().get_config(), "loss": self.loss, "encoding": self.encoding,
+                "label_smoothing": self.label_smoothing}
 
 
 @keras.saving.register_keras_serializable(package="wbc_utils")

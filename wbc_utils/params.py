@@ -16,8 +16,11 @@ from .errors import ParameterError
 
 LOSSES = ("crossentropy", "mse", "huber")
 ENCODINGS = ("paper", "onehot")
-VALIDATIONS = ("paper", "grouped")
-ARCHS = ("paper", "he", "bn")
+VALIDATIONS = ("paper", "grouped", "none")
+ARCHS = ("paper", "he", "bn", "wbcnet")
+VIEWS = ("full", "cell")
+AUGMENTS = ("none", "geometric", "geometric+color")
+LR_SCHEDULES = ("constant", "cosine")
 INPUT_SCALINGS = ("raw", "unit")
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 LOSS_TITLES = {"crossentropy": "Sparse categorical cross-entropy", "mse": "Mean squared error", "huber": "Huber"}
@@ -97,13 +100,20 @@ class RunParams:
     batch_size: int = 32
     image_size: list = dataclasses.field(default_factory=lambda: [240, 320])
     train_subset: int = 0          # 0 = all of TRAIN
-    validation: str = "paper"      # "paper": TEST as validation (as in 2020); "grouped": held-out TRAIN cells
+    validation: str = "paper"      # "paper": TEST as validation (as in 2020); "grouped": held-out TRAIN cells;
+    #                                "none": all of TRAIN, no validation (TEST is only scored at the end)
     val_fraction: float = 0.2      # share of TRAIN's source cells held out when validation="grouped"
     learning_rate: float = 1e-3
     arch: str = "paper"
     input_scaling: str = "raw"
     precision: str = "float32"
     early_stopping_patience: int = 0  # epochs without val improvement; 0 = off (needs validation="grouped")
+    view: str = "full"             # "full": the whole field resized; "cell": a crop around the white cell
+    augment: str = "none"          # "geometric": 8 flips/rotations + shifts; "geometric+color": and stain jitter
+    lr_schedule: str = "constant"  # "cosine": decay to 1% over the run
+    label_smoothing: float = 0.0   # cross-entropy only
+    tta: bool = False              # average predictions over the 8 flips/rotations of each image
+    width: int = 16                # wbcnet: filters of its first block (doubling per block)
     profile: str = "custom"
 
     def __post_init__(self) -> None:
@@ -132,6 +142,20 @@ class RunParams:
         _choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
         _choice("precision", self.precision, PRECISIONS)
         self.early_stopping_patience = _int("early_stopping_patience", self.early_stopping_patience, 0)
+        _choice("view", self.view, VIEWS)
+        _choice("augment", self.augment, AUGMENTS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if isinstance(self.label_smoothing, numbers.Real) and not isinstance(self.label_smoothing, bool) \
+                and self.label_smoothing == 0:
+            self.label_smoothing = 0.0
+        else:
+            self.label_smoothing = _float("label_smoothing", self.label_smoothing, 0.0, 0.5)
+            if self.loss != "crossentropy":
+                raise ParameterError(f"label_smoothing={self.label_smoothing} applies to loss='crossentropy' only; "
+                                     f"set it to 0 for loss={self.loss!r}.")
+        if not isinstance(self.tta, bool):
+            raise ParameterError(f"tta must be True or False, got {self.tta!r} ({type(self.tta).__name__})")
+        self.width = _int("width", self.width, 4)
         if self.early_stopping_patience and self.validation != "grouped":
             raise ParameterError("early_stopping_patience needs validation='grouped': with validation='paper' "
                                  "it would choose the epoch on TEST, which is what this study must not do.")
@@ -154,17 +178,31 @@ class RunParams:
     def run_name(self) -> str:
         parts = [self.loss, self.target_encoding]
         if self.arch != "paper":
-            parts.append(self.arch)
+            parts.append(self.arch + (f"{self.width}" if self.arch == "wbcnet" else ""))
+        if self.view != "full":
+            parts.append(self.view)
+        if self.augment != "none":
+            parts.append({"geometric": "aug", "geometric+color": "augc"}[self.augment])
+        if self.lr_schedule != "constant":
+            parts.append(self.lr_schedule)
+        if self.label_smoothing:
+            parts.append(f"ls{self.label_smoothing:g}")
+        if self.tta:
+            parts.append("tta")
         if self.input_scaling != "raw":
             parts.append(self.input_scaling)
         parts.append(f"lr{self.learning_rate:g}")
         if self.validation != "paper":
-            parts.append("gval")
+            parts.append({"grouped": "gval", "none": "noval"}[self.validation])
         parts.append(f"s{self.seed}")
         return "_".join(parts)
 
     def same_as(self, other: dict) -> bool:
-        return json.loads(json.dumps(self.to_dict())) == json.loads(json.dumps(other))
+        """True when ``other`` (a params.json) describes this run; keys it lacks take their defaults,
+        so runs written before a parameter existed still match."""
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(self)}
+        return json.loads(json.dumps(self.to_dict())) == json.loads(json.dumps({**defaults, **other}))
 
 
 @dataclasses.dataclass
@@ -186,8 +224,11 @@ class Profile:
     learning_rate: float = 1e-3
     precision: str = "float32"
     rescore_split: str = "TEST"   # where the 2020 weights are re-scored (TEST_SIMPLE is quicker)
-    #: control runs for the collapse study: each dict overrides the main settings, run for every seed
+    #: control runs: each dict overrides the main settings and runs for every seed (or for its own "seeds")
     controls: tuple = ()
+    #: more run parameters shared by the main runs (view, augment, ...: see RunParams)
+    extra: dict = dataclasses.field(default_factory=dict)
+    controls_first: bool = False   # run the controls before the main runs (a lab whose results pick the main)
     jobs: int = 1                  # notebooks run at once (2 suits many short runs on 2 cores)
     trades: str = ""
 
@@ -196,20 +237,25 @@ class Profile:
                   image_size=list(self.image_size), train_subset=self.train_subset, validation=self.validation,
                   arch=self.arch, input_scaling=self.input_scaling, learning_rate=self.learning_rate,
                   precision=self.precision, profile=self.name)
+        kw.update(self.extra)
         kw.update(over)
         return RunParams(**kw)
 
     def runs(self) -> list[RunParams]:
         main = [self._run(l, e, s) for l in self.losses for e in self.encodings for s in self.seeds]
-        extra = [self._run(c.get("loss", "crossentropy"), c.get("target_encoding", "paper"), s,
-                           **{k: v for k, v in c.items() if k not in ("loss", "target_encoding")})
-                 for c in self.controls for s in self.seeds
-                 if c.get("loss", "crossentropy") in self.losses and c.get("target_encoding", "paper") in self.encodings]
-        return main + extra
+        default_loss, default_enc = self.losses[0], self.encodings[0]
+        extra = [self._run(c.get("loss", default_loss), c.get("target_encoding", default_enc), s,
+                           **{k: v for k, v in c.items() if k not in ("loss", "target_encoding", "seeds")})
+                 for c in self.controls for s in (parse_seeds(c["seeds"]) if "seeds" in c else self.seeds)
+                 if c.get("loss", default_loss) in self.losses and c.get("target_encoding", default_enc) in self.encodings]
+        return extra + main if self.controls_first else main + extra
 
     def is_main(self, params: dict) -> bool:
         """True for the profile's main runs, False for its control runs."""
-        return all(params.get(k) == getattr(self, k) for k in ("arch", "input_scaling", "learning_rate"))
+        defaults = RunParams()
+        keys = {"arch": self.arch, "input_scaling": self.input_scaling, "learning_rate": self.learning_rate,
+                "validation": self.validation, **self.extra}
+        return all(params.get(k, getattr(defaults, k, None)) == v for k, v in keys.items())
 
     def with_overrides(self, **kw) -> "Profile":
         kw = {k: v for k, v in kw.items() if v is not None}
@@ -251,6 +297,25 @@ PROFILES: dict[str, Profile] = {
         losses=("crossentropy",), encodings=("paper",), rescore_split="TEST_SIMPLE",
         controls=({"learning_rate": 3e-4}, {"input_scaling": "unit"}, {"arch": "he"}, {"arch": "bn"}),
         trades="60x80 pixels, 2,000 TRAIN images, 3 epochs: enough to see a run stall at ln 4 or leave it"),
+    "best": Profile(
+        name="best", description="beyond the paper: a from-scratch model on crops around the white cell, its design "
+        "chosen on held-out TRAIN cells (the lab runs), then trained on all of TRAIN with three seeds",
+        image_size=[64, 64], epochs=10, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=1e-3,
+        losses=("crossentropy",), encodings=("onehot",), validation="none", arch="wbcnet", input_scaling="unit",
+        rescore_split="TEST_SIMPLE", jobs=2, controls_first=True,
+        extra={"view": "cell", "augment": "geometric+color", "lr_schedule": "cosine", "label_smoothing": 0.1,
+               "tta": True},
+        # the lab: candidate designs, each trained once on 80% of TRAIN's cells and scored on the other 20%
+        controls=(
+            {"seeds": [0], "validation": "grouped", "tta": False},
+            {"seeds": [0], "validation": "grouped", "tta": False, "augment": "geometric", "label_smoothing": 0.0},
+            {"seeds": [0], "validation": "grouped", "tta": False, "augment": "none", "lr_schedule": "constant",
+             "label_smoothing": 0.0},
+            {"seeds": [0], "validation": "grouped", "tta": False, "view": "full", "image_size": [60, 80],
+             "augment": "geometric", "label_smoothing": 0.0},
+        ),
+        trades="64x64 crops around the white cell (128x128 pixels of the 240x320 field), 10 epochs; the lab runs "
+               "use one seed each"),
     "paper": Profile(
         name="paper", description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN",
         image_size=[240, 320], epochs=100, seeds=[0], train_subset=0, batch_size=32,

@@ -77,6 +77,9 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    _absolute_env()  # the notebooks run with notebooks/ as their working directory
+    runs_root = Path(runs_root).resolve() if runs_root else None
+    data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     pdir = profile_dir(profile.name, runs_root)
     pdir.mkdir(parents=True, exist_ok=True)
     steps = plan(profile, runs_root, reuse, force)
@@ -122,6 +125,17 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
         record["previous"] = {k: v for k, v in prev.items() if k != "previous"}
     write_json(pdir / "study.json", record)
     return record
+
+
+PATH_VARIABLES = ("WBC_DATA_DIR", "WBC_RUNS_DIR", "WBC_CACHE_DIR", "WBC_OUTPUT_DIR", "WBC_ORIGINAL_DIR")
+
+
+def _absolute_env() -> None:
+    """Make relative path settings absolute, as the user meant them from their working directory."""
+    for name in PATH_VARIABLES:
+        v = os.environ.get(name)
+        if v and not os.path.isabs(os.path.expanduser(v)):
+            os.environ[name] = str(Path(v).expanduser().resolve())
 
 
 def _profile_dict(profile: Profile) -> dict:

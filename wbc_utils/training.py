@@ -47,7 +47,7 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "paper_metric", "val_loss", "val
 class RunData:
     manifest: Manifest
     train: SplitData
-    val: SplitData
+    val: SplitData | None
     test: SplitData
     test_simple: SplitData | None
 
@@ -55,15 +55,17 @@ class RunData:
 def prepare_data(params: RunParams, data_dir=None, cache_dir=None, progress: bool = True) -> RunData:
     """Load the splits a run needs at its image size, and carve train/validation."""
     manifest = build_manifest(data_dir)
-    size = params.image_size
-    train_all = load_split(manifest, "TRAIN", size, cache_dir, progress)
-    test = load_split(manifest, "TEST", size, cache_dir, progress)
+    size, view = params.image_size, params.view
+    train_all = load_split(manifest, "TRAIN", size, cache_dir, progress, view=view)
+    test = load_split(manifest, "TEST", size, cache_dir, progress, view=view)
     simple = None
     if (manifest.frame["split"] == "TEST_SIMPLE").any():
-        simple = load_split(manifest, "TEST_SIMPLE", size, cache_dir, progress)
+        simple = load_split(manifest, "TEST_SIMPLE", size, cache_dir, progress, view=view)
     if params.validation == "grouped":
         tr_idx, va_idx = grouped_split(train_all.frame, params.val_fraction, params.seed)
         train, val = train_all.subset(tr_idx), train_all.subset(va_idx)
+    elif params.validation == "none":
+        train, val = train_all, None
     else:
         train, val = train_all, test
     if params.train_subset:
@@ -74,12 +76,16 @@ def prepare_data(params: RunParams, data_dir=None, cache_dir=None, progress: boo
     return RunData(manifest, train, val, test, simple)
 
 
-def make_dataset(split: SplitData, batch_size: int, seed: int | None = None, epoch: int = 0):
+def make_dataset(split: SplitData, batch_size: int, seed: int | None = None, epoch: int = 0,
+                 augment: str = "none", view: int = 0):
     """A tf.data pipeline of (uint8 images, int labels) batches, streamed from the (memory-mapped) array.
 
     With ``seed``, the order is a permutation drawn from (seed, epoch): the same
-    on every machine and after a resume.
+    on every machine and after a resume; ``augment`` (see :mod:`wbc_utils.augment`)
+    draws from (seed, epoch, batch). ``view`` (0-7) applies one fixed flip/rotation
+    to every image, for test-time augmentation.
     """
+    from .augment import augment_batch, dihedral
     from .tfenv import import_tf
 
     tf = import_tf()
@@ -87,24 +93,35 @@ def make_dataset(split: SplitData, batch_size: int, seed: int | None = None, epo
     order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
     images, labels = split.images, split.labels
     h, w = images.shape[1:3]
+    if view % 4 in (1, 3):
+        h, w = w, h
 
     def gen():
-        for i in range(0, n, batch_size):
+        for j, i in enumerate(range(0, n, batch_size)):
             b = np.sort(order[i:i + batch_size])
-            yield np.asarray(images[b]), labels[b]
+            x = np.asarray(images[b])
+            if augment != "none":
+                x = augment_batch(x, np.random.default_rng([seed or 0, epoch, j]), augment)
+            if view:
+                x = np.ascontiguousarray(dihedral(x, view))
+            yield x, labels[b]
 
     sig = (tf.TensorSpec((None, h, w, 3), tf.uint8), tf.TensorSpec((None,), tf.int32))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
     return ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size))).prefetch(2)
 
 
-def compile_model(model, params: RunParams):
+def compile_model(model, params: RunParams, steps_per_epoch: int = 1):
     import keras
 
     from .losses import PaperMetric, make_loss, true_accuracy_metric
 
-    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate),
-                  loss=make_loss(params.loss, params.target_encoding),
+    lr = params.learning_rate
+    if params.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, params.epochs * steps_per_epoch),
+                                                    alpha=0.01)
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=make_loss(params.loss, params.target_encoding, params.label_smoothing),
                   metrics=[true_accuracy_metric(), PaperMetric(params.loss, params.target_encoding)])
     return model
 
@@ -133,10 +150,23 @@ def _check_existing(run_dir: Path, params: RunParams, reuse: bool, force: bool) 
     return "resume"
 
 
-def _predict(model, split: SplitData, batch_size: int) -> np.ndarray:
+def _predict(model, split: SplitData, batch_size: int, tta: bool = False) -> np.ndarray:
+    """Raw scores (N, 4); with ``tta``, the log of the softmax averaged over the image's flips/rotations."""
+    from .augment import n_views, view_index
+
     if split is None or len(split) == 0:
         return np.zeros((0, len(CLASSES)), np.float32)
-    return np.asarray(model.predict(make_dataset(split, max(batch_size, 64)), verbose=0), np.float32)
+    bs = max(batch_size, 64)
+    if not tta:
+        return np.asarray(model.predict(make_dataset(split, bs), verbose=0), np.float32)
+    probs = 0.0
+    views = n_views(split.images.shape)
+    for j in range(views):
+        s = np.asarray(model.predict(make_dataset(split, bs, view=view_index(split.images.shape, j)), verbose=0),
+                       np.float64)
+        e = np.exp(s - s.max(1, keepdims=True))
+        probs = probs + e / e.sum(1, keepdims=True)
+    return np.log(np.maximum(probs / views, 1e-12)).astype(np.float32)
 
 
 def software_versions() -> dict:
@@ -231,7 +261,9 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
         log.info("resuming %s after epoch %d", run_dir, start_epoch)
         print(f"Resuming {run_dir.name} after epoch {start_epoch} of {params.epochs}.")
     else:
-        model = compile_model(build_model(params.image_size, params.arch, params.input_scaling), params)
+        steps = -(-len(data.train) // params.batch_size)
+        model = compile_model(build_model(params.image_size, params.arch, params.input_scaling, width=params.width),
+                              params, steps)
 
     probe_idx = stratified_subset(data.train.frame, min(64, len(data.train)), 12345)
     probe, probe_y = np.asarray(data.train.images[probe_idx]), data.train.labels[probe_idx]
@@ -239,11 +271,12 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     if start_epoch == 0:
         diag("init")
     logger = _EpochLogger(run_dir, history, diag)
-    val_ds = make_dataset(data.val, max(params.batch_size, 64))
+    val_ds = make_dataset(data.val, max(params.batch_size, 64)) if data.val is not None else None
     best = {"val_loss": math.inf, "epoch": 0, "weights": None}
     stopped_early = False
     for epoch in range(start_epoch, params.epochs):
-        model.fit(make_dataset(data.train, params.batch_size, params.seed, epoch), validation_data=val_ds,
+        model.fit(make_dataset(data.train, params.batch_size, params.seed, epoch, params.augment),
+                  validation_data=val_ds,
                   epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[logger], shuffle=False)
         if params.early_stopping_patience:
             vl = history[-1]["val_loss"]
@@ -257,8 +290,13 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
 
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
-    test_scores = _predict(model, data.test, params.batch_size)
-    simple_scores = _predict(model, data.test_simple, params.batch_size) if data.test_simple is not None else None
+    test_scores = _predict(model, data.test, params.batch_size, params.tta)
+    simple_scores = (_predict(model, data.test_simple, params.batch_size, params.tta)
+                     if data.test_simple is not None else None)
+    val_scores = val_tta = None
+    if params.validation == "grouped":  # both ways, so the lab can decide on test-time augmentation on validation
+        val_scores = _predict(model, data.val, params.batch_size, False)
+        val_tta = _predict(model, data.val, params.batch_size, True)
     _write_predictions(run_dir, data, test_scores, simple_scores)
 
     hist = pd.DataFrame(history)
@@ -267,17 +305,18 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     metrics = {
         **{k: v for k, v in params.to_dict().items()},
         "run_name": params.run_name, "run_dir": str(run_dir), "precision_policy": policy,
-        "validation_label": "TEST used as validation (paper mode)" if params.validation == "paper"
-        else f"grouped: {params.val_fraction:.0%} of TRAIN's source cells held out",
-        "train_images": len(data.train), "val_images": len(data.val), "train_cells": int(data.train.frame["cell"].nunique()),
+        "validation_label": {"paper": "TEST used as validation (paper mode)",
+                             "grouped": f"grouped: {params.val_fraction:.0%} of TRAIN's source cells held out",
+                             "none": "none: trained on all of TRAIN; TEST scored once at the end"}[params.validation],
+        "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0, "train_cells": int(data.train.frame["cell"].nunique()),
         "epochs_run": n_epochs_run, "stopped_early": stopped_early,
         "chosen_epoch": best["epoch"] if params.early_stopping_patience else n_epochs_run,
         "train_seconds": train_seconds,
         "images_per_second": len(data.train) * n_epochs_run / train_seconds if train_seconds else None,
         "final_train_loss": float(hist["loss"].iloc[-1]), "final_train_accuracy": float(hist["accuracy"].iloc[-1]),
         "final_train_paper_metric": float(hist["paper_metric"].iloc[-1]),
-        "final_val_accuracy": float(hist["val_accuracy"].iloc[-1]),
-        "final_val_paper_metric": float(hist["val_paper_metric"].iloc[-1]),
+        "final_val_accuracy": _finite(hist["val_accuracy"].iloc[-1]),
+        "final_val_paper_metric": _finite(hist["val_paper_metric"].iloc[-1]),
         "ce_collapse_epoch": collapse_epoch(hist["loss"]) if params.loss == "crossentropy" else None,
         "skipped_files": len(data.manifest.skipped),
         "software": software_versions(),
@@ -286,16 +325,44 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
         test_scores, data.test.labels, data.test.cells,
         simple_scores, data.test_simple.labels if data.test_simple is not None else None,
         loss=params.loss, encoding=params.target_encoding))
+    if val_scores is not None:
+        metrics.update(validation_metrics(val_scores, data.val))
+        metrics.update({f"{k}_tta" if k.startswith("val_") else k: v
+                        for k, v in validation_metrics(val_tta, data.val).items() if "cells" not in k})
+        _write_predictions(run_dir, data, None, None, val_tta if params.tta else val_scores, "val_predictions.csv")
     write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return metrics
 
 
-def _write_predictions(run_dir: Path, data: RunData, test_scores, simple_scores) -> None:
+def _finite(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def validation_metrics(scores, val: SplitData) -> dict:
+    """Accuracy on the grouped validation split (held-out TRAIN cells), image- and cell-level, with
+    cluster-bootstrap intervals: what the 'beyond the paper' choices are made on."""
+    from .evaluation import cell_majority, cluster_bootstrap
+
+    pred = np.asarray(scores).argmax(1)
+    ok = pred == val.labels
+    ci = cluster_bootstrap(ok, val.cells)
+    ucells, ctrue, cvote = cell_majority(pred, val.labels, val.cells)
+    cok = ctrue == cvote
+    cci = cluster_bootstrap(cok, ucells)
+    return {"val_accuracy": float(ok.mean()), "val_accuracy_ci": [ci["lo"], ci["hi"]],
+            "val_cell_accuracy": float(cok.mean()), "val_cell_accuracy_ci": [cci["lo"], cci["hi"]],
+            "val_cells": int(len(ucells)),
+            "val_cells_per_class": {c: int((ctrue == i).sum()) for i, c in enumerate(CLASSES)}}
+
+
+def _write_predictions(run_dir: Path, data: RunData, test_scores, simple_scores, val_scores=None,
+                       name: str = "predictions.csv") -> None:
     import pandas as pd
 
     frames = []
-    for split, scores in ((data.test, test_scores), (data.test_simple, simple_scores)):
+    for split, scores in ((data.test, test_scores), (data.test_simple, simple_scores), (data.val, val_scores)):
         if split is None or scores is None:
             continue
         f = split.frame[["split", "relpath", "class", "label", "cell"]].copy()
@@ -303,7 +370,7 @@ def _write_predictions(run_dir: Path, data: RunData, test_scores, simple_scores)
         for i, c in enumerate(CLASSES):
             f[f"score_{c}"] = scores[:, i]
         frames.append(f)
-    write_csv(run_dir / "predictions.csv", pd.concat(frames, ignore_index=True))
+    write_csv(run_dir / name, pd.concat(frames, ignore_index=True))
 
 
 def run_status(run_dir: str | os.PathLike) -> str:

@@ -1,0 +1,60 @@
+"""Training-time augmentation and test-time augmentation (TTA), on uint8 batches in NumPy.
+
+Only changes that keep the class are used. A blood cell has no "up": its
+eight flips and quarter-turns (the dihedral group D4) are all valid views of
+it, and so are small shifts. Staining varies from slide to slide, so a mild
+jitter of each colour channel's gain and offset stands for another slide.
+
+Every random draw comes from a generator seeded by (seed, epoch, batch), so a
+run is reproducible and a resumed run sees the batches it would have seen.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .params import AUGMENTS
+
+#: Largest shift, as a share of the image side.
+SHIFT = 0.08
+#: Colour jitter: per-channel gain in 1 +- GAIN, offset in +- OFFSET (0-255 scale).
+GAIN, OFFSET = 0.08, 12.0
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """The k-th (0-7) of the 8 flips/quarter-turns of a (N, H, W, C) batch (square images for odd quarter-turns)."""
+    out = np.rot90(images, k % 4, axes=(1, 2))
+    return out[:, :, ::-1] if k >= 4 else out
+
+
+def n_views(shape) -> int:
+    """How many dihedral views apply: 8 for square images, 4 (no quarter-turns) otherwise."""
+    return 8 if shape[1] == shape[2] else 4
+
+
+def view_index(shape, j: int) -> int:
+    """The j-th valid dihedral transform for images of this shape (square: 0-7; else 0, 2, 4, 6)."""
+    return j if n_views(shape) == 8 else (0, 2, 4, 6)[j]
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, mode: str) -> np.ndarray:
+    """Augment a uint8 batch; returns a new uint8 array of the same shape."""
+    if mode not in AUGMENTS:
+        raise ValueError(f"augment={mode!r} is not known; valid values: {', '.join(AUGMENTS)}")
+    images = np.asarray(images)
+    if mode == "none" or len(images) == 0:
+        return images
+    n, h, w, _ = images.shape
+    out = np.empty_like(images)
+    ks = rng.integers(0, n_views(images.shape), n)
+    dy = rng.integers(-int(SHIFT * h), int(SHIFT * h) + 1, n)
+    dx = rng.integers(-int(SHIFT * w), int(SHIFT * w) + 1, n)
+    py, px = int(SHIFT * h), int(SHIFT * w)
+    padded = np.pad(images, ((0, 0), (py, py), (px, px), (0, 0)), mode="edge")
+    for i in range(n):
+        shifted = padded[i, py + dy[i]:py + dy[i] + h, px + dx[i]:px + dx[i] + w]
+        out[i] = dihedral(shifted[None], view_index(images.shape, int(ks[i])))[0]
+    if mode == "geometric+color":
+        gain = 1.0 + rng.uniform(-GAIN, GAIN, (n, 1, 1, 3))
+        offset = rng.uniform(-OFFSET, OFFSET, (n, 1, 1, 3))
+        out = np.clip(out.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    return out
