@@ -113,3 +113,58 @@ def test_notebooks_run_top_to_bottom(smoke, notebook, tmp_path):
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+@pytest.fixture(scope="module")
+def best(smoke):
+    """The best profile at toy size (1 epoch, 128 images) in the same folders as the smoke study."""
+    out, env, _ = smoke
+    res = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "best", "--epochs", "1",
+                          "--train-subset", "128", "--seeds", "0", "--no-pdf"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, env
+
+
+def test_best_profile_lab_then_final_report_and_figures(best):
+    out, env = best
+    summary = pd.read_csv(out / "runs" / "best" / "summary.csv")
+    lab = summary[summary["validation"] == "grouped"]
+    assert len(lab) >= 3 and (summary["status"] == "finished").all()
+    m = json.loads((Path(lab.iloc[0]["run_dir"]) / "metrics.json").read_text())
+    for k in ("val_accuracy", "val_accuracy_ci", "val_cell_accuracy", "val_accuracy_tta", "val_cells"):
+        assert k in m, k
+    for name in ("lab_curves", "confusion_image_and_cell", "reliability", "wrong_cells"):
+        assert (out / "figures" / "best" / f"{name}.png").stat().st_size > 1000, name
+    html = (out / "report" / "best" / "report.html").read_text()
+    for section in ("6. Beyond the paper", "6.1 Lab notebook", "6.2 The final model on TEST", "6.4 Calibration"):
+        assert section in html, section
+    assert "Traceback" not in html
+    # the smoke report, re-made now that a best study exists, shows both
+    res = subprocess.run([sys.executable, "-m", "wbc_utils", "report", "--profile", "smoke", "--no-pdf"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = (out / "report" / "smoke" / "report.html").read_text()
+    assert "3. Results" in html and "6.2 The final model on TEST" in html
+
+
+def test_predict_and_inside_notebook_run(best, tmp_path):
+    import papermill as pm
+
+    out, env = best
+    final = pd.read_csv(out / "runs" / "best" / "summary.csv").query("validation == 'none'").iloc[0]["run_dir"]
+    res = subprocess.run([sys.executable, "-m", "wbc_utils", "predict", final,
+                          str(real_data_dir() / "images" / "TEST_SIMPLE" / "MONOCYTE"), "--csv"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = pd.read_csv(__import__("io").StringIO(res.stdout))
+    assert len(table) == 4 and table["predicted"].notna().all()
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        pm.execute_notebook(str(ROOT / "notebooks" / "05_inside_the_network.ipynb"), str(tmp_path / "05.ipynb"),
+                            parameters={"model": final, "compare_profile": "smoke"}, cwd=str(ROOT / "notebooks"),
+                            progress_bar=False, kernel_name="python3")
+    finally:
+        os.environ.clear()
+        os.environ.update(old)

@@ -21,4 +21,5 @@ def test_notebook_is_stripped(path):
 
 def test_notebooks_are_numbered():
     names = [p.name for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
-    assert names == ["01_data.ipynb", "02_model.ipynb", "03_training.ipynb", "04_analysis.ipynb"]
+    assert names == ["01_data.ipynb", "02_model.ipynb", "03_training.ipynb", "04_analysis.ipynb",
+                     "05_inside_the_network.ipynb"]

@@ -139,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="even runs already at the current evaluation version")
     p.set_defaults(func=cmd_reevaluate)
 
+    p = sub.add_parser("predict", help="classify image files or folders with a trained model",
+                       description="Classify JPEG/PNG files or folders (searched recursively). MODEL, when given "
+                       "first, is a run folder (runs/<profile>/<run>/), a shipped-model folder or a .keras file; "
+                       "without it the best shipped model (models/best/) is used. Unreadable files are reported "
+                       "on their own row; the others are still classified. Exit status 1 when any file failed. "
+                       "Not a diagnostic tool: the models have only seen one lab's BCCD smears.")
+    p.add_argument("paths", nargs="+", metavar="[MODEL] IMAGES", help="optional model, then images or folders")
+    p.add_argument("--model", help="the model (instead of giving it first)")
+    p.add_argument("--csv", nargs="?", const="-", metavar="FILE",
+                   help="write CSV instead of a table: to FILE, or to standard output without one")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ship", help="copy a finished run's model to models/best/ for `predict` (under 5 MB)")
+    _common(p)
+    p.add_argument("--profile", default="best")
+    p.add_argument("--seed", type=int, default=0, help="which final run to ship (decided in advance: seed 0)")
+    p.add_argument("--run", help="a run folder, instead of --profile/--seed")
+    p.add_argument("--force", action="store_true", help="replace a different shipped model")
+    p.set_defaults(func=cmd_ship)
+
     p = sub.add_parser("summary", help="print a study's summary table")
     _common(p)
     p.add_argument("--profile", default="quick")
@@ -259,6 +279,58 @@ def cmd_reevaluate(args) -> int:
     n = reevaluate_profile(profile_dir(args.profile, args.runs_dir), force=args.force)
     summarize(args.profile, args.runs_dir)
     print(f"{n} run(s) re-evaluated in {profile_dir(args.profile, args.runs_dir)}")
+    return 0
+
+
+def _looks_like_model(path: str) -> bool:
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    return p.suffix == ".keras" or (p.is_dir() and (p / "model.keras").exists())
+
+
+def cmd_predict(args) -> int:
+    from .artifacts import write_csv
+    from .predict import DISCLAIMER, format_table, predict_files
+
+    paths = list(args.paths)
+    model = args.model
+    if model is None and len(paths) > 1 and _looks_like_model(paths[0]):
+        model, paths = paths[0], paths[1:]
+    frame = predict_files(paths, model)
+    failed = frame[frame["error"] != ""]
+    if args.csv == "-":
+        frame.to_csv(sys.stdout, index=False, float_format="%.6f")
+    elif args.csv:
+        write_csv(args.csv, frame)
+        print(f"{len(frame) - len(failed)} image(s) classified -> {args.csv}", file=sys.stderr)
+    else:
+        print(f"model: {frame.attrs['model']}")
+        print(format_table(frame))
+        print(DISCLAIMER)
+    for r in failed.itertuples():
+        print(f"error: {r.file}: {r.error}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+def cmd_ship(args) -> int:
+    from pathlib import Path
+
+    from .errors import DataError
+    from .predict import ship_model
+    from .study import summarize
+
+    if args.run:
+        run = Path(args.run)
+    else:
+        f = summarize(args.profile, args.runs_dir)
+        main = f[(f["role"] == "main") & (f["status"] == "finished") & (f["seed"] == args.seed)]
+        if main.empty:
+            raise DataError(f"no finished main run with seed {args.seed} in profile {args.profile}: run "
+                            f"`make report PROFILE={args.profile}` first, or pass --run.")
+        run = Path(main.iloc[0]["run_dir"])
+    dest = ship_model(run, force=args.force)
+    print(f"shipped {run} -> {dest}")
     return 0
 
 

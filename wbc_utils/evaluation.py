@@ -178,3 +178,53 @@ def collapse_epoch(history, threshold: float = 0.02) -> int | None:
         if all(abs(v - math.log(4)) < threshold for v in losses[i:]):
             return i + 1
     return None
+
+
+def softmax(scores) -> np.ndarray:
+    s = np.asarray(scores, float)
+    e = np.exp(s - s.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def calibration(probs, labels, bins: int = 10) -> dict:
+    """Reliability of the predicted class's probability: per-bin confidence against accuracy, and the ECE.
+
+    The expected calibration error is the image-weighted mean gap |accuracy - confidence| over
+    ``bins`` equal-width confidence bins (Guo et al., 2017).
+    """
+    probs = np.asarray(probs, float)
+    conf = probs.max(1)
+    ok = probs.argmax(1) == np.asarray(labels)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            gap = abs(ok[m].mean() - conf[m].mean())
+            ece += m.mean() * gap
+            rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()),
+                         "confidence": float(conf[m].mean()), "accuracy": float(ok[m].mean())})
+    return {"ece": float(ece), "bins": rows, "mean_confidence": float(conf.mean()), "accuracy": float(ok.mean())}
+
+
+def cell_probabilities(probs, labels, cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per source cell: (cell ids, true label, mean probability vector over its images)."""
+    uniq, inv, strata = _cell_index(cells, labels)
+    probs = np.asarray(probs, float)
+    total = np.zeros((len(uniq), probs.shape[1]))
+    np.add.at(total, inv, probs)
+    return uniq, strata, total / np.bincount(inv, minlength=len(uniq))[:, None]
+
+
+def abstention(probs, labels, share: float = 0.10) -> dict:
+    """Accuracy on the items kept when the ``share`` least confident ones are set aside (sent to a person)."""
+    probs = np.asarray(probs, float)
+    labels = np.asarray(labels)
+    conf = probs.max(1)
+    n_drop = int(round(share * len(conf)))
+    keep = np.argsort(-conf, kind="stable")[:len(conf) - n_drop]
+    ok = probs.argmax(1) == labels
+    return {"share": share, "abstained": n_drop, "kept": int(len(keep)), "accuracy_all": float(ok.mean()),
+            "accuracy_kept": float(ok[keep].mean()) if len(keep) else float("nan"),
+            "errors_abstained": int((~ok).sum() - (~ok[keep]).sum())}

@@ -222,6 +222,10 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict
 
     allruns, metrics, histories = load_runs(profile, runs_root)
     summary = allruns[allruns["role"] == "main"]  # control runs appear in the collapse figure only
+    if (summary["arch"] == "wbcnet").any():  # a beyond-the-paper study: its own figures
+        from .figures_inside import build_beyond
+
+        return build_beyond(profile, runs_root, out_dir)
     out_dir = out_dir or figures_dir(profile)
     orig = profile_dir(profile, runs_root) / "original-2020.json"
     logs = read_json(orig).get("logs", {}) if orig.exists() else {}

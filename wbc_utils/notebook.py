@@ -48,3 +48,43 @@ def show(fig):
     if fig is not None:
         display(fig)
         plt.close(fig)
+
+
+def explorer(summary, split: str = "TEST", data_dir=None):
+    """Notebook 04's 'explore one prediction' cell: a static figure always (so exported HTML shows it), and,
+    when ipywidgets is installed, a run picker and an image slider that redraw it."""
+    from IPython.display import display
+
+    from .figures_inside import explore, run_split
+    from .saliency import load_run
+
+    fin = summary[summary["status"] == "finished"]
+    if fin.empty:
+        print("No finished run to explore yet: run a study first (make report PROFILE=smoke).")
+        return
+    cache: dict = {}
+
+    def get(run_dir):
+        if run_dir not in cache:
+            run = load_run(run_dir)
+            cache[run_dir] = (run, run_split(run, split, data_dir))
+        return cache[run_dir]
+
+    first = fin.iloc[0]["run_dir"]
+    run, data = get(first)
+    show(explore(run, data, None, 0))
+    try:
+        import ipywidgets as w
+    except ImportError:
+        print("(ipywidgets is not installed: `pip install ipywidgets` for the interactive version)")
+        return
+    pick = w.Dropdown(options=list(zip(fin["run_name"], fin["run_dir"])), value=first, description="run")
+    index = w.IntSlider(value=0, min=0, max=len(data) - 1, description="image", continuous_update=False)
+
+    def draw(run_dir, i):
+        r, d = get(run_dir)
+        show(explore(r, d, None, i))
+
+    out = w.interactive_output(draw, {"run_dir": pick, "i": index})
+    print("Interactive version (in a live notebook; exported pages keep the static figure above):")
+    display(w.VBox([w.HBox([pick, index]), out]))
