@@ -1,5 +1,5 @@
 # The study's entry points. Every target calls `python -m wbc_utils` (see `python -m wbc_utils --help`).
-# Variables: PROFILE (smoke | quick | paper, default quick), PYTHON (default python3), ARGS (extra CLI flags).
+# Variables: PROFILE (smoke | quick | collapse | best | paper, default quick), PYTHON (default python3), ARGS (extra CLI flags).
 SHELL := /bin/bash
 PROFILE ?= quick
 PYTHON ?= python3
@@ -10,7 +10,7 @@ ARGS ?=
 SYSTEM_PACKAGES := chromium fonts-dejavu-core poppler-utils
 
 .DEFAULT_GOAL := help
-.PHONY: help setup report study figures test test-fast bench notebooks-check clean-cache clean-runs
+.PHONY: help setup report study figures test test-fast bench bench-fast ship-model notebooks-check clean-cache clean-runs
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +38,14 @@ test: ## run the whole test suite, the end-to-end smoke study included
 test-fast: ## run the tests that train nothing
 	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
 
-bench: ## measure training speed and data loading side by side (benchmarks/), print ratios
-	$(PY) benchmarks/run.py $(ARGS)
+bench: ## measure speed, memory, data loading and the quick profile side by side (about 45 min), print ratios
+	$(PY) benchmarks/run.py --quick $(ARGS)
+
+bench-fast: ## the same without the memory runs and the quick profile (a few minutes)
+	$(PY) benchmarks/run.py --skip-memory $(ARGS)
+
+ship-model: ## copy the best profile's seed-0 model to models/best/ (what `predict` uses by default)
+	$(PY) -m wbc_utils ship --profile best --seed 0 $(ARGS)
 
 notebooks-check: ## fail if a notebook is stored with outputs
 	$(PY) -m pytest -q tests/test_notebooks_clean.py

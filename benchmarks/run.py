@@ -3,13 +3,20 @@
 Each measurement runs in a fresh child process (TensorFlow's settings are fixed at import).
 Prints ratios and writes benchmarks/results/bench.json.
 
-    python benchmarks/run.py [--size 240x320] [--steps 8] [--warmup 3]
+    python benchmarks/run.py [--size 240x320] [--steps 8] [--warmup 3] [--skip-memory] [--quick]
 
 Measured:
   train_*    training throughput (images/s, steady state after warm-up) of the paper model, batch 32:
              "original": float16 NumPy array -> float32 model, model.fit on arrays, TensorFlow's defaults
              (oneDNN off on CPUs without AVX-512); "ours": uint8 data cast inside the model, oneDNN on.
+  train_ours_bf16  the same with the mixed_bfloat16 policy (emulated, slow, where the CPU lacks AVX512_BF16).
   decode_*   time to get TEST at the size: cold (decode every JPEG) and warm (the on-disk cache).
+  warm_all   all 12,444 images at the size from a warm cache: ready to train (opened), and every pixel read.
+  memory_*   peak resident memory (getrusage of the child) of one full-TRAIN epoch at the size with TEST as
+             validation: "original" holds TRAIN and TEST as float16 arrays and calls model.fit on them;
+             "ours" is train_run (uint8 cache read on demand, tf.data), epoch, validation, predictions.
+  quick_*    (--quick) the wall time of `python -m wbc_utils all --profile quick --no-pdf` from an empty runs
+             folder (the decode cache kept).
 """
 from __future__ import annotations
 
@@ -49,6 +56,8 @@ else:
     from wbc_utils.model import build_model
     from wbc_utils.params import RunParams
     from wbc_utils.training import compile_model
+    from wbc_utils.tfenv import set_precision
+    set_precision(os.environ.get("BENCH_PRECISION", "float32"))
     m = compile_model(build_model((h, w)), RunParams(image_size=[h, w], learning_rate=1e-3))
     n = 32 * (steps + warmup)
     x = np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
@@ -60,13 +69,67 @@ dt = time.perf_counter() - t
 print(json.dumps({"images_per_second": 32 * steps / dt}))
 """
 
+CHILD_MEMORY = r"""
+import json, os, resource, sys, time
+import numpy as np
+mode, h, w, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+from wbc_utils.data import build_manifest, load_split
+t = time.perf_counter()
+if mode == "original":
+    import tensorflow as tf, keras
+    from keras import layers
+    m = build_manifest()
+    # the 2020 code: every image in one float16 array (decoded here from the uint8 cache: same footprint)
+    x = np.asarray(load_split(m, "TRAIN", (h, w), progress=False).images).astype(np.float16)
+    test = load_split(m, "TEST", (h, w), progress=False)
+    xv = np.asarray(test.images).astype(np.float16)
+    y = load_split(m, "TRAIN", (h, w), progress=False).labels
+    model = keras.Sequential([keras.Input((h, w, 3))])
+    for a, b in ((4, 8), (16, 16), (32, 32), (64, 64)):
+        model.add(layers.Conv2D(a, 3, padding="same", activation="relu"))
+        model.add(layers.Conv2D(b, 3, padding="same", activation="relu"))
+        model.add(layers.MaxPooling2D())
+    model.add(layers.Flatten()); model.add(layers.Dense(4))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    kw = {"steps_per_epoch": steps} if steps else {}
+    model.fit(x, y, batch_size=32, epochs=1, validation_data=(xv, test.labels), verbose=0, **kw)
+else:
+    import tempfile
+    from wbc_utils.params import RunParams
+    from wbc_utils.training import train_run
+    p = RunParams(image_size=[h, w], epochs=1, train_subset=0, learning_rate=3e-4, profile="bench")
+    with tempfile.TemporaryDirectory() as d:
+        train_run(p, d, verbose=0)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"peak_rss_mb": peak, "seconds": time.perf_counter() - t, "steps_per_epoch": steps or "all"}))
+"""
+
+CHILD_WARM_ALL = r"""
+import json, sys, time
+import numpy as np
+from wbc_utils.data import build_manifest, load_split
+h, w = int(sys.argv[1]), int(sys.argv[2])
+m = build_manifest()
+names = [s for s in ("TRAIN", "TEST", "TEST_SIMPLE") if (m.frame["split"] == s).any()]
+for s in names:  # make sure the cache exists (cold decode not timed here)
+    load_split(m, s, (h, w), progress=False)
+t = time.perf_counter()
+m = build_manifest()
+splits = [load_split(m, s, (h, w), progress=False) for s in names]
+ready = time.perf_counter() - t
+total = sum(int(np.asarray(s.images).sum(dtype=np.uint64) >= 0) * len(s) for s in splits)
+read_all = time.perf_counter() - t
+print(json.dumps({"images": total, "ready_seconds": ready, "read_all_seconds": read_all}))
+"""
+
 CHILD_DECODE = r"""
 import json, sys, time
+import numpy as np
 from wbc_utils.data import build_manifest, load_split
 h, w, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 m = build_manifest()
 t = time.perf_counter(); s = load_split(m, "TEST", (h, w), cache_dir=cache, progress=False); cold = time.perf_counter() - t
-t = time.perf_counter(); s = load_split(build_manifest(), "TEST", (h, w), cache_dir=cache, progress=False); _ = s.images.sum(); warm = time.perf_counter() - t
+t = time.perf_counter(); s = load_split(build_manifest(), "TEST", (h, w), cache_dir=cache, progress=False); _ = np.asarray(s.images).sum(); warm = time.perf_counter() - t
 print(json.dumps({"cold_seconds": cold, "warm_seconds": warm, "images": len(s)}))
 """
 
@@ -85,6 +148,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true", help="skip the two full-epoch memory runs (minutes)")
+    ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--memory-steps", type=int, default=0,
+                    help="limit the original's memory run to this many steps (0: the whole epoch)")
+    ap.add_argument("--quick", action="store_true", help="also time the quick profile end to end (~30 min)")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     out = {"size": [h, w], "batch": 32, "steps": a.steps, "machine": platform.platform(), "cpus": os.cpu_count()}
@@ -95,6 +163,15 @@ def main() -> int:
     out["train_ratio"] = out["train_ours"]["images_per_second"] / out["train_original"]["images_per_second"]
     print(f"training at {h}x{w}, batch 32: original {out['train_original']['images_per_second']:.1f} img/s, "
           f"ours {out['train_ours']['images_per_second']:.1f} img/s -> {out['train_ratio']:.2f}x")
+    if not a.skip_bf16:
+        from wbc_utils.tfenv import cpu_supports_bf16
+
+        out["cpu_has_native_bf16"] = cpu_supports_bf16()
+        out["train_ours_bf16"] = child(CHILD_TRAIN, "ours", h, w, max(2, a.steps // 4), 1,
+                                       env={**base_env, "BENCH_PRECISION": "mixed_bfloat16"})
+        out["bf16_ratio"] = out["train_ours_bf16"]["images_per_second"] / out["train_ours"]["images_per_second"]
+        print(f"mixed_bfloat16 (native bf16 on this CPU: {out['cpu_has_native_bf16']}): "
+              f"{out['train_ours_bf16']['images_per_second']:.1f} img/s -> {out['bf16_ratio']:.2f}x float32")
     if not a.skip_decode:
         with tempfile.TemporaryDirectory() as cache:
             d = child(CHILD_DECODE, h, w, cache, env=base_env)
@@ -102,10 +179,39 @@ def main() -> int:
         out["decode_ratio_cold_over_warm"] = d["cold_seconds"] / d["warm_seconds"]
         print(f"TEST ({d['images']} images) at {h}x{w}: cold {d['cold_seconds']:.1f} s, warm {d['warm_seconds']:.2f} s "
               f"-> warm cache {out['decode_ratio_cold_over_warm']:.0f}x faster")
+        w_all = child(CHILD_WARM_ALL, h, w, env=base_env)
+        out["warm_all"] = w_all
+        print(f"all {w_all['images']} images at {h}x{w} from a warm cache: ready in {w_all['ready_seconds']:.2f} s, "
+              f"every pixel read in {w_all['read_all_seconds']:.2f} s")
+    if not a.skip_memory:
+        out["memory_original"] = child(CHILD_MEMORY, "original", h, w, a.memory_steps, env=orig_env)
+        out["memory_ours"] = child(CHILD_MEMORY, "ours", h, w, 0, env=base_env)
+        out["memory_ratio_original_over_ours"] = (out["memory_original"]["peak_rss_mb"] /
+                                                  out["memory_ours"]["peak_rss_mb"])
+        print(f"peak memory, one full-TRAIN epoch at {h}x{w}: original {out['memory_original']['peak_rss_mb']:.0f} MB, "
+              f"ours {out['memory_ours']['peak_rss_mb']:.0f} MB -> {out['memory_ratio_original_over_ours']:.1f}x less")
+    if a.quick:
+        import time
+
+        with tempfile.TemporaryDirectory() as d:
+            env = {**os.environ, "WBC_RUNS_DIR": f"{d}/runs", "WBC_OUTPUT_DIR": d}
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "quick", "--no-pdf"], cwd=ROOT,
+                               env=env, capture_output=True, text=True)
+            out["quick_end_to_end"] = {"seconds": time.perf_counter() - t, "returncode": r.returncode}
+        print(f"quick profile end to end (21 runs + figures + HTML): {out['quick_end_to_end']['seconds'] / 60:.1f} min "
+              f"(exit {r.returncode})")
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "bench.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written: {res / 'bench.json'}")
+    from wbc_utils.artifacts import write_json
+
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out["finished"] = stamp
+    kept = write_json(res / f"bench_{h}x{w}_{stamp}.json", out)  # every run kept
+    write_json(res / "bench.json", out)  # and the latest, where the README points
+    print(f"written: {kept} (and {res / 'bench.json'})")
     return 0
 
 

@@ -160,8 +160,32 @@ def test_cache_is_keyed_by_size_and_reused(tiny_dataset, cache_dir):
     t = time.perf_counter()
     c = load_split(build_manifest(tiny_dataset), "TRAIN", (32, 40), progress=False)
     assert time.perf_counter() - t < 5
-    assert isinstance(c.images, np.memmap)
-    np.testing.assert_array_equal(a.images, c.images)
+    from wbc_utils.data import DiskArray
+
+    assert isinstance(c.images, DiskArray)  # read on demand, not decoded again
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(c.images))
+
+
+def test_disk_array_reads_like_the_array_it_stores(tmp_path):
+    from wbc_utils.data import DiskArray
+
+    ref = np.random.default_rng(0).integers(0, 255, (7, 4, 5, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", ref)
+    d = DiskArray(tmp_path / "x.npy")
+    assert d.shape == ref.shape and len(d) == 7
+    np.testing.assert_array_equal(d[2], ref[2])
+    np.testing.assert_array_equal(d[1:4], ref[1:4])
+    np.testing.assert_array_equal(d[[5, 0, 5]], ref[[5, 0, 5]])
+    np.testing.assert_array_equal(d[3, 1], ref[3, 1])
+    sub = d.subset([6, 2, 4])
+    np.testing.assert_array_equal(np.asarray(sub), ref[[6, 2, 4]])
+    np.testing.assert_array_equal(sub[1:], ref[[2, 4]])
+    import pickle
+
+    np.testing.assert_array_equal(np.asarray(pickle.loads(pickle.dumps(sub))), ref[[6, 2, 4]])
+    (tmp_path / "t.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        DiskArray(tmp_path / "t.npy")
 
 
 def test_image_size_check():

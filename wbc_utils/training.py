@@ -78,7 +78,7 @@ def prepare_data(params: RunParams, data_dir=None, cache_dir=None, progress: boo
 
 def make_dataset(split: SplitData, batch_size: int, seed: int | None = None, epoch: int = 0,
                  augment: str = "none", view: int = 0):
-    """A tf.data pipeline of (uint8 images, int labels) batches, streamed from the (memory-mapped) array.
+    """A tf.data pipeline of (uint8 images, int labels) batches, streamed from the cached array (read on demand).
 
     With ``seed``, the order is a permutation drawn from (seed, epoch): the same
     on every machine and after a resume; ``augment`` (see :mod:`wbc_utils.augment`)
