@@ -303,16 +303,16 @@ PROFILES: dict[str, Profile] = {
         image_size=[64, 64], epochs=10, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=1e-3,
         losses=("crossentropy",), encodings=("onehot",), validation="none", arch="wbcnet", input_scaling="unit",
         rescore_split="TEST_SIMPLE", jobs=2, controls_first=True,
-        extra={"view": "cell", "augment": "geometric+color", "lr_schedule": "cosine", "label_smoothing": 0.1,
+        # the kept design: the best lab candidate on validation (geometric augmentation, no stain jitter, no label
+        # smoothing), with test-time augmentation, which raised validation accuracy for every cell-crop candidate
+        extra={"view": "cell", "augment": "geometric", "lr_schedule": "cosine", "label_smoothing": 0.0,
                "tta": True},
         # the lab: candidate designs, each trained once on 80% of TRAIN's cells and scored on the other 20%
         controls=(
+            {"seeds": [0], "validation": "grouped", "tta": False, "augment": "geometric+color", "label_smoothing": 0.1},
             {"seeds": [0], "validation": "grouped", "tta": False},
-            {"seeds": [0], "validation": "grouped", "tta": False, "augment": "geometric", "label_smoothing": 0.0},
-            {"seeds": [0], "validation": "grouped", "tta": False, "augment": "none", "lr_schedule": "constant",
-             "label_smoothing": 0.0},
-            {"seeds": [0], "validation": "grouped", "tta": False, "view": "full", "image_size": [60, 80],
-             "augment": "geometric", "label_smoothing": 0.0},
+            {"seeds": [0], "validation": "grouped", "tta": False, "augment": "none", "lr_schedule": "constant"},
+            {"seeds": [0], "validation": "grouped", "tta": False, "view": "full", "image_size": [60, 80]},
         ),
         trades="64x64 crops around the white cell (128x128 pixels of the 240x320 field), 10 epochs; the lab runs "
                "use one seed each"),
