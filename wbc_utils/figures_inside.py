@@ -213,8 +213,8 @@ def confusion_pair_figure(image_cm, cell_cm, seeds: int):
     return fig
 
 
-def wrong_cells_figure(wrong, manifest, crop_size=(64, 64)):
-    """Each misread TEST cell: its un-augmented TEST_SIMPLE image and the crop the model saw."""
+def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell"):
+    """Each misread TEST cell: its un-augmented TEST_SIMPLE image and the model's input made from it."""
     _style()
     import matplotlib.pyplot as plt
     from PIL import Image
@@ -245,10 +245,13 @@ def wrong_cells_figure(wrong, manifest, crop_size=(64, 64)):
             field = np.asarray(im.convert("RGB").resize((320, 240)))
         a0.imshow(field)
         a0.set_title(f"{r['cell']}", fontsize=7)
-        a1.imshow(crop_cell(field, crop_size))
+        if view == "cell":
+            a1.imshow(crop_cell(field, input_size))
+        else:
+            a1.imshow(np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR)))
         a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=7, color="#c62828")
     fig.suptitle("TEST cells the final model still gets wrong (majority vote of the cell's images): "
-                 "the un-augmented image and its crop", fontsize=9)
+                 "the un-augmented image and the model's input", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -300,7 +303,7 @@ def build_beyond(profile: str, runs_root=None, out_dir=None) -> dict:
         pt = res["pooled_test"]
         figs["reliability"] = reliability_figure(pt["probs"], pt["labels"])
         figs["wrong_cells"] = wrong_cells_figure(res["wrong_cells"], build_manifest(),
-                                                 tuple(res["chosen"]["image_size"]))
+                                                 tuple(res["chosen"]["image_size"]), res["chosen"].get("view", "full"))
     for name, fig in figs.items():
         save(fig, name, out_dir)
         plt.close(fig)
