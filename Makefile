@@ -39,7 +39,7 @@ test-fast: ## run the tests that train nothing
 	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
 
 bench: ## measure speed, memory, data loading and the quick profile side by side (about 45 min), print ratios
-	$(PY) benchmarks/run.py --quick $(ARGS)
+	$(PY) benchmarks/run.py --quick --bf16-study $(ARGS)
 
 bench-fast: ## the same without the memory runs and the quick profile (a few minutes)
 	$(PY) benchmarks/run.py --skip-memory $(ARGS)

@@ -15,6 +15,8 @@ Measured:
   memory_*   peak resident memory (getrusage of the child) of one full-TRAIN epoch at the size with TEST as
              validation: "original" holds TRAIN and TEST as float16 arrays and calls model.fit on them;
              "ours" is train_run (uint8 cache read on demand, tf.data), epoch, validation, predictions.
+  bf16_study (--bf16-study) the 2020 recipe, float32 against mixed_bfloat16 on the same seeds: TEST accuracy and
+             runs held at ln 4 (small: 48x64, 1,000 images, 2 epochs, seeds 0-2, learning rates 0.001 and 0.0003).
   quick_*    (--quick) the wall time of `python -m wbc_utils all --profile quick --no-pdf` from an empty runs
              folder (the decode cache kept).
 """
@@ -122,6 +124,26 @@ read_all = time.perf_counter() - t
 print(json.dumps({"images": total, "ready_seconds": ready, "read_all_seconds": read_all}))
 """
 
+CHILD_BF16 = r"""
+import json, math, sys, tempfile
+h, w, n, epochs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+seeds = [int(v) for v in sys.argv[5].split(",")]
+from wbc_utils.params import RunParams
+from wbc_utils.training import train_run
+rows = []
+for lr in (1e-3, 3e-4):
+    for seed in seeds:
+        for precision in ("float32", "mixed_bfloat16"):
+            p = RunParams(image_size=[h, w], epochs=epochs, train_subset=n, seed=seed, learning_rate=lr,
+                          precision=precision, profile="bench")
+            with tempfile.TemporaryDirectory() as d:
+                m = train_run(p, d, verbose=0)
+            rows.append({"learning_rate": lr, "seed": seed, "precision": m["precision_policy"],
+                         "test_accuracy": m["test_accuracy"], "held_at_ln4": m["ce_collapse_epoch"] is not None,
+                         "final_train_loss": m["final_train_loss"], "images_per_second": m["images_per_second"]})
+print(json.dumps({"runs": rows}))
+"""
+
 CHILD_DECODE = r"""
 import json, sys, time
 import numpy as np
@@ -153,6 +175,9 @@ def main() -> int:
     ap.add_argument("--memory-steps", type=int, default=0,
                     help="limit the original's memory run to this many steps (0: the whole epoch)")
     ap.add_argument("--quick", action="store_true", help="also time the quick profile end to end (~30 min)")
+    ap.add_argument("--bf16-study", action="store_true",
+                    help="train the 2020 recipe (cross-entropy, integer labels) in float32 and mixed_bfloat16 on the "
+                         "same seeds at 48x64 and compare accuracy and how often it is held at ln 4")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     out = {"size": [h, w], "batch": 32, "steps": a.steps, "machine": platform.platform(), "cpus": os.cpu_count()}
@@ -190,6 +215,16 @@ def main() -> int:
                                                   out["memory_ours"]["peak_rss_mb"])
         print(f"peak memory, one full-TRAIN epoch at {h}x{w}: original {out['memory_original']['peak_rss_mb']:.0f} MB, "
               f"ours {out['memory_ours']['peak_rss_mb']:.0f} MB -> {out['memory_ratio_original_over_ours']:.1f}x less")
+    if a.bf16_study:
+        r = child(CHILD_BF16, 48, 64, 1000, 2, "0,1,2", env=base_env)["runs"]
+        out["bf16_study"] = r
+        for lr in (1e-3, 3e-4):
+            for prec in ("float32", "mixed_bfloat16"):
+                sel = [x for x in r if x["learning_rate"] == lr and x["precision"] == prec]
+                acc = sum(x["test_accuracy"] for x in sel) / len(sel)
+                held = sum(x["held_at_ln4"] for x in sel)
+                print(f"2020 recipe at 48x64, lr {lr:g}, {prec}: mean TEST accuracy {acc:.1%}, "
+                      f"{held}/{len(sel)} held at ln 4")
     if a.quick:
         import time
 
