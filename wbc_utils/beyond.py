@@ -90,16 +90,19 @@ def decisions(lab, chosen: dict | None) -> list[str]:
     return out
 
 
-def tta_effect(lab) -> dict | None:
-    """Test-time augmentation on validation: mean gain over the candidates that crop the cell."""
-    if lab is None or len(lab) == 0:
+def tta_effect(lab, chosen: dict | None = None) -> dict | None:
+    """Test-time augmentation on validation: its gain per candidate, and for the kept design."""
+    if lab is None or len(lab) == 0 or lab["val_accuracy_tta"].isna().all():
         return None
-    cell = lab[[p.get("view") == "cell" for p in lab["params"]]]
-    if cell.empty or cell["val_accuracy_tta"].isna().all():
-        return None
-    d = (cell["val_accuracy_tta"] - cell["val_accuracy"]).to_numpy(float)
-    return {"mean_gain": float(np.nanmean(d)), "min_gain": float(np.nanmin(d)), "max_gain": float(np.nanmax(d)),
-            "candidates": int(len(d))}
+    d = (lab["val_accuracy_tta"] - lab["val_accuracy"]).to_numpy(float)
+    out = {"gains": dict(zip(lab["design"], d)), "raised": int((d > 0).sum()), "candidates": int(len(d)),
+           "kept_gain": None}
+    if chosen is not None:
+        keys = [k for k in DESIGN_KEYS if k != "epochs"]
+        for row, g in zip(lab.itertuples(), d):
+            if all(row.params.get(k) == chosen.get(k) for k in keys):
+                out["kept_gain"] = float(g)
+    return out
 
 
 def _preds(row, split: str):
@@ -220,7 +223,7 @@ def lab_and_final(profile: str = "best", runs_root=None) -> dict | None:
     lab = lab_table(summary)
     chosen = chosen_design(summary)
     out = {"summary": summary, "lab": lab, "chosen": chosen, "decisions": decisions(lab, chosen),
-           "tta": tta_effect(lab), "seeds": seed_table(summary), "final_runs": final_runs(summary)}
+           "tta": tta_effect(lab, chosen), "seeds": seed_table(summary), "final_runs": final_runs(summary)}
     if len(out["final_runs"]):
         out["pooled_test"] = pooled(summary, "TEST")
         out["pooled_simple"] = pooled(summary, "TEST_SIMPLE")
