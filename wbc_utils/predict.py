@@ -128,8 +128,6 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     parameters, its TEST figures and where it came from. Refuses to replace a different model without ``force``."""
     import datetime
     import hashlib
-    import shutil
-
     from .artifacts import atomic_path, write_json
     from .errors import RunExistsError
 
@@ -144,21 +142,27 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     old = dest / "model.json"
     if old.exists() and not force:
         prev = read_json_safe(old)
-        if prev.get("sha256") == digest:
+        if prev.get("source_sha256") == digest:
             return dest
         raise RunExistsError(f"{dest} already holds another model (from {prev.get('source_run', '?')}). "
                              f"Pass --force to replace it.")
     dest.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest / "model.keras") as tmp:
-        shutil.copyfile(src, tmp)
     from .artifacts import read_json
+    from .saliency import load_run
+
+    model = load_run(run_dir).model  # without the optimizer's state: a third of the size, same predictions
+    with atomic_path(dest / "model.keras") as tmp:
+        model.save(tmp)
+    shipped = dest / "model.keras"
+    size = shipped.stat().st_size
 
     m = read_json(run_dir / "metrics.json")
     keep = ("test_accuracy", "test_accuracy_ci", "cell_accuracy", "cell_accuracy_ci", "test_simple_accuracy",
             "test_simple_accuracy_ci", "train_seconds", "software")
     write_json(dest / "model.json", {
         "params": read_json(run_dir / "params.json"), "metrics": {k: m.get(k) for k in keep},
-        "source_run": f"{run_dir.parent.name}/{run_dir.name}", "sha256": digest, "bytes": size,
+        "source_run": f"{run_dir.parent.name}/{run_dir.name}", "source_sha256": digest,
+        "sha256": hashlib.sha256(shipped.read_bytes()).hexdigest(), "bytes": size,
         "shipped": datetime.date.today().isoformat(), "classes": list(CLASSES), "disclaimer": DISCLAIMER})
     return dest
 
