@@ -187,30 +187,40 @@ def confusions(summary) -> dict:
 
 
 def wrong_cells(summary):
-    """TEST source cells that the final runs' majority vote gets wrong, with how many seeds, and the
-    TEST_SIMPLE image of that cell (its un-augmented source) when present."""
+    """TEST source cells the final runs misread: by the majority vote of the cell's augmented TEST images, or on
+    its un-augmented TEST_SIMPLE image; with how many seeds did, what they read, and the TEST_SIMPLE image."""
     import pandas as pd
 
     runs = list(final_runs(summary).itertuples())
-    votes: dict = {}
+    found: dict = {}
+
+    def note(cell, true, read, how):
+        r = found.setdefault(cell, {"cell": cell, "class": CLASSES[true], "seeds_wrong_majority": 0,
+                                    "seeds_wrong_simple": 0, "read": set()})
+        r[how] += 1
+        r["read"].add(CLASSES[read])
+
+    simple_path = {}
     for r in runs:
         t = _preds(r, "TEST")
         uniq, ctrue, cvote = cell_majority(t["pred"].to_numpy(), t["label"].to_numpy(), t["cell"].to_numpy())
         for c, a, b in zip(uniq, ctrue, cvote):
             if a != b:
-                votes.setdefault(c, {"cell": c, "class": CLASSES[a], "seeds_wrong": 0, "voted": []})
-                votes[c]["seeds_wrong"] += 1
-                votes[c]["voted"].append(CLASSES[b])
-    out = pd.DataFrame(list(votes.values()), columns=["cell", "class", "seeds_wrong", "voted"])
-    if len(out):
-        out["voted"] = [", ".join(sorted(set(v))) for v in out["voted"]]
-        out["seeds"] = len(runs)
-        if runs:
-            s = _preds(runs[0], "TEST_SIMPLE")
-            by_cell = dict(zip(s["cell"], s["relpath"]))
-            out["simple_relpath"] = [by_cell.get(c, "") for c in out["cell"]]
-        out = out.sort_values(["seeds_wrong", "cell"], ascending=[False, True]).reset_index(drop=True)
-    return out
+                note(c, a, b, "seeds_wrong_majority")
+        s = _preds(r, "TEST_SIMPLE")
+        simple_path.update(zip(s["cell"], s["relpath"]))
+        for c, a, b in zip(s["cell"], s["label"], s["pred"]):
+            if a != b:
+                note(c, int(a), int(b), "seeds_wrong_simple")
+    cols = ["cell", "class", "seeds_wrong_majority", "seeds_wrong_simple", "voted", "seeds", "simple_relpath"]
+    out = pd.DataFrame(list(found.values()))
+    if not len(out):
+        return pd.DataFrame(columns=cols)
+    out["voted"] = [", ".join(sorted(v)) for v in out.pop("read")]
+    out["seeds"] = len(runs)
+    out["seeds_wrong"] = out[["seeds_wrong_majority", "seeds_wrong_simple"]].max(axis=1)
+    out["simple_relpath"] = [simple_path.get(c, "") for c in out["cell"]]
+    return out.sort_values(["seeds_wrong", "cell"], ascending=[False, True]).reset_index(drop=True)
 
 
 def lab_and_final(profile: str = "best", runs_root=None) -> dict | None:

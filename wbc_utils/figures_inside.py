@@ -250,8 +250,8 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
         else:
             a1.imshow(np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR)))
         a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=7, color="#c62828")
-    fig.suptitle("TEST cells the final model still gets wrong (majority vote of the cell's images): "
-                 "the un-augmented image and the model's input", fontsize=9)
+    fig.suptitle("TEST cells the final models still misread (on the un-augmented TEST_SIMPLE image, or by the "
+                 "majority of the cell's TEST copies): the image and the model's input", fontsize=9)
     fig.tight_layout()
     return fig
 
