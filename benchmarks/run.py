@@ -161,8 +161,27 @@ def child(code: str, *args, env=None) -> dict:
     res = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, **(env or {})})
     if res.returncode:
-        raise RuntimeError(res.stderr[-3000:])
+        raise RuntimeError(f"benchmark child exited with status {res.returncode}: {res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def child_memory(code: str, *args, env=None) -> dict:
+    """Run a child under GNU time: its peak resident memory is known even when the kernel kills it."""
+    import re
+
+    timer = "/usr/bin/time"
+    if not os.path.exists(timer):
+        return child(code, *args, env=env)
+    res = subprocess.run([timer, "-v", sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, **(env or {})})
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)
+    out = {"returncode": res.returncode, "peak_rss_mb": int(peak.group(1)) / 1024 if peak else None}
+    if res.returncode == 0:
+        out.update({k: v for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items() if k != "peak_rss_mb"})
+    else:
+        out["error"] = ("killed by signal 9 (the kernel's out-of-memory killer, most likely)"
+                        if "signal 9" in res.stderr else res.stderr[-500:])
+    return out
 
 
 def main() -> int:
@@ -173,6 +192,7 @@ def main() -> int:
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--skip-memory", action="store_true", help="skip the two full-epoch memory runs (minutes)")
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--skip-train", action="store_true", help="skip the throughput measurements")
     ap.add_argument("--memory-steps", type=int, default=0,
                     help="limit the original's memory run to this many steps (0: the whole epoch)")
     ap.add_argument("--quick", action="store_true", help="also time the quick profile end to end (~30 min)")
@@ -210,11 +230,12 @@ def main() -> int:
         print(f"all {w_all['images']} images at {h}x{w} from a warm cache: ready in {w_all['ready_seconds']:.2f} s, "
               f"every pixel read in {w_all['read_all_seconds']:.2f} s")
     if not a.skip_memory:
-        out["memory_original"] = child(CHILD_MEMORY, "original", h, w, a.memory_steps, env=orig_env)
-        out["memory_ours"] = child(CHILD_MEMORY, "ours", h, w, 0, env=base_env)
+        out["memory_original"] = child_memory(CHILD_MEMORY, "original", h, w, a.memory_steps, env=orig_env)
+        out["memory_ours"] = child_memory(CHILD_MEMORY, "ours", h, w, 0, env=base_env)
         out["memory_ratio_original_over_ours"] = (out["memory_original"]["peak_rss_mb"] /
                                                   out["memory_ours"]["peak_rss_mb"])
-        print(f"peak memory, one full-TRAIN epoch at {h}x{w}: original {out['memory_original']['peak_rss_mb']:.0f} MB, "
+        print(f"peak memory, one full-TRAIN epoch at {h}x{w}: original {out['memory_original']['peak_rss_mb']:.0f} MB"
+              f"{' (' + out['memory_original']['error'] + ')' if out['memory_original'].get('error') else ''}, "
               f"ours {out['memory_ours']['peak_rss_mb']:.0f} MB -> {out['memory_ratio_original_over_ours']:.1f}x less")
     if a.bf16_study:
         r = child(CHILD_BF16, 60, 80, 2000, 3, "0,1,2", env=base_env)["runs"]  # the collapse profile's size
