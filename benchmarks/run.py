@@ -34,12 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHILD_TRAIN = r"""
-import json, os, sys, time
-import numpy as np
-mode, h, w, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-if mode == "original":
-    import tensorflow as tf, keras
+#: The 2020 code's model as it built it: Sequential, float32, compiled with its loss and metric.
+ORIGINAL_MODEL = r"""
+def original_model(h, w):
+    import keras
     from keras import layers
     m = keras.Sequential([keras.Input((h, w, 3))])
     for a, b in ((4, 8), (16, 16), (32, 32), (64, 64)):
@@ -48,6 +46,15 @@ if mode == "original":
         m.add(layers.MaxPooling2D())
     m.add(layers.Flatten()); m.add(layers.Dense(4))
     m.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return m
+"""
+
+CHILD_TRAIN = ORIGINAL_MODEL + r"""
+import json, os, sys, time
+import numpy as np
+mode, h, w, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if mode == "original":
+    m = original_model(h, w)
     n = 32 * (steps + warmup)
     x = np.random.default_rng(0).integers(0, 255, (n, h, w, 3)).astype(np.float16)
     y = np.random.default_rng(1).integers(0, 4, n)
@@ -72,28 +79,20 @@ dt = time.perf_counter() - t
 print(json.dumps({"images_per_second": 32 * steps / dt}))
 """
 
-CHILD_MEMORY = r"""
+CHILD_MEMORY = ORIGINAL_MODEL + r"""
 import json, os, resource, sys, time
 import numpy as np
 mode, h, w, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 from wbc_utils.data import build_manifest, load_split
 t = time.perf_counter()
 if mode == "original":
-    import tensorflow as tf, keras
-    from keras import layers
     m = build_manifest()
     # the 2020 code: every image in one float16 array (decoded here from the uint8 cache: same footprint)
     x = np.asarray(load_split(m, "TRAIN", (h, w), progress=False).images).astype(np.float16)
     test = load_split(m, "TEST", (h, w), progress=False)
     xv = np.asarray(test.images).astype(np.float16)
     y = load_split(m, "TRAIN", (h, w), progress=False).labels
-    model = keras.Sequential([keras.Input((h, w, 3))])
-    for a, b in ((4, 8), (16, 16), (32, 32), (64, 64)):
-        model.add(layers.Conv2D(a, 3, padding="same", activation="relu"))
-        model.add(layers.Conv2D(b, 3, padding="same", activation="relu"))
-        model.add(layers.MaxPooling2D())
-    model.add(layers.Flatten()); model.add(layers.Dense(4))
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = original_model(h, w)
     kw = {"steps_per_epoch": steps} if steps else {}
     model.fit(x, y, batch_size=32, epochs=1, validation_data=(xv, test.labels), verbose=0, **kw)
 else:
