@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := chromium fonts-dejavu-core poppler-utils
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  PROFILE=$(PROFILE) (smoke: ~3 min, quick: <30 min, paper: the full 2020 set-up; see python -m wbc_utils profiles)"
+	@echo "  PROFILE=$(PROFILE) (smoke: ~3 min, quick: <30 min, collapse: ~17 min, best: ~70 min, paper: the full 2020 set-up; see python -m wbc_utils profiles)"
 
 setup: ## create .venv, install the package and its dependencies, and the system packages PDF export needs
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ test: ## run the whole test suite, the end-to-end smoke study included
 test-fast: ## run the tests that train nothing
 	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
 
-bench: ## measure speed, memory, data loading and the quick profile side by side (about 45 min), print ratios
+bench: ## measure speed, memory, data loading, bfloat16 and the quick profile side by side (about an hour), print ratios
 	$(PY) benchmarks/run.py --quick --bf16-study $(ARGS)
 
 bench-fast: ## the same without the memory runs and the quick profile (a few minutes)
