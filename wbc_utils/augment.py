@@ -36,6 +36,11 @@ def view_index(shape, j: int) -> int:
     return j if n_views(shape) == 8 else (0, 2, 4, 6)[j]
 
 
+def valid_views(shape) -> tuple[int, ...]:
+    """The dihedral transforms that keep this image shape: all 8 for square images, else 0, 2, 4, 6."""
+    return tuple(view_index(shape, j) for j in range(n_views(shape)))
+
+
 def augment_batch(images: np.ndarray, rng: np.random.Generator, mode: str) -> np.ndarray:
     """Augment a uint8 batch; returns a new uint8 array of the same shape."""
     if mode not in AUGMENTS:

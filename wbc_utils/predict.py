@@ -62,20 +62,21 @@ def prepare(path: str, image_size: Sequence[int], view: str) -> np.ndarray | str
 
 def predict_arrays(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (N, 4) for prepared uint8 images; averaged over flips/rotations if the model used TTA."""
-    from .augment import dihedral, n_views, view_index
+    from .augment import dihedral, valid_views
+    from .evaluation import softmax
 
     images = np.asarray(images, np.uint8)
     if len(images) == 0:
         return np.zeros((0, len(CLASSES)), np.float32)
-    views = [view_index(images.shape, j) for j in range(n_views(images.shape))] if run.tta else [0]
-    probs = np.zeros((len(images), len(CLASSES)), np.float64)
-    for k in views:
-        x = np.ascontiguousarray(dihedral(images, k)) if k else images
-        s = np.concatenate([np.asarray(run.model(x[i:i + batch_size], training=False), np.float64)
-                            for i in range(0, len(x), batch_size)])
-        e = np.exp(s - s.max(1, keepdims=True))
-        probs += e / e.sum(1, keepdims=True)
-    return (probs / len(views)).astype(np.float32)
+
+    def scores(x):
+        return np.concatenate([np.asarray(run.model(x[i:i + batch_size], training=False), np.float64)
+                               for i in range(0, len(x), batch_size)])
+
+    views = valid_views(images.shape) if run.tta else (0,)
+    probs = np.mean([softmax(scores(np.ascontiguousarray(dihedral(images, k)) if k else images)) for k in views],
+                    axis=0)
+    return probs.astype(np.float32)
 
 
 def predict_files(inputs: Iterable[str | os.PathLike], model: str | os.PathLike | None = None, run=None):

@@ -162,10 +162,10 @@ def confidently_wrong(predictions, k: int = 12, split: str = "TEST", one_per_cel
     """
     import pandas as pd
 
+    from .evaluation import softmax
+
     p = predictions[predictions["split"] == split].copy()
-    s = p[[f"score_{c}" for c in CLASSES]].to_numpy(float)
-    e = np.exp(s - s.max(1, keepdims=True))
-    prob = e / e.sum(1, keepdims=True)
+    prob = softmax(p[[f"score_{c}" for c in CLASSES]].to_numpy(float))
     p["confidence"] = prob.max(1)
     p["predicted"] = [CLASSES[i] for i in prob.argmax(1)]
     wrong = p[p["predicted"] != p["class"]].sort_values("confidence", ascending=False)

@@ -152,21 +152,17 @@ def _check_existing(run_dir: Path, params: RunParams, reuse: bool, force: bool) 
 
 def _predict(model, split: SplitData, batch_size: int, tta: bool = False) -> np.ndarray:
     """Raw scores (N, 4); with ``tta``, the log of the softmax averaged over the image's flips/rotations."""
-    from .augment import n_views, view_index
+    from .augment import valid_views
+    from .evaluation import softmax
 
     if split is None or len(split) == 0:
         return np.zeros((0, len(CLASSES)), np.float32)
     bs = max(batch_size, 64)
     if not tta:
         return np.asarray(model.predict(make_dataset(split, bs), verbose=0), np.float32)
-    probs = 0.0
-    views = n_views(split.images.shape)
-    for j in range(views):
-        s = np.asarray(model.predict(make_dataset(split, bs, view=view_index(split.images.shape, j)), verbose=0),
-                       np.float64)
-        e = np.exp(s - s.max(1, keepdims=True))
-        probs = probs + e / e.sum(1, keepdims=True)
-    return np.log(np.maximum(probs / views, 1e-12)).astype(np.float32)
+    probs = np.mean([softmax(model.predict(make_dataset(split, bs, view=k), verbose=0))
+                     for k in valid_views(split.images.shape)], axis=0)
+    return np.log(np.maximum(probs, 1e-12)).astype(np.float32)
 
 
 def software_versions() -> dict:
