@@ -37,17 +37,31 @@ def write_image(path: Path, label: int, rng, size=(40, 32), mode="RGB", fmt="JPE
 
 
 def make_dataset(root: Path, layout: str = "images", cells=(3, 2), copies=4, seed=0,
-                 splits=("TRAIN", "TEST", "TEST_SIMPLE")) -> Path:
-    """A tiny dataset: ``cells`` = (TRAIN cells, TEST cells) per class, ``copies`` images per cell."""
+                 splits=("TRAIN", "TEST", "TEST_SIMPLE"), mapping: bool = True) -> Path:
+    """A tiny dataset: ``cells`` = (TRAIN cells, TEST cells) per class, ``copies`` images per cell.
+
+    With ``mapping``, it carries its own slide mapping (``slides.csv`` at its root, as
+    ``python -m wbc_utils slides --out`` writes for a copy of the dataset): one slide, and one cell, per
+    split, class and index; TEST_SIMPLE shows TEST's slides.
+    """
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     base = {"images": root / "images", "kaggle": root / "dataset2-master" / "dataset2-master" / "images",
             "direct": root}[layout]
     n_cells = {"TRAIN": cells[0], "TEST": cells[1], "TEST_SIMPLE": cells[1]}
+    rows = []
     for split in splits:
         for label, cls in enumerate(CLASSES):
             for k in range(n_cells[split]):
+                slide = 1000 * (1 + label) + (100 if split != "TRAIN" else 0) + k
                 for n in range(1 if split == "TEST_SIMPLE" else copies):
-                    write_image(base / split / cls / f"_{k}_{1000 + 7 * n + k}.jpeg", label, rng)
+                    path = base / split / cls / f"_{k}_{1000 + 7 * n + k}.jpeg"
+                    write_image(path, label, rng)
+                    rows.append({"split": split, "class": cls, "file": path.name, "size_bytes": path.stat().st_size,
+                                 "slide": slide, "score": 1.0, "cell": slide, "overlap": slide})
+    if mapping:
+        pd.DataFrame(rows).to_csv(root / "slides.csv", index=False)
     return root
 
 

@@ -6,9 +6,16 @@ import time
 
 import numpy as np
 import pytest
-from conftest import CLASSES, make_dataset, write_image
+from conftest import CLASSES, make_dataset, real_data_dir, write_image
 
-from wbc_utils.data import build_manifest, check_image_size, find_images_root, grouped_split, load_split, stratified_subset
+from wbc_utils.data import (
+    build_manifest,
+    check_image_size,
+    find_images_root,
+    grouped_split,
+    load_split,
+    stratified_subset,
+)
 from wbc_utils.errors import DataError, ParameterError
 
 
@@ -27,11 +34,12 @@ def test_manifest_rows_and_cells(tiny_dataset):
     assert set(f.columns) >= {"path", "class", "label", "split", "cell"}
     assert (f["label"] == f["class"].map({c: i for i, c in enumerate(CLASSES)})).all()
     train = m.split("TRAIN")
-    assert train["cell"].nunique() == 12
+    assert train["cell"].nunique() == 12 and m.sources == {"shipped": len(f), "matched": 0, "none": 0}
     assert train.groupby("cell").size().eq(4).all()
-    assert sorted(train[train["class"] == "MONOCYTE"]["cell"].unique()) == ["MONOCYTE/0", "MONOCYTE/1", "MONOCYTE/2"]
+    assert sorted(train[train["class"] == "MONOCYTE"]["cell"].unique()) == ["3000", "3001", "3002"]
+    assert not f["shared"].any()
     s = m.summary()
-    assert s.loc["TEST", ("cells", "NEUTROPHIL")] == 2
+    assert s.loc["TEST", ("cells", "NEUTROPHIL")] == 2 and s.loc["TEST", ("slides", "NEUTROPHIL")] == 2
 
 
 def test_missing_folder_error_names_path_and_fix(tmp_path):
@@ -131,15 +139,53 @@ def test_png_grayscale_and_odd_sizes_are_converted(tiny_dataset, cache_dir):
     m = build_manifest(tiny_dataset)
     s = load_split(m, "TRAIN", (32, 40), progress=False)
     assert s.images.shape == (51, 32, 40, 3) and s.images.dtype == np.uint8
-    assert (s.frame["cell"] == "EOSINOPHIL/9").sum() == 3
+    assert s.frame["cell"].str.startswith("?").sum() == 3  # not in the dataset's mapping: cells of their own
 
 
-def test_file_without_cell_id_is_its_own_cell(tiny_dataset):
+def test_file_without_a_known_slide_is_its_own_cell_with_one_warning(tiny_dataset, caplog):
+    """Never grouped by k again: an unknown file is its own cell, and the warning names how many there are."""
+    import logging
+
+    from wbc_utils import data as data_mod
+
+    data_mod._WARNED.clear()
     d = tiny_dataset / "images" / "TRAIN" / "EOSINOPHIL"
-    write_image(d / "cell.jpeg", 0, np.random.default_rng(2))
+    write_image(d / "_0_77.jpeg", 0, np.random.default_rng(2))   # k = 0, like its neighbours
+    write_image(d / "renamed.jpeg", 0, np.random.default_rng(3))
+    with caplog.at_level(logging.WARNING):
+        m = build_manifest(tiny_dataset)
+        build_manifest(tiny_dataset)
+    rows = m.frame[m.frame["path"].str.endswith(("_0_77.jpeg", "renamed.jpeg"))]
+    assert (rows["source"] == "none").all() and rows["slide"].isna().all()
+    assert list(rows["cell"]) == ["?" + r for r in rows["relpath"]]
+    assert m.sources["none"] == 2
+    warnings = [r.message for r in caplog.records if "not in the shipped slide mapping" in r.message]
+    assert len(warnings) == 1 and warnings[0].startswith("2 file(s)") and "Original_Images" in warnings[0]
+
+
+def test_a_changed_file_is_not_taken_for_the_mapped_one(tiny_dataset):
+    d = tiny_dataset / "images" / "TRAIN" / "EOSINOPHIL"
+    victim = sorted(d.iterdir())[0]
+    write_image(victim, 0, np.random.default_rng(9), size=(80, 64))  # same name, other content and size
     m = build_manifest(tiny_dataset)
-    row = m.frame[m.frame["path"].str.endswith("cell.jpeg")].iloc[0]
-    assert row["cell"] == "EOSINOPHIL/?cell" and not row["has_cell_id"]
+    row = m.frame[m.frame["path"] == str(victim)].iloc[0]
+    assert row["source"] == "none" and row["cell"].startswith("?")
+
+
+@pytest.mark.skipif(real_data_dir() is None, reason="the real dataset is not available (set WBC_DATA_DIR)")
+def test_real_dataset_sources_are_true_cells():
+    """The shipped mapping gives the real dataset its slides and same-cell clusters: 259 TRAIN cells, 68 TEST
+    cells, 6 in both; k-groups are not cells."""
+    m = build_manifest(real_data_dir())
+    f = m.frame
+    assert m.sources["shipped"] == len(f) == 12515
+    per = f.groupby("split").agg(slides=("slide", "nunique"), cells=("cell", "nunique"))
+    assert per.loc["TRAIN"].tolist() == [277, 259] and per.loc["TEST"].tolist() == [71, 68]
+    assert per.loc["TEST_SIMPLE", "slides"] == 69
+    test = f[f["split"] == "TEST"]
+    assert test.loc[test["shared"], "cell"].nunique() == 6 and int(test["shared"].sum()) == 202
+    train = f[f["split"] == "TRAIN"]
+    assert train.groupby(["class", "k"])["slide"].nunique().min() >= 10  # a k-group mixes many slides
 
 
 def test_symlinked_duplicate_is_listed_once(tiny_dataset):
@@ -204,6 +250,19 @@ def test_grouped_split_never_shares_a_cell(tiny_dataset):
         assert set(train["cell"].iloc[tr]).isdisjoint(set(train["cell"].iloc[va]))
         assert len(tr) + len(va) == len(train)
         assert set(train["class"].iloc[va]) == set(CLASSES)  # stratified: every class held out
+
+
+@pytest.mark.skipif(real_data_dir() is None, reason="the real dataset is not available (set WBC_DATA_DIR)")
+def test_grouped_split_of_the_real_train_shares_no_slide():
+    """Split by same-cell cluster, no held-out image has its slide (or a slide of the same cell) in the
+    training part; split by k, nearly all of them would."""
+    train = build_manifest(real_data_dir()).split("TRAIN")
+    tr, va = grouped_split(train, 0.2, seed=0)
+    assert not train["slide"].iloc[va].isin(train["slide"].iloc[tr]).any()
+    assert not train["cell"].iloc[va].isin(train["cell"].iloc[tr]).any()
+    groups = train[["class", "k"]].drop_duplicates().sample(frac=0.2, random_state=0)
+    by_k = train.set_index(["class", "k"]).index.isin(groups.set_index(["class", "k"]).index)
+    assert train.loc[by_k, "slide"].isin(train.loc[~by_k, "slide"]).mean() > 0.9
 
 
 def test_grouped_split_rejects_bad_fraction(tiny_dataset):

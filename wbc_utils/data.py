@@ -17,9 +17,17 @@ Rules, chosen for what a careful user expects:
   a warning when they are decoded, and listed.
 * PNG and grayscale images are accepted and converted to RGB; images of another
   size are resized like every other image.
-* ``_<k>_<n>.jpeg`` names the source cell ``(class, k)``.  A name that does not
-  follow it keeps its image but makes it a cell of its own (``<CLASS>/?<stem>``),
-  and is counted as ``no_cell_id``.
+* Every image is given its **source**: the original slide it was made from,
+  the *same-cell cluster* of slides that show the same physical white cell
+  (``cell``), and whether that cell is also in the other split (``shared``),
+  from the mapping shipped with the package (:mod:`wbc_utils.slides`), or
+  from a ``slides.csv[.gz]`` kept at the dataset's root for a copy of its own. The
+  ``_<k>_<n>`` in a file name is **not** a source cell (each ``(class, k)``
+  group mixes 12-31 slides); ``k`` is kept only to show that. A file the
+  shipped mapping does not know (renamed, extra, or changed) is matched to its
+  slide on the fly when the dataset's ``Original_Images/`` is present; when it
+  is not, it becomes a cell of its own (image-level intervals for it), with one
+  warning naming how many files that is.
 * The same file reached twice (a symlink) is listed once.
 """
 from __future__ import annotations
@@ -29,9 +37,9 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -43,7 +51,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
-CELL_RE = re.compile(r"^_(\d+)_(\d+)$")
+NAME_RE = re.compile(r"^_(\d+)_(\d+)$")
 #: Native size of every image in the dataset (height, width).
 NATIVE_SIZE = (240, 320)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,11 +114,13 @@ class Skipped:
 
 @dataclasses.dataclass
 class Manifest:
-    """One row per usable image file: path, class, label, split, source cell."""
+    """One row per usable image file: path, class, label, split, and its source (slide, cell, shared)."""
 
     images_root: Path
-    frame: "object"  # pandas.DataFrame
+    frame: object  # pandas.DataFrame
     skipped: list[Skipped]
+    #: how each file's source was found: {"shipped": n, "matched": n, "none": n}
+    sources: dict = dataclasses.field(default_factory=dict)
 
     def split(self, name: str):
         return self.frame[self.frame["split"] == name].reset_index(drop=True)
@@ -121,8 +131,9 @@ class Manifest:
 
         f = self.frame
         files = f.pivot_table(index="split", columns="class", values="path", aggfunc="count", fill_value=0)
+        slides = f.groupby(["split", "class"])["slide"].nunique().unstack(fill_value=0)
         cells = f.groupby(["split", "class"])["cell"].nunique().unstack(fill_value=0)
-        out = pd.concat({"files": files, "cells": cells}, axis=1)
+        out = pd.concat({"files": files, "slides": slides, "cells": cells}, axis=1)
         return out.reindex([s for s in SPLITS if s in files.index])
 
     def fingerprint(self) -> str:
@@ -132,9 +143,13 @@ class Manifest:
         return h.hexdigest()[:16]
 
 
-def build_manifest(data_dir: str | os.PathLike | None = None,
-                   splits: Sequence[str] = SPLITS, require: Sequence[str] = ("TRAIN", "TEST")) -> Manifest:
-    """List the dataset. Raises DataError for a missing split or class."""
+def build_manifest(data_dir: str | os.PathLike | None = None, splits: Sequence[str] = SPLITS,
+                   require: Sequence[str] = ("TRAIN", "TEST"), sources: bool = True) -> Manifest:
+    """List the dataset. Raises DataError for a missing split or class.
+
+    ``sources=False`` lists the files only, without their slides and cells (what rebuilding the slide
+    mapping itself starts from).
+    """
     import pandas as pd
 
     images_root = find_images_root(data_dir)
@@ -188,21 +203,115 @@ def build_manifest(data_dir: str | os.PathLike | None = None,
                     skipped.append(Skipped(e.path, f"duplicate of {seen[key]} (symlink)"))
                     continue
                 seen[key] = e.path
-                m = CELL_RE.match(stem)
-                cell = f"{cls}/{int(m.group(1))}" if m else f"{cls}/?{stem}"
-                rows.append(dict(path=e.path, relpath=f"{rel_dir}/{name}", split=split,
-                                 **{"class": cls}, label=label, cell=cell, has_cell_id=bool(m),
+                m = NAME_RE.match(stem)
+                rows.append(dict(path=e.path, relpath=f"{rel_dir}/{name}", split=split, **{"class": cls},
+                                 label=label, file=name, k=int(m.group(1)) if m else None,
                                  size_bytes=st.st_size, mtime_ns=st.st_mtime_ns))
             if len(rows) == n_before:
                 raise DataError(f"class folder {class_dirs[cls]} holds no images (.jpeg, .jpg, .png). "
                                 f"Re-download the dataset or remove the empty split.")
     frame = pd.DataFrame(rows)
-    n_noid = int((~frame["has_cell_id"]).sum())
-    if n_noid:
-        log.warning("%d file(s) do not follow _<k>_<n>; each is treated as a source cell of its own", n_noid)
+    frame["k"] = frame["k"].astype("Int64")
     for s in skipped:
         log.info("skipped %s: %s", s.path, s.reason)
-    return Manifest(images_root=images_root, frame=frame, skipped=skipped)
+    if not sources:
+        return Manifest(images_root=images_root, frame=frame, skipped=skipped)
+    frame, found = attach_sources(frame, images_root)
+    return Manifest(images_root=images_root, frame=frame, skipped=skipped, sources=found)
+
+
+_WARNED: set = set()
+
+
+def attach_sources(frame, images_root: Path):
+    """Add ``slide``, ``match_score``, ``cell`` (same-cell cluster), ``shared`` and ``source`` to a manifest frame.
+
+    ``source`` says where each file's slide came from: ``shipped`` (the package's mapping, keyed by split,
+    class, file name and size), ``matched`` (matched now against ``Original_Images/``, cached per file), or
+    ``none`` (no mapping and no originals to match against: the file is a cell of its own).
+    """
+    import pandas as pd
+
+    from . import slides
+
+    mapping = slides.load_mapping()
+    local = dataset_mapping(images_root)
+    if local is not None:  # a mapping written for this copy of the dataset takes precedence
+        mapping = pd.concat([local, mapping], ignore_index=True).drop_duplicates(["split", "class", "file"])
+    key = ["split", "class", "file", "size_bytes"]
+    f = frame.merge(mapping[key + ["slide", "score", "cell"]], on=key, how="left", validate="many_to_one")
+    f["slide"] = f["slide"].astype("Int64")
+    f["source"] = np.where(f["slide"].notna(), "shipped", "none")
+    missing = f["slide"].isna().to_numpy()
+    if missing.any():
+        originals = slides.find_originals(images_root)
+        if originals is not None:
+            found = _match_cached(f.loc[missing], originals)
+            pairs = slides.load_pairs()
+            clusters = slides.same_cell_clusters(set(pairs["slide_a"]) | set(pairs["slide_b"]), pairs)
+            f.loc[missing, "slide"] = found["slide"].to_numpy()
+            f.loc[missing, "score"] = found["score"].to_numpy()
+            got = missing & f["slide"].notna().to_numpy()
+            f.loc[got, "cell"] = [clusters.get(int(s), int(s)) for s in f.loc[got, "slide"]]
+            f.loc[got, "source"] = "matched"
+        n_none = int((f["source"] == "none").sum())
+        if n_none:
+            why = ("and no original slide matched them" if originals is not None else
+                   f"and no Original_Images/ folder was found near {images_root} to match them")
+            msg = (f"{n_none} file(s) are not in the shipped slide mapping {why}: each is counted as a source "
+                   f"cell of its own, so intervals over them are image-level (too narrow if they are copies of "
+                   f"one cell). The report says so.")
+            if msg not in _WARNED:
+                _WARNED.add(msg)
+                log.warning(msg)
+    cell = f["cell"].astype("Int64").astype("string")
+    f["cell"] = cell.fillna("?" + f["relpath"].astype("string")).astype(str)
+    f = f.rename(columns={"score": "match_score"})
+    splits_of = f.assign(side=np.where(f["split"] == "TRAIN", "TRAIN", "TEST")).groupby("cell")["side"].nunique()
+    f["shared"] = f["cell"].map(splits_of).fillna(1).to_numpy() > 1
+    sources = {k: int(v) for k, v in f["source"].value_counts().items()}
+    return f.reset_index(drop=True), {k: sources.get(k, 0) for k in ("shipped", "matched", "none")}
+
+
+#: A slide mapping written for one copy of the dataset (``python -m wbc_utils slides --out <dataset root>``),
+#: read from the dataset's root (or the folder above its splits) before the package's own.
+DATASET_MAPPING_NAMES = ("slides.csv.gz", "slides.csv")
+
+
+def dataset_mapping(images_root: Path):
+    """The slide mapping kept beside a copy of the dataset, or None."""
+    from . import slides
+
+    for base in (images_root, images_root.parent, images_root.parent.parent):
+        for name in DATASET_MAPPING_NAMES:
+            if (base / name).is_file():
+                return slides.load_mapping(base / name)
+    return None
+
+
+def _match_cached(rows, originals: Path):
+    """Match files to slides, remembering results per (path, size, mtime) in the cache folder."""
+    import pandas as pd
+
+    from . import slides
+
+    cache = default_cache_dir() / "slides_matched.csv"
+    cols = ["path", "size_bytes", "mtime_ns", "slide", "score"]
+    known = pd.read_csv(cache, dtype={"slide": "Int64"}) if cache.exists() else pd.DataFrame(columns=cols)
+    rows = rows[["path", "class", "size_bytes", "mtime_ns"]].reset_index(drop=True)
+    merged = rows.merge(known[cols], on=["path", "size_bytes", "mtime_ns"], how="left")
+    todo = merged["slide"].isna() & ~merged["path"].isin(known.loc[known["slide"].isna(), "path"])
+    if todo.any():
+        log.warning("matching %d file(s) that the shipped mapping does not know against %s", int(todo.sum()),
+                    originals)
+        new = slides.match_images(merged.loc[todo, "path"].tolist(), merged.loc[todo, "class"].tolist(), originals)
+        merged.loc[todo, "slide"] = new["slide"].to_numpy()
+        merged.loc[todo, "score"] = new["score"].to_numpy()
+        from .artifacts import write_csv
+
+        keep = known[~known["path"].isin(merged["path"])]
+        write_csv(cache, pd.concat([keep, merged[cols]], ignore_index=True))
+    return merged
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -337,7 +446,7 @@ class DiskArray:
             return self._read(np.array([rows]))[0]
         return self._read(rows)
 
-    def subset(self, idx) -> "DiskArray":
+    def subset(self, idx) -> DiskArray:
         return DiskArray(self.path, self.index[np.asarray(idx)])
 
     def __array__(self, dtype=None, copy=None):
@@ -363,8 +472,8 @@ class SplitData:
     """Decoded images of one split with their manifest rows (same order)."""
 
     split: str
-    images: "np.ndarray | DiskArray"  # uint8 (N, H, W, 3); read from the cache file on demand
-    frame: "object"     # pandas.DataFrame: path, class, label, cell, ...
+    images: np.ndarray | DiskArray  # uint8 (N, H, W, 3); read from the cache file on demand
+    frame: object     # pandas.DataFrame: path, class, label, cell, ...
 
     @property
     def labels(self) -> np.ndarray:
@@ -372,12 +481,13 @@ class SplitData:
 
     @property
     def cells(self) -> np.ndarray:
+        """Same-cell cluster of each image (the unit every interval resamples)."""
         return self.frame["cell"].to_numpy()
 
     def __len__(self) -> int:
         return len(self.frame)
 
-    def subset(self, idx) -> "SplitData":
+    def subset(self, idx) -> SplitData:
         idx = np.asarray(idx)
         images = self.images.subset(idx) if isinstance(self.images, DiskArray) else self.images[idx]
         return SplitData(self.split, images, self.frame.iloc[idx].reset_index(drop=True))
@@ -484,10 +594,11 @@ def stratified_subset(frame, n: int, seed: int) -> np.ndarray:
 
 
 def grouped_split(frame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split rows by source cell, stratified by class: (train_idx, val_idx).
+    """Split rows by same-cell cluster, stratified by class: (train_idx, val_idx).
 
     A fraction of each class's cells (at least one) is held out, with every
-    augmented copy of a held-out cell; no cell appears on both sides.
+    image of every slide that shows a held-out cell; no cell, and so no slide,
+    appears on both sides.
     """
     from .errors import ParameterError
 

@@ -1,0 +1,178 @@
+"""Figures about where the images come from: original slides, their augmented copies, overlapping fields.
+
+Each function returns a matplotlib Figure drawn from the slide mapping (:func:`wbc_utils.slides.load_mapping`),
+the pairs table (:func:`wbc_utils.slides.load_pairs`) and the image files; sized to stay readable at A4 width
+(about 7 inches).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+#: Width of a figure that fills an A4 page between margins (inches).
+A4_WIDTH = 7.2
+_K_RE = re.compile(r"^_(\d+)_\d+\.")
+
+
+def _style() -> None:
+    import seaborn as sns
+
+    sns.set_theme(style="white")
+
+
+def _k(file: str) -> int | None:
+    m = _K_RE.match(file)
+    return int(m.group(1)) if m else None
+
+
+def _rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as RGB uint8 (a grey placeholder when it cannot be read), optionally resized (w, h)."""
+    import cv2
+
+    from .slides import _read
+
+    bgr = _read(path, color=True)
+    if bgr is None:
+        return np.full((240, 320, 3), 200, np.uint8)
+    if size is not None and (bgr.shape[1], bgr.shape[0]) != size:
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _slide_path(originals_dir: Path, slide: int) -> Path:
+    from .slides import _slide_files
+
+    return dict(_slide_files(originals_dir))[int(slide)]
+
+
+def _show(ax, img: np.ndarray, title: str, fontsize: float = 7) -> None:
+    ax.imshow(img)
+    ax.set_title(title, fontsize=fontsize, pad=2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def slide_and_copies_figure(mapping, images_root: Path, originals_dir: Path, slide: int | None = None,
+                            copies: int = 6):
+    """One original slide (left) beside ``copies`` of the augmented images made from it, titled split/class/k.
+
+    ``slide`` defaults to the slide with the most copies (ties: the lowest number). The copies are spread
+    evenly over the slide's files in (split, class, file) order, so the choice is reproducible.
+    """
+    _style()
+    import matplotlib.pyplot as plt
+
+    m = mapping.dropna(subset=["slide"])
+    if slide is None:
+        counts = m.groupby("slide").size()
+        slide = int(counts[counts == counts.max()].index.min())
+    rows = m[m["slide"] == slide].sort_values(["split", "class", "file"])
+    if rows.empty:
+        raise ValueError(f"no image of the mapping comes from slide {slide}")
+    pick = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, min(copies, len(rows))).round().astype(int))]
+    ncol = int(np.ceil(len(pick) / 2))
+    fig = plt.figure(figsize=(A4_WIDTH, 3.1))
+    grid = fig.add_gridspec(2, 2 + ncol, wspace=0.06, hspace=0.22)
+    ax = fig.add_subplot(grid[:, :2])
+    splits = ", ".join(f"{n} {s}" for s, n in rows.groupby("split").size().items())
+    _show(ax, _rgb(_slide_path(originals_dir, slide), (320, 240)),
+          f"original slide {slide} (640x480, shown at 320x240)\n{len(rows)} images: {splits}", 8)
+    for i, (split, cls, file, score) in enumerate(zip(pick["split"], pick["class"], pick["file"], pick["score"])):
+        a = fig.add_subplot(grid[i // ncol, 2 + i % ncol])
+        _show(a, _rgb(Path(images_root) / split / cls / file), f"{split} {cls.lower()}\nk={_k(file)}, NCC {score:.3f}",
+              6.5)
+    fig.suptitle(f"Every image is an augmented copy of one original slide: slide {slide} and {len(pick)} of "
+                 f"its {len(rows)} copies", fontsize=9)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.80, bottom=0.02)
+    return fig
+
+
+def kgroup_figure(mapping, images_root: Path, split: str = "TRAIN", cls: str = "NEUTROPHIL", k: int = 0,
+                  n: int = 8):
+    """The first ``n`` images of one ``(class, k)`` group, each titled with its slide: ``k`` is not a cell."""
+    _style()
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    g = mapping[(mapping["split"] == split) & (mapping["class"] == cls)]
+    g = g[[_k(f) == k for f in g["file"]]].sort_values("file")
+    if g.empty:
+        raise ValueError(f"no {split} {cls} image has k={k}")
+    pick = g.head(n)
+    ncol = min(4, len(pick))
+    nrow = int(np.ceil(len(pick) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(A4_WIDTH, 1.55 * nrow + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, pick.itertuples()):
+        ax.axis("on")
+        slide = "no slide" if pd.isna(r.slide) else f"slide {int(r.slide)}"
+        _show(ax, _rgb(Path(images_root) / split / cls / r.file), f"{r.file}: {slide}", 7)
+    n_slides = int(g["slide"].nunique())
+    fig.suptitle(f"{split} {cls}, k = {k}: {len(g)} images from {n_slides} different slides "
+                 f"(the first {len(pick)} shown)", fontsize=9)
+    fig.tight_layout(pad=0.4)
+    return fig
+
+
+def _pick_pairs(pairs, n: int):
+    import pandas as pd
+
+    same = pairs[pairs["same_cell"]].sort_values(["ncc", "slide_a"], ascending=[False, True])
+    other = pairs[~pairs["same_cell"]].sort_values(["ncc", "slide_a"], ascending=[False, True])
+    n_other = min(len(other), n // 2)
+    return pd.concat([same.head(n - n_other), other.head(n_other)])
+
+
+def overlap_figure(pairs, originals_dir: Path, n: int = 4):
+    """``n`` pairs of overlapping originals side by side, the white cell ringed, same cell or not in the title.
+
+    Half are same-cell pairs and half not (when there are), each the best-correlated of its kind. The ring
+    is where :func:`wbc_utils.cellcrop.locate_cell` finds the cell (on the slide shrunk to 240x320).
+    """
+    _style()
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    from .cellcrop import locate_cell
+
+    chosen = _pick_pairs(pairs, n)
+    fig = plt.figure(figsize=(A4_WIDTH * 0.9, 2.55 * len(chosen)))
+    subs = np.atleast_1d(fig.subfigures(len(chosen), 1))
+    for sub, p in zip(subs, chosen.itertuples()):
+        axes = sub.subplots(1, 2)
+        for ax, s in zip(axes, (p.slide_a, p.slide_b)):
+            img = _rgb(_slide_path(originals_dir, s), (320, 240))
+            cy, cx, _ = locate_cell(img)
+            _show(ax, img, f"slide {s}", 8)
+            ax.add_patch(Circle((cx, cy), 45, fill=False, lw=1.6, color="#ffd400"))
+        verdict = "the SAME white cell" if p.same_cell else "different white cells"
+        sub.suptitle(f"slides {p.slide_a} and {p.slide_b}: {verdict}\n(overlap {p.overlap_frac:.0%} of the field, "
+                     f"NCC {p.ncc:.3f}; ring: the located white cell)", fontsize=8.5,
+                     fontweight="bold" if p.same_cell else "normal")
+        sub.subplots_adjust(left=0.01, right=0.99, top=0.80, bottom=0.02, wspace=0.04)
+    return fig
+
+
+def provenance_table(mapping):
+    """Per split: files, distinct slides, same-cell clusters, clusters shared with the other split.
+
+    TRAIN's "other split" is TEST; TEST's and TEST_SIMPLE's is TRAIN. ``shared_files`` counts the split's
+    files whose cell is in the other split too.
+    """
+    import pandas as pd
+
+    m = mapping.dropna(subset=["slide"])
+    cells = {s: set(m.loc[m["split"] == s, "cell"].astype(int)) for s in m["split"].unique()}
+    rows = []
+    for split in [s for s in ("TRAIN", "TEST", "TEST_SIMPLE") if s in cells] + \
+            sorted(s for s in cells if s not in ("TRAIN", "TEST", "TEST_SIMPLE")):
+        other = cells.get("TEST" if split == "TRAIN" else "TRAIN", set())
+        f = mapping[mapping["split"] == split]
+        rows.append({"split": split, "files": len(f), "slides": int(f["slide"].nunique()),
+                     "same_cell_clusters": len(cells[split]), "shared_clusters": len(cells[split] & other),
+                     "shared_files": int(f["cell"].isin(other).sum()),
+                     "unmatched_files": int(f["slide"].isna().sum())})
+    return pd.DataFrame(rows).set_index("split")
