@@ -259,9 +259,9 @@ def main() -> int:
               f"(exit {r.returncode})")
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    from wbc_utils.artifacts import write_json
-
     import datetime
+
+    from wbc_utils.artifacts import write_json
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out["finished"] = stamp

@@ -137,16 +137,9 @@ def test_ece_is_zero_for_a_calibrated_model_and_large_for_an_overconfident_one()
 def test_abstention_sets_aside_the_least_confident():
     probs = np.array([[0.9, 0.1, 0, 0], [0.8, 0.2, 0, 0], [0.4, 0.6, 0, 0], [0.55, 0.45, 0, 0]] * 5)
     labels = np.array([0, 0, 0, 1] * 5)  # the wrong ones are the least confident
-    out = evaluation.abstention(probs, labels, 0.5)
+    out = evaluation.abstention(probs.max(1), probs.argmax(1) == labels, 0.5)
     assert out["abstained"] == 10 and out["accuracy_kept"] == 1.0 and out["accuracy_all"] == 0.5
     assert out["errors_abstained"] == 10
-
-
-def test_cell_probabilities_average_each_cells_images():
-    probs = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], float)
-    cells, true, mean = evaluation.cell_probabilities(probs, [0, 0, 2], ["a", "a", "b"])
-    assert list(cells) == ["a", "b"] and list(true) == [0, 2]
-    assert np.allclose(mean, [[0.5, 0.5, 0, 0], [0, 0, 1, 0]])
 
 
 def test_best_profile_settings_are_json_serialisable():

@@ -56,10 +56,9 @@ def test_keras_training_uses_the_loss(tmp_path):
     """The compiled model's reported loss equals the hand-computed paper-encoded MSE."""
     import keras
 
+    from wbc_utils.model import build_model
     from wbc_utils.params import RunParams
     from wbc_utils.training import compile_model
-
-    from wbc_utils.model import build_model
 
     model = compile_model(build_model((16, 16)), RunParams(loss="mse", image_size=[16, 16]))
     x = np.random.default_rng(1).integers(0, 255, (6, 16, 16, 3), dtype=np.uint8)

@@ -43,13 +43,17 @@ def test_run_writes_every_artifact(train_dataset, cache, tmp_path):
     assert list(h.columns) == HISTORY_COLUMNS and list(h["epoch"]) == [1, 2]
     saved = json.loads((run / "metrics.json").read_text())
     for k in ("loss", "target_encoding", "seed", "epochs", "image_size", "test_accuracy", "test_accuracy_ci",
-              "per_class", "train_seconds", "images_per_second", "collapsed", "cell_accuracy",
-              "test_simple_accuracy", "paper_metric_test"):
+              "unseen_accuracy", "unseen_accuracy_ci", "per_class", "train_seconds", "images_per_second",
+              "collapsed", "output_spread", "train_loss_vs_constant", "constant_loss", "top_class_share",
+              "unseen_cell_accuracy", "test_simple_accuracy", "test_simple_slides", "paper_metric_test",
+              "evaluation_version", "train_class_counts", "sources"):
         assert k in saved, k
     assert saved == json.loads(json.dumps(m))
-    assert saved["per_class"]["MONOCYTE"]["cells"] == 2
+    assert saved["per_class"]["MONOCYTE"]["cells"] == 2 and saved["test_cells"] == 8
+    assert saved["constant_loss"] == pytest.approx(0.1875, abs=1e-4)  # one-hot MSE on balanced classes
     p = pd.read_csv(run / "predictions.csv")
     assert set(p["split"]) == {"TEST", "TEST_SIMPLE"} and len(p) == 48 + 8
+    assert list(p.columns[:7]) == ["split", "relpath", "class", "label", "slide", "cell", "shared"]
     d = json.loads((run / "diagnostics.json").read_text())
     assert set(d) == {"init", "after_epoch_1"} and len(d["init"]["zero_fraction"]) == 8
 
@@ -133,6 +137,7 @@ def test_grouped_validation_holds_out_whole_cells(train_dataset, cache, tmp_path
     p = _params(validation="grouped", val_fraction=0.25, early_stopping_patience=1, epochs=3)
     data = prepare_data(p, train_dataset, progress=False)
     assert set(data.train.cells).isdisjoint(set(data.val.cells))
+    assert set(data.train.frame["slide"]).isdisjoint(set(data.val.frame["slide"]))
     assert data.val.split == "TRAIN" and len(data.val) == 4 * 6  # one of 4 cells per class, 6 copies each
     m = train_run(p, tmp_path / "g", data_dir=train_dataset, verbose=0)
     assert m["validation"] == "grouped" and m["val_images"] == 24

@@ -1,129 +1,274 @@
 """Tables of a study, computed from its run artifacts (the report's numbers all come from here).
 
-Seeds are pooled the honest way: for each TEST image, the share of seeds that
-classified it correctly; the cluster bootstrap over source cells then gives the
-interval of the seed-averaged accuracy. Comparisons between losses are paired
-on the same cells (:func:`wbc_utils.evaluation.paired_difference`).
+A *recipe* is one setting trained with several seeds. Its figures are pooled
+over seeds and their intervals include the seed-to-seed variation: the
+two-stage bootstrap of :mod:`wbc_utils.stats` resamples the seeds, then the
+same-cell clusters (within their class). Comparisons between recipes are
+paired on the same clusters and resample each recipe's seeds independently; a
+comparison is *resolved* only when its interval excludes 0, and every verdict
+carries the number of seeds behind it.
+
+The headline scope is TEST without the cells shared with TRAIN (*unseen*
+cells); all of TEST is reported beside it.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+from typing import Any
 
 import numpy as np
 
-from .evaluation import cluster_bootstrap, paired_difference
+from . import CLASSES
+from .evaluation import cell_votes, per_slide, slide_means, softmax
 from .params import ENCODINGS, LOSS_TITLES, LOSSES
+from .runs import read_predictions
+from .stats import Clusters, difference_interval, fisher_exact, mean_interval
 
 #: What the 2020 report stated, per loss (validation accuracy, read off its figures and text).
 PAPER_REPORTED = {"crossentropy": 0.70, "mse": 0.25, "huber": 0.25}
+LOSS_SHORT = {"crossentropy": "CE", "mse": "MSE", "huber": "Huber"}
 
 
-def _predictions(run_dir: str | Path, split: str = "TEST"):
-    import pandas as pd
+@dataclasses.dataclass
+class SeedStack:
+    """The predictions of several seeds of one recipe on the same images of one split."""
 
-    p = Path(run_dir) / "predictions.csv"
-    f = pd.read_csv(p)
-    return f[f["split"] == split].sort_values("relpath").reset_index(drop=True)
+    base: Any              # DataFrame: split, relpath, label, slide, cell, shared (one row per image)
+    probs: np.ndarray      # (S, N, 4) softmax of the raw scores
+    run_names: list
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.run_names)
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(2)
+
+    def mask(self, scope: str) -> np.ndarray:
+        if scope == "unseen":
+            return ~self.base["shared"].to_numpy(bool)
+        if scope in ("test", "all"):
+            return np.ones(len(self.base), bool)
+        raise ValueError(f"scope={scope!r}: valid values are unseen, test")
+
+    def correct(self, scope: str = "unseen") -> np.ndarray:
+        m = self.mask(scope)
+        return (self.pred[:, m] == self.base["label"].to_numpy()[m]).astype(float)
+
+    def clusters(self, scope: str = "unseen") -> Clusters:
+        m = self.mask(scope)
+        return Clusters.of(self.base["cell"].to_numpy()[m], self.base["label"].to_numpy()[m])
+
+    def cell_correct(self, scope: str = "unseen") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cell ids, true labels, (S, C) 1 when the seed's vote for the cell is right)."""
+        m = self.mask(scope)
+        labels, cells = self.base["label"].to_numpy()[m], self.base["cell"].to_numpy()[m]
+        votes = [cell_votes(p[m], labels, cells) for p in self.probs]
+        return votes[0].ids, votes[0].true, np.stack([v.correct for v in votes]).astype(float)
+
+    def slide_correct(self, scope: str = "test") -> tuple[Any, np.ndarray]:
+        """(distinct slides, (S, n_slides) share of the slide's files read right): TEST_SIMPLE's unit."""
+        slides, idx = per_slide(self.base)
+        v = slide_means(self.correct("test"), idx)
+        if scope == "unseen":
+            keep = ~slides["shared"].to_numpy(bool)
+            return slides[keep].reset_index(drop=True), v[:, keep]
+        return slides, v
 
 
-def pooled_correct(summary, loss: str, encoding: str, split: str = "TEST"):
-    """(share of finished seeds correct per image, labels, cells, n seeds) for one loss and encoding."""
+def runs_for(summary, loss: str, encoding: str):
+    """The finished runs of one loss and encoding. Cross-entropy with one-hot targets is the same function
+    as with integer labels: when it was not run separately, its integer-label runs stand for it."""
     rows = summary[(summary["loss"] == loss) & (summary["target_encoding"] == encoding) &
                    (summary["status"] == "finished")]
-    if rows.empty:
+    if rows.empty and loss == "crossentropy" and encoding == "onehot":
+        return runs_for(summary, loss, "paper")
+    return rows
+
+
+def stack(rows, split: str = "TEST") -> SeedStack | None:
+    """The seeds' predictions on ``split`` (checked to be on the same images)."""
+    if rows is None or len(rows) == 0:
         return None
-    acc, base = [], None
+    base, probs = None, []
     for r in rows.itertuples():
-        f = _predictions(r.run_dir, split)
+        f = read_predictions(r.run_dir, split)
         if base is None:
             base = f
         elif len(f) != len(base) or (f["relpath"].to_numpy() != base["relpath"].to_numpy()).any():
             raise ValueError(f"{r.run_dir}: predictions are on other images than its sibling runs")
-        acc.append((f["pred"] == f["label"]).to_numpy(float))
-    return np.mean(acc, 0), base["label"].to_numpy(), base["cell"].to_numpy(), len(acc)
+        probs.append(softmax(f[[f"score_{c}" for c in CLASSES]].to_numpy()))
+    cols = ["split", "relpath", "label", "slide", "cell", "shared"]
+    return SeedStack(base=base[cols], probs=np.stack(probs), run_names=list(rows["run_name"]))
 
 
-def pooled_cell_correct(summary, loss: str, encoding: str):
-    """(share of finished seeds whose majority vote gets each TEST cell right, cell labels, cell ids)."""
-    from .evaluation import cell_majority
+def pooled(st: SeedStack, simple: SeedStack | None = None) -> dict:
+    """A recipe's seed-pooled figures with two-stage intervals: images (unseen and all of TEST), cells, TEST_SIMPLE."""
+    out = {"seeds": st.n_seeds}
+    for scope in ("unseen", "test"):
+        c = st.clusters(scope)
+        r = mean_interval(st.correct(scope), c)
+        u = mean_interval(st.correct(scope), c, stratified=False)
+        out.update({f"{scope}": r["value"], f"{scope}_lo": r["lo"], f"{scope}_hi": r["hi"],
+                    f"{scope}_method": r["method"], f"{scope}_lo_unstratified": u["lo"],
+                    f"{scope}_hi_unstratified": u["hi"], f"{scope}_images": r["n_obs"],
+                    f"{scope}_cells": r["n_clusters"]})
+        per_seed = st.correct(scope).mean(1)
+        out[f"{scope}_sd"] = float(per_seed.std(ddof=1)) if st.n_seeds > 1 else float("nan")
+        ids, true, ok = st.cell_correct(scope)
+        cr = mean_interval(ok, Clusters.of(ids, true))
+        out.update({f"{scope}_cell": cr["value"], f"{scope}_cell_lo": cr["lo"], f"{scope}_cell_hi": cr["hi"]})
+    if simple is not None:
+        slides, v = simple.slide_correct("test")
+        r = mean_interval(v, Clusters.of(slides["cell"].to_numpy(), slides["label"].to_numpy()))
+        out.update({"simple": r["value"], "simple_lo": r["lo"], "simple_hi": r["hi"], "simple_slides": len(slides)})
+    return out
 
-    rows = summary[(summary["loss"] == loss) & (summary["target_encoding"] == encoding) &
-                   (summary["status"] == "finished")]
-    acc, ids0, true0 = [], None, None
-    for r in rows.itertuples():
-        f = _predictions(r.run_dir)
-        ids, true, vote = cell_majority(f["pred"].to_numpy(), f["label"].to_numpy(), f["cell"].to_numpy())
-        if ids0 is None:
-            ids0, true0 = ids, true
-        acc.append((true == vote).astype(float))
-    if not acc:
-        return None
-    return np.mean(acc, 0), true0, ids0
+
+def per_class(st: SeedStack, scope: str = "unseen") -> list[dict]:
+    """Seed-pooled recall per class with its two-stage interval and its number of cells."""
+    m = st.mask(scope)
+    labels, cells = st.base["label"].to_numpy()[m], st.base["cell"].to_numpy()[m]
+    ok = st.correct(scope)
+    out = []
+    for k, name in enumerate(CLASSES):
+        sel = labels == k
+        if not sel.any():
+            continue
+        r = mean_interval(ok[:, sel], Clusters.of(cells[sel]))
+        out.append({"class": name, "recall": r["value"], "lo": r["lo"], "hi": r["hi"],
+                    "cells": r["n_clusters"], "images": r["n_obs"], "seeds": st.n_seeds})
+    return out
 
 
 def group_table(summary):
-    """One row per loss x encoding: seeds, collapse count, accuracies (mean, sd, pooled interval)."""
+    """One row per loss x encoding: runs, collapses, seed-pooled accuracies with two-stage intervals."""
     import pandas as pd
 
     out = []
     for loss in LOSSES:
         for enc in ENCODINGS:
-            s = summary[(summary["loss"] == loss) & (summary["target_encoding"] == enc)]
-            if s.empty:
+            rows = runs_for(summary, loss, enc)
+            own = summary[(summary["loss"] == loss) & (summary["target_encoding"] == enc)]
+            if rows.empty and own.empty:
                 continue
-            fin = s[s["status"] == "finished"]
-            row = {"loss": loss, "encoding": enc, "runs": len(s), "finished": len(fin),
-                   "failed": int((s["status"] == "failed").sum()), "incomplete": int((s["status"] == "incomplete").sum()),
-                   "collapsed": int((fin["collapsed"] == True).sum()),  # noqa: E712
+            same = own.empty  # cross-entropy one-hot, standing on the integer-label runs
+            src = rows if same else own
+            row = {"loss": loss, "encoding": enc, "same_runs_as": "paper" if same else "",
+                   "runs": len(src), "finished": len(rows),
+                   "failed": int((src["status"] == "failed").sum()),
+                   "incomplete": int((src["status"] == "incomplete").sum()),
+                   "collapsed": int((rows["collapsed"] == True).sum()),  # noqa: E712
+                   "top_class_share": float(pd.to_numeric(rows["top_class_share"]).mean()) if len(rows) else np.nan,
                    "paper_reported": PAPER_REPORTED[loss] if enc == "paper" else np.nan}
-            for k in ("test_accuracy", "paper_metric_test", "cell_accuracy", "test_simple_accuracy",
-                      "final_train_accuracy", "final_train_paper_metric"):
-                vals = pd.to_numeric(fin[k], errors="coerce")
+            for k in ("paper_metric_test", "final_train_accuracy", "unseen_accuracy"):
+                vals = pd.to_numeric(rows[k], errors="coerce")
                 row[f"{k}_mean"] = vals.mean() if len(vals) else np.nan
                 row[f"{k}_sd"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
-            pc = pooled_correct(summary, loss, enc)
-            if pc is not None:
-                ci = cluster_bootstrap(pc[0], pc[2])
-                row["pooled_lo"], row["pooled_hi"] = ci["lo"], ci["hi"]
-                st = cluster_bootstrap(pc[0], pc[2], pc[1])
-                row["pooled_strat_lo"], row["pooled_strat_hi"] = st["lo"], st["hi"]
-                row["test_images"] = len(pc[0])
-            cc = pooled_cell_correct(summary, loss, enc)
-            if cc is not None:
-                ci = cluster_bootstrap(cc[0], cc[2])
-                row["cell_pooled"], row["cell_pooled_lo"], row["cell_pooled_hi"] = ci["value"], ci["lo"], ci["hi"]
+            st = stack(rows)
+            if st is not None:
+                row.update(pooled(st, stack(rows, "TEST_SIMPLE") if _has_simple(rows) else None))
             out.append(row)
     return pd.DataFrame(out)
 
 
+def _has_simple(rows) -> bool:
+    r = rows.iloc[0]
+    return bool(r.get("test_simple_accuracy") == r.get("test_simple_accuracy")) if len(rows) else False
+
+
+def compare(rows_a, rows_b, scope: str = "unseen") -> dict:
+    """Recipe A minus recipe B, seed-pooled, paired on the same cells, each recipe's seeds resampled."""
+    a, b = stack(rows_a), stack(rows_b)
+    if a is None or b is None:
+        return {}
+    if (a.base["relpath"].to_numpy() != b.base["relpath"].to_numpy()).any():
+        raise ValueError("a paired comparison needs both recipes scored on the same TEST images")
+    return difference_interval(a.correct(scope), b.correct(scope), a.clusters(scope))
+
+
+def verdict_words(d: dict, name_a: str, name_b: str) -> str:
+    """'MSE is better (5 vs 5 seeds)' or 'not resolved (5 vs 5 seeds)'."""
+    seeds = f"{d['n_seeds_a']} vs {d['n_seeds_b']} seeds" if d["n_seeds_a"] != d["n_seeds_b"] \
+        else f"{d['n_seeds_a']} seeds each"
+    if not d["resolved"]:
+        return f"not resolved ({seeds})"
+    return f"{name_a if d['diff'] > 0 else name_b} is better ({seeds})"
+
+
 def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "huber"), ("mse", "huber"))):
-    """Seed-pooled accuracy differences between losses, paired on TEST's cells, per encoding."""
+    """Seed-pooled accuracy differences between losses (unseen TEST cells), per encoding, with verdicts."""
     import pandas as pd
 
     out = []
     for enc in ENCODINGS:
         for a, b in pairs:
-            pa, pb = pooled_correct(summary, a, enc), pooled_correct(summary, b, enc)
-            if pa is None or pb is None:
+            ra, rb = runs_for(summary, a, enc), runs_for(summary, b, enc)
+            if ra.empty or rb.empty:
                 continue
-            d = paired_difference(pa[0], pb[0], pa[2])
-            out.append({"encoding": enc, "comparison": f"{a} - {b}", **d,
-                        "verdict": ("A better" if d["lo"] > 0 else "B better") if d["resolved"] else "not resolved"})
+            d = compare(ra, rb)
+            out.append({"encoding": enc, "a": a, "b": b, "comparison": f"{LOSS_SHORT[a]} - {LOSS_SHORT[b]}", **d,
+                        "words": verdict_words(d, LOSS_SHORT[a], LOSS_SHORT[b])})
     return pd.DataFrame(out)
 
 
 def encoding_effect(summary):
-    """Per loss: onehot minus paper encoding, seed-pooled and paired on cells."""
+    """Per loss: one-hot targets minus integer labels, seed-pooled and paired on cells."""
     import pandas as pd
 
     out = []
     for loss in LOSSES:
-        po, pp = pooled_correct(summary, loss, "onehot"), pooled_correct(summary, loss, "paper")
-        if po is None or pp is None:
+        if loss == "crossentropy":
+            continue  # the same function under both encodings
+        ro, rp = runs_for(summary, loss, "onehot"), runs_for(summary, loss, "paper")
+        if ro.empty or rp.empty:
             continue
-        d = paired_difference(po[0], pp[0], po[2])
-        out.append({"loss": loss, **d})
+        d = compare(ro, rp)
+        out.append({"loss": loss, **d, "words": verdict_words(d, "one-hot targets", "integer labels")})
     return pd.DataFrame(out)
+
+
+def setting_name(r) -> str:
+    """'CE, integer labels, lr 0.001' (+ ', He init' / ', BatchNorm' / ', 0-1 inputs')."""
+    enc = "integer labels" if r.target_encoding == "paper" else "one-hot"
+    parts = [LOSS_SHORT.get(r.loss, r.loss), enc, f"lr {float(r.learning_rate):g}"]
+    if r.arch not in ("paper", None) and r.arch == r.arch:
+        parts.append({"he": "He init", "bn": "BatchNorm"}.get(r.arch, r.arch))
+    if r.input_scaling not in ("raw", None) and r.input_scaling == r.input_scaling:
+        parts.append("0-1 inputs")
+    return ", ".join(parts)
+
+
+def is_2020_recipe(r) -> bool:
+    return (r.loss == "crossentropy" and r.target_encoding == "paper" and float(r.learning_rate) == 1e-3
+            and r.arch == "paper" and r.input_scaling == "raw")
+
+
+def collapse_table(allruns):
+    """Per setting: runs that collapsed (the one definition), the top-class share, and a Fisher exact test
+    against the 2020 recipe (cross-entropy, integer labels, lr 0.001, raw pixels) where it was run."""
+    import pandas as pd
+
+    fin = allruns[allruns["status"] == "finished"].copy()
+    if fin.empty:
+        return pd.DataFrame()
+    fin["setting"] = [setting_name(r) for r in fin.itertuples()]
+    fin["is_2020"] = [is_2020_recipe(r) for r in fin.itertuples()]
+    ref = fin[fin["is_2020"]]
+    k_ref, n_ref = int((ref["collapsed"] == True).sum()), len(ref)  # noqa: E712
+    rows = []
+    for setting, g in fin.groupby("setting", sort=False):
+        k = int((g["collapsed"] == True).sum())  # noqa: E712
+        rows.append({"setting": setting, "runs": len(g), "collapsed": k,
+                     "top_class_share": float(pd.to_numeric(g["top_class_share"]).mean()),
+                     "output_spread": float(pd.to_numeric(g["output_spread"]).median()),
+                     "seeds": ", ".join(str(int(s)) for s in sorted(g["seed"])),
+                     "is_2020": bool(g["is_2020"].iloc[0]),
+                     "fisher_p_vs_2020": (fisher_exact(k, len(g), k_ref, n_ref)
+                                          if n_ref and not g["is_2020"].iloc[0] else np.nan)})
+    out = pd.DataFrame(rows)
+    return out.sort_values(["is_2020", "setting"], ascending=[False, True]).reset_index(drop=True)
 
 
 def original_table(orig: dict):
@@ -135,37 +280,63 @@ def original_table(orig: dict):
         m = orig.get("models", {}).get(loss)
         log = orig.get("logs", {}).get(loss)
         row = {"loss": loss, "logged_final_val_accuracy": log["val_accuracy"][-1] if log else np.nan,
-               "logged_final_train_accuracy": log["accuracy"][-1] if log else np.nan}
+               "logged_final_train_accuracy": log["accuracy"][-1] if log else np.nan,
+               "logged_final_train_loss": log["loss"][-1] if log else np.nan}
         if m:
+            nan2 = [np.nan, np.nan]
             row.update({"recomputed_2020_metric": m["paper_metric_test"], "true_accuracy": m["test_accuracy"],
                         "true_lo": m["test_accuracy_ci"][0], "true_hi": m["test_accuracy_ci"][1],
+                        "unseen_accuracy": m.get("unseen_accuracy", np.nan),
+                        "unseen_lo": (m.get("unseen_accuracy_ci") or nan2)[0],
+                        "unseen_hi": (m.get("unseen_accuracy_ci") or nan2)[1],
                         "argmax_class0_share": m["argmax_class0_share"],
-                        "regression_decoded_accuracy": m["regression_decoded_accuracy"],
-                        "regression_lo": (m.get("regression_decoded_accuracy_ci") or [np.nan, np.nan])[0],
-                        "regression_hi": (m.get("regression_decoded_accuracy_ci") or [np.nan, np.nan])[1],
-                        "cell_accuracy": m["cell_accuracy"], "cell_lo": m["cell_accuracy_ci"][0],
-                        "cell_hi": m["cell_accuracy_ci"][1], "collapsed": m["collapsed"],
+                        "regression_accuracy": m.get("test_regression_accuracy", np.nan),
+                        "regression_lo": (m.get("test_regression_accuracy_ci") or nan2)[0],
+                        "regression_hi": (m.get("test_regression_accuracy_ci") or nan2)[1],
+                        "cell_accuracy": m.get("test_cell_accuracy", np.nan),
+                        "cell_lo": (m.get("test_cell_accuracy_ci") or nan2)[0],
+                        "cell_hi": (m.get("test_cell_accuracy_ci") or nan2)[1],
+                        "collapsed": m.get("collapsed"), "output_spread": m.get("output_spread"),
+                        "train_loss_vs_constant": m.get("train_loss_vs_constant"),
+                        "unit_inputs_accuracy": m.get("test_accuracy_unit_inputs", np.nan),
                         "score_spread_within_image": m["score_spread_within_image"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def fmt_ci(value, lo, hi, pct: bool = True) -> str:
     """'70.2% [65.1, 75.0]' (or '-' when missing)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return "-"
     if pct:
         return f"{100 * value:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def fmt_diff(d: dict) -> str:
+    """'+2.2 points [+0.5, +4.2]'."""
+    if not d:
+        return "-"
+    return f"{100 * d['diff']:+.1f} points [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
 def fmt_pct(value, sd=None) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return "-"
     s = f"{100 * value:.1f}%"
-    if sd is not None and not (isinstance(sd, float) and np.isnan(sd)):
+    if not _missing(sd):
         s += f" ± {100 * sd:.1f}"
     return s
+
+
+def fmt_p(p) -> str:
+    if _missing(p):
+        return "-"
+    return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
 def loss_title(loss: str) -> str:

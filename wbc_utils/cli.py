@@ -12,6 +12,8 @@ Commands, in the order data flows:
   summary    print a study's summary.csv as a table
   download   fetch the dataset, only when asked (verified, extracted safely)
   reevaluate recompute finished runs' metrics from their saved predictions
+  slides     derive each image's original slide and the same-cell clusters (the shipped mapping)
+  readme     rewrite the README's findings block from the shipped report's results.json
 
 Every command takes --data-dir (else WBC_DATA_DIR, else data/blood-cells/) and
 --runs-dir (else WBC_RUNS_DIR, else runs/). Exit status: 0 on success, 1 when
@@ -26,6 +28,7 @@ import time
 
 from .errors import WBCError
 from .params import ARCHS, PROFILES, VALIDATIONS
+from .slides import add_parser as add_slides_parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -163,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--profile", default="quick")
     p.set_defaults(func=cmd_summary)
+
+    add_slides_parser(sub)
+
+    p = sub.add_parser("readme", help="rewrite the README's findings block from the shipped report's results.json")
+    p.add_argument("--results", default=None, help="results.json to read (default: report/quick/results.json)")
+    p.add_argument("--check", action="store_true", help="only check that the README is current (exit 1 if not)")
+    p.set_defaults(func=cmd_readme)
     return parser
 
 
@@ -184,6 +194,9 @@ def cmd_data(args) -> int:
     m = build_manifest(args.data_dir)
     print(f"dataset: {m.images_root}")
     print(m.summary().to_string())
+    src = m.sources
+    print(f"sources: {src['shipped']} file(s) from the shipped slide mapping, {src['matched']} matched now, "
+          f"{src['none']} without a known slide (each its own cell)")
     for split in sorted(m.frame["split"].unique()):
         t = time.perf_counter()
         s = load_split(m, split, size)
@@ -208,8 +221,9 @@ def cmd_train(args) -> int:
                   learning_rate=args.learning_rate, precision=args.precision, profile=args.profile)
     run_dir = Path(args.output_dir) if args.output_dir else profile_dir(p.profile, args.runs_dir) / p.run_name
     m = train_run(p, run_dir, data_dir=args.data_dir, reuse=args.reuse, force=args.force)
-    print(f"{run_dir}: test accuracy {m['test_accuracy']:.3f} "
-          f"[{m['test_accuracy_ci'][0]:.3f}, {m['test_accuracy_ci'][1]:.3f}], collapsed={m['collapsed']}")
+    print(f"{run_dir}: accuracy on TEST's unseen cells {m['unseen_accuracy']:.3f} "
+          f"[{m['unseen_accuracy_ci'][0]:.3f}, {m['unseen_accuracy_ci'][1]:.3f}], all of TEST {m['test_accuracy']:.3f}, "
+          f"collapsed={m['collapsed']}")
     return 0
 
 
@@ -276,7 +290,7 @@ def cmd_reevaluate(args) -> int:
     from .reevaluate import reevaluate_profile
     from .study import profile_dir, summarize
 
-    n = reevaluate_profile(profile_dir(args.profile, args.runs_dir), force=args.force)
+    n = reevaluate_profile(profile_dir(args.profile, args.runs_dir), data_dir=args.data_dir, force=args.force)
     summarize(args.profile, args.runs_dir)
     print(f"{n} run(s) re-evaluated in {profile_dir(args.profile, args.runs_dir)}")
     return 0
@@ -334,14 +348,27 @@ def cmd_ship(args) -> int:
     return 0
 
 
+def cmd_readme(args) -> int:
+    from pathlib import Path
+
+    from .report import SHIPPED_RESULTS, update_readme
+
+    results = Path(args.results) if args.results else SHIPPED_RESULTS
+    if not results.exists():
+        raise WBCError(f"{results} does not exist: run `make report` first (it writes results.json).")
+    current = update_readme(results, check=args.check)
+    print("README findings: " + ("current" if current else ("OUT OF DATE" if args.check else "rewritten")))
+    return 0 if current or not args.check else 1
+
+
 def cmd_summary(args) -> int:
     import pandas as pd
 
     from .study import summarize
 
     f = summarize(args.profile, args.runs_dir)
-    cols = ["run_name", "status", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi", "cell_accuracy",
-            "paper_metric_test", "collapsed", "train_seconds"]
+    cols = ["run_name", "status", "unseen_accuracy", "unseen_accuracy_lo", "unseen_accuracy_hi", "test_accuracy",
+            "unseen_cell_accuracy", "paper_metric_test", "collapsed", "top_class_share", "train_seconds"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(f[cols].to_string(index=False))
     return 0

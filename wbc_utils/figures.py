@@ -32,19 +32,21 @@ def _progress(h, epochs: int):
     return h["epoch"].to_numpy() / max(epochs, 1) * 100
 
 
-def curves_figure(summary, histories, loss: str, encoding: str, original_log=None, title_prefix: str = ""):
-    """Training vs validation accuracy for one loss: as the 2020 code printed it, and the true accuracy.
+def curves_figure(summary, histories, loss: str, original_log=None, title: str = "", encoding: str = "paper"):
+    """Training and validation accuracy of one loss trained on integer labels, as in 2020: as the 2020 code
+    printed it (left) and the true accuracy (right).
 
-    Each seed is drawn faintly, the mean across seeds boldly. ``original_log``
-    (the 2020 per-epoch curves, a DataFrame) is overlaid on the left panel.
+    Each seed is drawn faintly, the mean across seeds boldly. ``original_log`` (the 2020 per-epoch curves,
+    a DataFrame) is overlaid dashed on the left panel. (With one-hot targets the two panels would be
+    identical: the 2020 metric is then the true accuracy; see :func:`comparison_figure`.)
     """
     _style()
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     runs = _runs_of(summary, loss, encoding, finished_only=False)
     panels = (("paper_metric", "'accuracy' as the 2020 code printed it"), ("accuracy", "true accuracy (argmax = class)"))
-    for ax, (col, title) in zip(axes, panels):
+    for ax, (col, ptitle) in zip(axes, panels):
         for split, color in (("", "#1f77b4"), ("val_", "#d62728")):
             stack = []
             for r in runs.itertuples():
@@ -58,136 +60,145 @@ def curves_figure(summary, histories, loss: str, encoding: str, original_log=Non
             if stack and len({len(s) for s in stack}) == 1:
                 x = np.arange(1, len(stack[0]) + 1) / len(stack[0]) * 100
                 ax.plot(x, np.mean(stack, 0), color=color, lw=2.2,
-                        label=f"{'validation' if split else 'training'} (mean of {len(stack)} seed{'s' * (len(stack) > 1)})")
+                        label=f"{'validation (TEST)' if split else 'training'}, mean of {len(stack)} seed{'s' * (len(stack) > 1)}")
         if col == "paper_metric" and original_log is not None:
             x = original_log["epoch"] / len(original_log) * 100
             ax.plot(x, original_log["accuracy"], color="#1f77b4", ls="--", lw=1.2, label="training, 2020 log")
             ax.plot(x, original_log["val_accuracy"], color="#d62728", ls="--", lw=1.2, label="validation, 2020 log")
         ax.axhline(0.25, color="grey", lw=0.8, ls=":")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel("training progress (% of epochs)")
         ax.set_xlim(0, 101)
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("accuracy")
-    fig.suptitle(f"{title_prefix}{LOSS_TITLES[loss]}: {ENCODING_TITLES[encoding]}", fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def comparison_figure(summary, histories):
-    """True validation accuracy across losses, one panel per encoding (mean and seed band)."""
+    """True validation (TEST) accuracy per epoch across losses, one panel per target encoding: the mean over
+    seeds (line) and the range from the lowest to the highest seed (band). Cross-entropy is the same function
+    under both encodings; its one-hot panel shows its integer-label runs."""
     _style()
     import matplotlib.pyplot as plt
 
+    from .analysis import runs_for
+
     encs = [e for e in ("paper", "onehot") if (summary["target_encoding"] == e).any()]
-    fig, axes = plt.subplots(1, max(1, len(encs)), figsize=(5.5 * max(1, len(encs)), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(encs)), figsize=(5 * max(1, len(encs)), 3.5), sharey=True, squeeze=False)
     for ax, enc in zip(axes[0], encs):
         for loss in LOSSES:
-            stack = [histories[r.run_name]["val_accuracy"].to_numpy() for r in _runs_of(summary, loss, enc).itertuples()
+            rows = runs_for(summary, loss, enc)
+            stack = [histories[r.run_name]["val_accuracy"].to_numpy() for r in rows.itertuples()
                      if r.run_name in histories]
             if not stack or len({len(s) for s in stack}) != 1:
                 continue
             a = np.array(stack)
             x = np.arange(1, a.shape[1] + 1)
-            ax.plot(x, a.mean(0), color=PALETTE[loss], lw=2, label=f"{LOSS_TITLES[loss]} (n={len(a)})")
+            same = " (same runs)" if enc == "onehot" and (rows["target_encoding"] == "paper").all() else ""
+            ax.plot(x, a.mean(0), color=PALETTE[loss], lw=2, label=f"{LOSS_TITLES[loss]}, {len(a)} seeds{same}")
             if len(a) > 1:
                 ax.fill_between(x, a.min(0), a.max(0), color=PALETTE[loss], alpha=0.15)
         ax.axhline(0.25, color="grey", lw=0.8, ls=":")
         ax.set_title(ENCODING_TITLES[enc], fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("validation accuracy (true)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("true validation accuracy")
     fig.tight_layout()
     return fig
+
+
+#: The recipes of a loss study, in the order of its tables and confusion matrices.
+RECIPES = (("crossentropy", "paper"), ("mse", "paper"), ("huber", "paper"), ("mse", "onehot"), ("huber", "onehot"))
 
 
 def confusion_figure(metrics: dict, summary):
-    """Row-normalised TEST confusion matrices, summed over seeds, per encoding (rows) and loss (columns)."""
+    """Confusion matrices on TEST's unseen cells, summed over seeds, each row divided by the number of images
+    of its true class (rows sum to 1): one panel per recipe."""
     _style()
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    encs = [e for e in ("paper", "onehot") if (summary["target_encoding"] == e).any()]
-    fig, axes = plt.subplots(len(encs), 3, figsize=(12, 3.6 * len(encs)), squeeze=False)
+    recipes = [(l, e) for l, e in RECIPES if not _runs_of(summary, l, e).empty]
+    cols = 3
+    nrows = -(-len(recipes) // cols) or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(10, 3.1 * nrows), squeeze=False)
     short = [c[:3] for c in CLASSES]
-    for i, enc in enumerate(encs):
-        for j, loss in enumerate(LOSSES):
-            ax = axes[i][j]
-            mats = [np.array(metrics[r.run_name]["confusion"]) for r in _runs_of(summary, loss, enc).itertuples()
-                    if r.run_name in metrics]
-            if not mats:
-                ax.set_axis_off()
-                continue
-            m = np.sum(mats, 0).astype(float)
-            m = m / np.maximum(m.sum(1, keepdims=True), 1)
-            sns.heatmap(m, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="Blues", cbar=False, ax=ax,
-                        xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8})
-            ax.set_title(f"{LOSS_TITLES[loss]}\n{enc} encoding, {len(mats)} seed(s)", fontsize=9)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (loss, enc) in zip(axes.flat, recipes):
+        mats = [np.array(metrics[r.run_name]["confusion"]) for r in _runs_of(summary, loss, enc).itertuples()
+                if r.run_name in metrics]
+        if not mats:
+            continue
+        ax.set_axis_on()
+        m = np.sum(mats, 0).astype(float)
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+        sns.heatmap(m, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="Blues", cbar=False, ax=ax,
+                    xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8})
+        enc_words = "integer labels" if enc == "paper" else "one-hot targets"
+        ax.set_title(f"{LOSS_TITLES[loss]}, {enc_words}\n{len(mats)} seeds summed", fontsize=8.5)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def _setting(r) -> str:
-    parts = [f"lr {r.learning_rate:g}"]
-    if r.arch != "paper":
-        parts.append(f"{r.arch} init" if r.arch == "he" else "BatchNorm")
-    if r.input_scaling != "raw":
-        parts.append("0-1 inputs")
-    return ", ".join(parts)
-
-
 def collapse_figure(summary, histories, diagnostics: dict):
-    """Cross-entropy runs with integer labels. Left: training loss against ln 4, one colour per setting.
-    Right: share of zero ReLU outputs per layer, at init and after epoch 1, for runs held at ln 4 and the rest."""
+    """Cross-entropy runs with integer labels. Left: training loss against ln 4 (the loss of a constant
+    output), one colour per setting, with how many runs collapsed. Right: share of zero ReLU outputs per
+    layer, at initialisation and after epoch 1, for the runs that collapsed and the rest."""
     _style()
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from .analysis import setting_name
+
     ce = summary[(summary["loss"] == "crossentropy") & (summary["target_encoding"] == "paper")].copy()
-    ce["setting"] = [_setting(r) for r in ce.itertuples()]
+    ce["setting"] = [setting_name(r) for r in ce.itertuples()]
+    ce["setting"] = ce["setting"].str.replace("CE, integer labels, ", "", regex=False)
+    collapsed = ce["collapsed"] == True  # noqa: E712
     settings = sorted(ce["setting"].unique())
     colors = dict(zip(settings, sns.color_palette("tab10", len(settings))))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     ax = axes[0]
     for r in ce.itertuples():
         h = histories.get(r.run_name)
         if h is not None:
             ax.plot(h["epoch"], h["loss"], color=colors[r.setting], alpha=0.75, lw=1.2)
     for st in settings:
-        n = int((ce["setting"] == st).sum())
-        held = int(ce.loc[ce["setting"] == st, "ce_collapse_epoch"].notna().sum())
-        ax.plot([], [], color=colors[st], label=f"{st}: {held}/{n} held at ln 4")
-    ax.axhline(math.log(4), color="black", ls="--", lw=1, label="ln 4 = 1.386 (equal outputs)")
+        sel = ce["setting"] == st
+        ax.plot([], [], color=colors[st], label=f"{st}: {int(collapsed[sel].sum())}/{int(sel.sum())} collapsed")
+    ax.axhline(math.log(4), color="black", ls="--", lw=1, label="ln 4 = 1.386 (a constant output)")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (cross-entropy)")
     ax.set_ylim(0, 2.5)
-    ax.legend(fontsize=7)
-    ax.set_title("cross-entropy, integer labels: every run", fontsize=10)
+    ax.legend(fontsize=6.5)
+    ax.set_title("every cross-entropy run on integer labels", fontsize=9.5)
     ax = axes[1]
-    held = ce["ce_collapse_epoch"].notna()
     for when, ls in (("init", ":"), ("after_epoch_1", "-")):
-        for is_held, color in ((True, "#d62728"), (False, "#1b9e77")):
+        for is_col, color in ((True, "#d62728"), (False, "#1b9e77")):
             vals, layers = [], None
-            for r in ce[held == is_held].itertuples():
+            for r in ce[collapsed == is_col].itertuples():
                 d = diagnostics.get(r.run_name, {}).get(when)
                 if d:
                     layers = list(d["zero_fraction"])
                     vals.append([d["zero_fraction"][l] for l in layers])
             if vals:
                 ax.plot(range(1, len(layers) + 1), np.mean(vals, 0), color=color, ls=ls, marker="o", ms=3,
-                        label=f"{'held at ln 4' if is_held else 'learning'}, {when.replace('_', ' ')} (n={len(vals)})")
+                        label=f"{'collapsed' if is_col else 'learning'}, {when.replace('_', ' ')} (n={len(vals)})")
     ax.set_xlabel("convolution layer")
     ax.set_ylabel("share of ReLU outputs that are 0")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
-    ax.set_title("dead ReLUs on a fixed probe batch", fontsize=10)
+    ax.legend(fontsize=6.5)
+    ax.set_title("dead ReLUs on a fixed probe batch (mean over runs)", fontsize=9.5)
     fig.tight_layout()
     return fig
 
@@ -233,12 +244,10 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict
 
     figs = {}
     for n, loss in enumerate(LOSSES, 1):
-        for enc in ("paper", "onehot"):
-            if _runs_of(summary, loss, enc, finished_only=False).empty:
-                continue
-            log = pd.DataFrame(logs[loss]) if enc == "paper" and loss in logs else None
-            figs[f"figure{n}_{loss}_{enc}"] = curves_figure(summary, histories, loss, enc, log,
-                                                             title_prefix=f"Figure {n}{'' if enc == 'paper' else 'b'}. ")
+        if _runs_of(summary, loss, "paper", finished_only=False).empty:
+            continue
+        log = pd.DataFrame(logs[loss]) if loss in logs else None
+        figs[f"figure{n}_{loss}"] = curves_figure(summary, histories, loss, log)
     figs["validation_comparison"] = comparison_figure(summary, histories)
     if metrics:
         figs["confusion_matrices"] = confusion_figure(metrics, summary)
@@ -295,7 +304,7 @@ def sample_grid_figure(manifest, split: str = "TRAIN", per_class: int = 6, seed:
             with Image.open(r.path) as im:
                 ax.imshow(im.convert("RGB"))
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"cell {r.cell.split('/')[1]}", fontsize=7)
+            ax.set_title(f"cell {r.cell}", fontsize=7)
             if j == 0:
                 ax.set_ylabel(cls, fontsize=8)
     fig.suptitle(f"{split}: {per_class} random images per class (title: source cell)", fontsize=10)

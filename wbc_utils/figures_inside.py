@@ -171,44 +171,76 @@ def explore(run, split_data, predictions, index: int = 0):
 
 # ----------------------------------------------------------------------------- the final model (report section 6)
 
-def reliability_figure(probs_list, labels, bins: int = 10, title: str = "Reliability on TEST"):
-    """Confidence against accuracy per bin, one line per seed, with each seed's ECE."""
+def reliability_figure(probs_list, labels, cells=None, bins: int = 10, title: str = "Reliability on TEST's unseen cells"):
+    """Top: confidence against accuracy per bin, one line per seed, with each seed's ECE and its interval
+    (resampling cells). Bottom: how many images fall in each bin (all seeds together)."""
     _style()
     import matplotlib.pyplot as plt
 
     from .evaluation import calibration
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(4.6, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--", label="perfect calibration")
+    counts = np.zeros(bins)
+    edges = np.linspace(0, 1, bins + 1)
     for i, probs in enumerate(probs_list):
-        cal = calibration(probs, labels, bins)
+        cal = calibration(probs, labels, cells, bins)
         x = [b["confidence"] for b in cal["bins"]]
         y = [b["accuracy"] for b in cal["bins"]]
-        ax.plot(x, y, marker="o", ms=3, lw=1.2, label=f"seed {i}: ECE {100 * cal['ece']:.1f}%")
-    ax.set_xlabel("confidence (probability of the predicted class)")
+        ax.plot(x, y, marker="o", ms=3, lw=1.2,
+                label=f"seed {i}: ECE {100 * cal['ece']:.1f}% [{100 * cal['ece_ci'][0]:.1f}, {100 * cal['ece_ci'][1]:.1f}]")
+        for b in cal["bins"]:
+            counts[int(round(b["lo"] * bins))] += b["n"]
     ax.set_ylabel("accuracy")
     ax.set_xlim(0.2, 1.01), ax.set_ylim(0, 1.01)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper left")
     ax.set_title(title, fontsize=9)
+    axc.bar(edges[:-1] + 0.05, counts, width=0.09, color="#7f7f7f")
+    for x_, n in zip(edges[:-1] + 0.05, counts):
+        if n:
+            axc.text(x_, n, f"{int(n)}", ha="center", va="bottom", fontsize=6)
+    axc.set_ylabel("images", fontsize=8)
+    axc.set_xlabel("confidence (probability of the predicted class)")
+    axc.set_ylim(0, counts.max() * 1.3 if counts.max() else 1)
+    fig.tight_layout()
+    return fig
+
+
+def risk_coverage_figure(curves):
+    """Cell-level accuracy on the cells kept against the share of cells kept (most confident first), one line
+    per seed; the dashed lines are what setting cells aside at random would keep (each seed's accuracy)."""
+    _style()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for i, (seed, g) in enumerate(curves.groupby("seed")):
+        line, = ax.plot(100 * g["coverage"], 100 * g["accuracy"], lw=1.4, label=f"seed {seed}")
+        ax.axhline(100 * g["random_baseline"].iloc[0], color=line.get_color(), ls="--", lw=0.9)
+    ax.plot([], [], color="black", ls="--", lw=0.9, label="random abstention")
+    ax.set_xlabel("cells kept (%), least confident set aside first")
+    ax.set_ylabel("accuracy on the kept cells (%)")
+    ax.set_xlim(101, 0)
+    ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
 
 
 def confusion_pair_figure(image_cm, cell_cm, seeds: int):
-    """Image-level and cell-level (majority vote) confusion matrices, row-normalised, counts annotated."""
+    """Image-level and cell-level (one vote per cell) confusion matrices on TEST's unseen cells, summed over
+    seeds: colour = the row's share (each true class's row sums to 1), number = the count."""
     _style()
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
     short = [c[:3] for c in CLASSES]
-    for ax, cm, what in ((axes[0], image_cm, "images"), (axes[1], cell_cm, "source cells (majority vote)")):
+    for ax, cm, what in ((axes[0], image_cm, "images"), (axes[1], cell_cm, "cells (one vote per cell)")):
         cm = np.asarray(cm)
         rate = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         sns.heatmap(rate, annot=cm, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
                     xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8})
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
-        ax.set_title(f"TEST {what}, {seeds} seed(s) summed", fontsize=9)
+        ax.set_title(f"{what}, {seeds} seed(s) summed", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -244,14 +276,15 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
         with Image.open(paths[r["simple_relpath"]]) as im:
             field = np.asarray(im.convert("RGB").resize((320, 240)))
         a0.imshow(field)
-        a0.set_title(f"{r['cell']}", fontsize=7)
+        a0.set_title(f"cell {r['cell']} ({r['class'][:3]})" + (", also in TRAIN" if r.get("shared") else ""),
+                     fontsize=7)
         if view == "cell":
             a1.imshow(crop_cell(field, input_size))
         else:
             a1.imshow(np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR)))
         a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=7, color="#c62828")
     fig.suptitle("TEST cells the final models still misread (on the un-augmented TEST_SIMPLE image, or by the "
-                 "majority of the cell's TEST copies): the image and the model's input", fontsize=9)
+                 "vote of the cell's TEST images): the image and the model's input", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -259,11 +292,12 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
 def lab_curves_figure(summary, histories):
     """Validation accuracy per epoch of each lab candidate (held-out TRAIN cells), and training accuracy."""
     _style()
+    from pathlib import Path
+
     import matplotlib.pyplot as plt
 
-    from .beyond import describe
     from .artifacts import read_json
-    from pathlib import Path
+    from .beyond import describe
 
     lab = summary[(summary["validation"] == "grouped")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
@@ -300,8 +334,8 @@ def build_beyond(profile: str, runs_root=None, out_dir=None) -> dict:
     if len(res["final_runs"]):
         cms = res["confusions"]
         figs["confusion_image_and_cell"] = confusion_pair_figure(cms["image"], cms["cell"], len(res["final_runs"]))
-        pt = res["pooled_test"]
-        figs["reliability"] = reliability_figure(pt["probs"], pt["labels"])
+        figs["reliability"] = reliability_figure(res["pooled_probs"], res["pooled_labels"], res["pooled_cells"])
+        figs["risk_coverage"] = risk_coverage_figure(res["risk_coverage"])
         figs["wrong_cells"] = wrong_cells_figure(res["wrong_cells"], build_manifest(),
                                                  tuple(res["chosen"]["image_size"]), res["chosen"].get("view", "full"))
     for name, fig in figs.items():

@@ -21,7 +21,7 @@ argmax is class 0 (EOSINOPHIL): about 25% whatever the model learned.
 """
 from __future__ import annotations
 
-from .params import ENCODINGS, LOSSES, LOSS_TITLES, PAPER_LOSS_NAMES, check_encoding, check_loss  # noqa: F401
+from .params import ENCODINGS, LOSS_TITLES, LOSSES, PAPER_LOSS_NAMES, check_encoding, check_loss  # noqa: F401
 from .tfenv import import_tf
 
 

@@ -24,7 +24,7 @@ And one model that is not the paper's, for the study's "beyond the paper" part:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .params import ARCHS, INPUT_SCALINGS
 from .tfenv import import_tf
@@ -49,8 +49,8 @@ def paper_param_count(height: int, width: int) -> int:
 def build_model(image_size: Sequence[int] = (240, 320), arch: str = "paper", input_scaling: str = "raw",
                 name: str | None = None, width: int = 16):
     """Build the (uncompiled) Keras model. Its output is 4 raw scores (logits), float32."""
-    from .errors import ParameterError
     from .data import check_image_size
+    from .errors import ParameterError
 
     if arch not in ARCHS:
         raise ParameterError(f"arch={arch!r} is not known; valid values: {', '.join(ARCHS)}")

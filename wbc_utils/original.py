@@ -67,8 +67,12 @@ def parse_log(path: str | os.PathLike):
     return frame
 
 
-def load_original_model(checkpoint: str | os.PathLike):
-    """The paper model (240x320, raw inputs) with the 2020 weights from a TF checkpoint prefix."""
+def load_original_model(checkpoint: str | os.PathLike, input_scaling: str = "raw"):
+    """The paper model (240x320) with the 2020 weights from a TF checkpoint prefix.
+
+    ``input_scaling="unit"`` feeds the same weights pixels divided by 255: the 2020 text says its images
+    were normalised, and this is how to test that claim against its logged accuracy.
+    """
     from .model import build_model
     from .tfenv import import_tf
 
@@ -81,7 +85,7 @@ def load_original_model(checkpoint: str | os.PathLike):
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     idx = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"layer-(\d+)/kernel/", k))})
-    model = build_model((240, 320), arch="paper", input_scaling="raw", name="original_2020")
+    model = build_model((240, 320), arch="paper", input_scaling=input_scaling, name="original_2020")
     targets = [l for l in model.layers if getattr(l, "kernel", None) is not None]
     if len(idx) != len(targets):
         raise ValueError(f"{prefix}: {len(idx)} layers with kernels, the paper model has {len(targets)}")
@@ -94,20 +98,31 @@ def load_original_model(checkpoint: str | os.PathLike):
     return model
 
 
-def rescore(loss: str, checkpoint, test, test_simple=None, batch_size: int = 32) -> dict:
-    """Evaluate one 2020 model with this project's metrics. ``test`` is a SplitData at 240x320."""
+def rescore(loss: str, checkpoint, test, test_simple=None, batch_size: int = 32, log=None,
+            train_class_counts=None) -> dict:
+    """Evaluate one 2020 model with this project's metrics. ``test`` is a SplitData at 240x320.
+
+    ``log`` (its parsed training log) supplies the final training loss for the collapse verdict. For
+    cross-entropy the weights are also scored on pixels scaled to 0-1 (``test_accuracy_unit_inputs``), the
+    evidence for whether the 2020 code normalised its images as its text says.
+    """
     from .evaluation import evaluate_predictions
-    from .training import _predict
+    from .training import _predict, predictions_frame
 
     model = load_original_model(checkpoint)
     scores = _predict(model, test, batch_size)
-    simple = _predict(model, test_simple, batch_size) if test_simple is not None else None
-    out = evaluate_predictions(scores, test.labels, test.cells, simple,
-                               test_simple.labels if test_simple is not None else None,
-                               loss=loss, encoding="paper", regression=True)
+    test_pred = predictions_frame(test, scores)
+    simple_pred = predictions_frame(test_simple, _predict(model, test_simple, batch_size)) \
+        if test_simple is not None else None
+    final_loss = float(log["loss"].iloc[-1]) if log is not None and len(log) else None
+    out = evaluate_predictions(test_pred, simple_pred, loss=loss, encoding="paper", regression=True,
+                               final_train_loss=final_loss, train_class_counts=train_class_counts)
     out["loss"] = loss
     out["checkpoint"] = str(checkpoint)
     out["split"] = test.split
     out["score_mean"] = np.asarray(scores).mean(0).tolist()
     out["score_spread_within_image"] = float(np.asarray(scores).std(1).mean())
+    if loss == "crossentropy":
+        unit = _predict(load_original_model(checkpoint, input_scaling="unit"), test, batch_size)
+        out["test_accuracy_unit_inputs"] = float((np.asarray(unit).argmax(1) == test.labels).mean())
     return out

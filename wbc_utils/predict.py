@@ -15,8 +15,8 @@ other microscopes, stains or cell types their output means nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -129,6 +129,7 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     parameters, its TEST figures and where it came from. Refuses to replace a different model without ``force``."""
     import datetime
     import hashlib
+
     from .artifacts import atomic_path, write_json
     from .errors import RunExistsError
 
@@ -158,8 +159,9 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     size = shipped.stat().st_size
 
     m = read_json(run_dir / "metrics.json")
-    keep = ("test_accuracy", "test_accuracy_ci", "cell_accuracy", "cell_accuracy_ci", "test_simple_accuracy",
-            "test_simple_accuracy_ci", "train_seconds", "software")
+    keep = ("unseen_accuracy", "unseen_accuracy_ci", "unseen_cells", "test_accuracy", "test_accuracy_ci",
+            "unseen_cell_accuracy", "unseen_cell_accuracy_ci", "test_simple_accuracy", "test_simple_accuracy_ci",
+            "test_simple_slides", "ece", "ece_ci", "evaluation_version", "train_seconds", "software")
     write_json(dest / "model.json", {
         "params": read_json(run_dir / "params.json"), "metrics": {k: m.get(k) for k in keep},
         "source_run": f"{run_dir.parent.name}/{run_dir.name}", "source_sha256": digest,

@@ -1,21 +1,35 @@
 """Recompute a finished run's evaluation from its saved predictions, without retraining.
 
-When a metric's definition changes (``evaluation.EVALUATION_VERSION``), the runs
-already trained keep their ``predictions.csv``; this rewrites the evaluation
-fields of their ``metrics.json`` (atomically) and leaves the training fields alone.
+When a metric's definition changes (``evaluation.EVALUATION_VERSION``), or the
+source of images is corrected (the slide mapping), the runs already trained
+keep their ``predictions.csv``; this re-attaches each image's source from the
+current manifest (by its path in the dataset), rewrites ``predictions.csv``
+with it, and rewrites the evaluation fields of ``metrics.json``, atomically.
+The training fields are left alone.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from . import CLASSES
-from .artifacts import read_json, write_json
+from .artifacts import read_json, write_csv, write_json
 from .evaluation import EVALUATION_VERSION, evaluate_predictions
+from .runs import PREDICTION_COLUMNS
 
 
-def reevaluate_run(run_dir: str | Path, force: bool = False) -> bool:
+def with_sources(pred, manifest):
+    """``pred`` with ``slide``, ``cell`` and ``shared`` taken from ``manifest`` (matched on split and path)."""
+    src = manifest.frame[["split", "relpath", "slide", "cell", "shared"]]
+    base = pred.drop(columns=[c for c in ("slide", "cell", "shared") if c in pred.columns])
+    out = base.merge(src, on=["split", "relpath"], how="left", validate="one_to_one")
+    if out["cell"].isna().any():
+        missing = out.loc[out["cell"].isna(), "relpath"].head(3).tolist()
+        raise ValueError(f"{int(out['cell'].isna().sum())} predicted image(s) are not in the dataset at "
+                         f"{manifest.images_root} (e.g. {missing}): point --data-dir at the dataset the run used.")
+    rest = [c for c in out.columns if c not in PREDICTION_COLUMNS]
+    return out[PREDICTION_COLUMNS + rest]
+
+
+def reevaluate_run(run_dir: str | Path, manifest=None, force: bool = False) -> bool:
     """Re-evaluate one finished run; returns True if its metrics.json was rewritten."""
     import pandas as pd
 
@@ -26,20 +40,28 @@ def reevaluate_run(run_dir: str | Path, force: bool = False) -> bool:
     metrics = read_json(mfile)
     if metrics.get("evaluation_version") == EVALUATION_VERSION and not force:
         return False
-    pred = pd.read_csv(pfile)
-    cols = [f"score_{c}" for c in CLASSES]
+    pred = pd.read_csv(pfile, dtype={"cell": str})
+    if manifest is not None:
+        pred = with_sources(pred, manifest)
+        write_csv(pfile, pred)
+    elif "shared" not in pred.columns:
+        raise ValueError(f"{pfile} predates the slide mapping: re-evaluating it needs the dataset (--data-dir).")
     test, simple = pred[pred["split"] == "TEST"], pred[pred["split"] == "TEST_SIMPLE"]
-    scores = test[cols].to_numpy(np.float32)
-    labels = test["label"].to_numpy()
-    new = evaluate_predictions(scores, labels, test["cell"].to_numpy(),
-                               simple[cols].to_numpy(np.float32) if len(simple) else None,
-                               simple["label"].to_numpy() if len(simple) else None,
-                               loss=metrics["loss"], encoding=metrics["target_encoding"])
-    metrics.update(new)
+    for old in ("cell_accuracy", "cell_accuracy_ci", "test_accuracy_ci_stratified", "ce_collapse_epoch",
+                "regression_decoded_accuracy", "regression_decoded_accuracy_ci", "test_simple_images"):
+        metrics.pop(old, None)
+    metrics.update(evaluate_predictions(test, simple if len(simple) else None, loss=metrics["loss"],
+                                        encoding=metrics["target_encoding"],
+                                        final_train_loss=metrics.get("final_train_loss"),
+                                        train_class_counts=metrics.get("train_class_counts"),
+                                        label_smoothing=metrics.get("label_smoothing", 0.0)))
     write_json(mfile, metrics)
     return True
 
 
-def reevaluate_profile(profile_dir: str | Path, force: bool = False) -> int:
+def reevaluate_profile(profile_dir: str | Path, data_dir=None, force: bool = False) -> int:
     """Re-evaluate every finished run of a study; returns how many were rewritten."""
-    return sum(reevaluate_run(d, force) for d in sorted(Path(profile_dir).iterdir()) if d.is_dir())
+    from .data import build_manifest
+
+    manifest = build_manifest(data_dir)
+    return sum(reevaluate_run(d, manifest, force) for d in sorted(Path(profile_dir).iterdir()) if d.is_dir())

@@ -197,7 +197,9 @@ def score_split(run, split_data):
     from .predict import predict_arrays
 
     probs = predict_arrays(run, np.asarray(split_data.images))
-    f = split_data.frame[["split", "relpath", "class", "label", "cell"]].copy()
+    from .runs import PREDICTION_COLUMNS
+
+    f = split_data.frame[PREDICTION_COLUMNS].copy()
     f["pred"] = probs.argmax(1)
     for i, c in enumerate(CLASSES):
         f[f"score_{c}"] = np.log(np.maximum(probs[:, i], 1e-12))

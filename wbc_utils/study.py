@@ -15,11 +15,12 @@ import os
 import time
 from pathlib import Path
 
+from . import CLASSES
 from .artifacts import read_json, write_csv, write_json
 from .data import REPO_ROOT
 from .errors import RunExistsError
 from .params import Profile, RunParams
-from .training import run_status
+from .runs import run_status
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +153,18 @@ def _short_error(e: BaseException) -> str:
     return f"{name}: {lines[-1] if lines else ''}"[:500]
 
 
-SUMMARY_COLUMNS = [
-    "run_name", "status", "role", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
-    "validation", "image_size", "epochs", "train_subset", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi",
-    "cell_accuracy", "cell_accuracy_lo", "cell_accuracy_hi", "test_simple_accuracy", "test_simple_accuracy_lo",
-    "test_simple_accuracy_hi", "paper_metric_test", "regression_decoded_accuracy", "final_train_accuracy",
-    "final_train_paper_metric", "final_val_accuracy", "final_val_paper_metric", "final_train_loss", "collapsed",
-    "top_class_share", "ce_collapse_epoch", "recall_EOSINOPHIL", "recall_LYMPHOCYTE", "recall_MONOCYTE",
-    "recall_NEUTROPHIL", "cells_EOSINOPHIL", "cells_LYMPHOCYTE", "cells_MONOCYTE", "cells_NEUTROPHIL", "train_seconds", "images_per_second", "error", "run_dir"]
+#: Per-run figures copied from metrics.json into summary.csv (intervals as <key>_lo, <key>_hi).
+SUMMARY_INTERVALS = ("unseen_accuracy", "test_accuracy", "unseen_cell_accuracy", "test_cell_accuracy",
+                     "test_simple_accuracy")
+SUMMARY_VALUES = ("paper_metric_test", "test_regression_accuracy", "final_train_accuracy", "final_train_paper_metric",
+                  "final_val_accuracy", "final_val_paper_metric", "final_train_loss", "constant_loss",
+                  "train_loss_vs_constant", "output_spread", "collapsed", "top_class_share", "held_from_epoch", "ece",
+                  "train_seconds", "images_per_second")
+SUMMARY_COLUMNS = (
+    ["run_name", "status", "role", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
+     "validation", "image_size", "epochs", "train_subset"]
+    + [f"{k}{x}" for k in SUMMARY_INTERVALS for x in ("", "_lo", "_hi")] + list(SUMMARY_VALUES)
+    + [f"recall_{c}" for c in CLASSES] + [f"cells_{c}" for c in CLASSES] + ["error", "run_dir"])
 
 
 def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
@@ -175,13 +180,10 @@ def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None
         row["image_size"] = "x".join(str(v) for v in p.get("image_size", []))
     if status == "finished":
         m = read_json(run_dir / "metrics.json")
-        for k in ("test_accuracy", "cell_accuracy", "test_simple_accuracy"):
+        for k in SUMMARY_INTERVALS:
             row[k] = m.get(k)
-            lo_hi = m.get(f"{k}_ci") or [None, None]
-            row[f"{k}_lo"], row[f"{k}_hi"] = lo_hi
-        for k in ("paper_metric_test", "regression_decoded_accuracy", "final_train_accuracy",
-                  "final_train_paper_metric", "final_val_accuracy", "final_val_paper_metric", "final_train_loss",
-                  "collapsed", "top_class_share", "ce_collapse_epoch", "train_seconds", "images_per_second"):
+            row[f"{k}_lo"], row[f"{k}_hi"] = m.get(f"{k}_ci") or [None, None]
+        for k in SUMMARY_VALUES:
             row[k] = m.get(k)
         for c, v in m.get("per_class", {}).items():
             row[f"recall_{c}"] = v.get("recall")
@@ -189,8 +191,8 @@ def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None
     return row
 
 
-def summarize(profile: str, runs_root=None, failed: dict | None = None):
-    """Write runs/<profile>/summary.csv from every run directory there; returns the DataFrame."""
+def summary_frame(profile: str, runs_root=None, failed: dict | None = None):
+    """One row per run directory of a study (finished, failed or incomplete), read from its artifacts."""
     import pandas as pd
 
     pdir = profile_dir(profile, runs_root)
@@ -201,8 +203,13 @@ def summarize(profile: str, runs_root=None, failed: dict | None = None):
     prof = _profile_of(profile, study)
     rows = [summary_row(d, failed.get(d.name), prof) for d in sorted(pdir.iterdir())
             if d.is_dir() and (d / "params.json").exists() or (d.is_dir() and d.name in failed)]
-    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    write_csv(pdir / "summary.csv", frame)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def summarize(profile: str, runs_root=None, failed: dict | None = None):
+    """Write runs/<profile>/summary.csv from every run directory there; returns the DataFrame."""
+    frame = summary_frame(profile, runs_root, failed)
+    write_csv(profile_dir(profile, runs_root) / "summary.csv", frame)
     return frame
 
 
@@ -237,21 +244,27 @@ def rescore_original(profile: Profile, runs_root=None, data_dir=None, original_d
                 m.get("evaluation_version") == EVALUATION_VERSION for m in cached["models"].values()):
             return cached
     result = {"split": profile.rescore_split, "models": {}, "logs": {}, "missing": []}
+    logs = {}
     for loss, f in found.items():
         if f["log"] is not None:
-            result["logs"][loss] = parse_log(f["log"]).to_dict("list")
+            logs[loss] = parse_log(f["log"])
+            result["logs"][loss] = logs[loss].to_dict("list")
         if f["checkpoint"] is None:
             result["missing"].append(loss)
     if any(f["checkpoint"] for f in found.values()):
+        import numpy as np
+
         manifest = build_manifest(data_dir)
         split = load_split(manifest, profile.rescore_split, (240, 320))
+        counts = np.bincount(manifest.split("TRAIN")["label"], minlength=4).tolist()
         simple = None
         if profile.rescore_split != "TEST_SIMPLE" and (manifest.frame["split"] == "TEST_SIMPLE").any():
             simple = load_split(manifest, "TEST_SIMPLE", (240, 320))
         for loss, f in found.items():
             if f["checkpoint"] is not None:
                 print(f"re-scoring the 2020 {loss} model on {profile.rescore_split}", flush=True)
-                result["models"][loss] = rescore(loss, f["checkpoint"], split, simple)
+                result["models"][loss] = rescore(loss, f["checkpoint"], split, simple, log=logs.get(loss),
+                                                 train_class_counts=counts)
     write_json(out_path, result)
     return result
 
@@ -263,7 +276,7 @@ def load_runs(profile: str, runs_root=None):
     pdir = profile_dir(profile, runs_root)
     if not pdir.exists():
         raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
-    summary = summarize(profile, runs_root)
+    summary = summary_frame(profile, runs_root)
     metrics, histories = {}, {}
     for row in summary.itertuples():
         d = Path(row.run_dir)

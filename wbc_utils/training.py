@@ -34,8 +34,9 @@ from . import CLASSES, __version__
 from .artifacts import atomic_path, read_json, write_csv, write_json
 from .data import Manifest, SplitData, build_manifest, grouped_split, load_split, stratified_subset
 from .errors import ParameterError, RunExistsError
-from .evaluation import collapse_epoch, evaluate_predictions
+from .evaluation import evaluate_predictions, held_from_epoch, validation_metrics
 from .params import RunParams
+from .runs import PREDICTION_COLUMNS, run_status  # noqa: F401  (run_status: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -289,22 +290,24 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     test_scores = _predict(model, data.test, params.batch_size, params.tta)
     simple_scores = (_predict(model, data.test_simple, params.batch_size, params.tta)
                      if data.test_simple is not None else None)
-    val_scores = val_tta = None
-    if params.validation == "grouped":  # both ways, so the lab can decide on test-time augmentation on validation
-        val_scores = _predict(model, data.val, params.batch_size, False)
-        val_tta = _predict(model, data.val, params.batch_size, True)
-    _write_predictions(run_dir, data, test_scores, simple_scores)
+    test_pred = predictions_frame(data.test, test_scores)
+    simple_pred = predictions_frame(data.test_simple, simple_scores) if simple_scores is not None else None
+    write_csv(run_dir / "predictions.csv", pd.concat([f for f in (test_pred, simple_pred) if f is not None],
+                                                      ignore_index=True))
 
     hist = pd.DataFrame(history)
     train_seconds = float(hist["train_seconds"].sum())
     n_epochs_run = len(hist)
+    class_counts = np.bincount(data.train.labels, minlength=len(CLASSES)).tolist()
     metrics = {
         **{k: v for k, v in params.to_dict().items()},
         "run_name": params.run_name, "run_dir": str(run_dir), "precision_policy": policy,
         "validation_label": {"paper": "TEST used as validation (paper mode)",
-                             "grouped": f"grouped: {params.val_fraction:.0%} of TRAIN's source cells held out",
+                             "grouped": f"grouped: {params.val_fraction:.0%} of TRAIN's same-cell clusters held out",
                              "none": "none: trained on all of TRAIN; TEST scored once at the end"}[params.validation],
-        "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0, "train_cells": int(data.train.frame["cell"].nunique()),
+        "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0,
+        "train_cells": int(data.train.frame["cell"].nunique()), "train_slides": int(data.train.frame["slide"].nunique()),
+        "train_class_counts": class_counts,
         "epochs_run": n_epochs_run, "stopped_early": stopped_early,
         "chosen_epoch": best["epoch"] if params.early_stopping_patience else n_epochs_run,
         "train_seconds": train_seconds,
@@ -313,19 +316,21 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
         "final_train_paper_metric": float(hist["paper_metric"].iloc[-1]),
         "final_val_accuracy": _finite(hist["val_accuracy"].iloc[-1]),
         "final_val_paper_metric": _finite(hist["val_paper_metric"].iloc[-1]),
-        "ce_collapse_epoch": collapse_epoch(hist["loss"]) if params.loss == "crossentropy" else None,
-        "skipped_files": len(data.manifest.skipped),
+        "skipped_files": len(data.manifest.skipped), "sources": data.manifest.sources,
         "software": software_versions(),
     }
     metrics.update(evaluate_predictions(
-        test_scores, data.test.labels, data.test.cells,
-        simple_scores, data.test_simple.labels if data.test_simple is not None else None,
-        loss=params.loss, encoding=params.target_encoding))
-    if val_scores is not None:
-        metrics.update(validation_metrics(val_scores, data.val))
-        metrics.update({f"{k}_tta" if k.startswith("val_") else k: v
-                        for k, v in validation_metrics(val_tta, data.val).items() if "cells" not in k})
-        _write_predictions(run_dir, data, None, None, val_tta if params.tta else val_scores, "val_predictions.csv")
+        test_pred, simple_pred, loss=params.loss, encoding=params.target_encoding,
+        final_train_loss=metrics["final_train_loss"], train_class_counts=class_counts,
+        label_smoothing=params.label_smoothing))
+    metrics["held_from_epoch"] = held_from_epoch(hist["loss"], metrics["constant_loss"])
+    if params.validation == "grouped":  # both ways, so the lab can decide on test-time augmentation on validation
+        plain = predictions_frame(data.val, _predict(model, data.val, params.batch_size, False))
+        tta = predictions_frame(data.val, _predict(model, data.val, params.batch_size, True))
+        metrics.update(validation_metrics(plain))
+        metrics.update({f"{k}_tta": v for k, v in validation_metrics(tta).items() if k.startswith("val_accuracy")
+                        or k.startswith("val_cell_accuracy")})
+        write_csv(run_dir / "val_predictions.csv", tta if params.tta else plain)
     write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return metrics
@@ -336,44 +341,13 @@ def _finite(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def validation_metrics(scores, val: SplitData) -> dict:
-    """Accuracy on the grouped validation split (held-out TRAIN cells), image- and cell-level, with
-    cluster-bootstrap intervals: what the 'beyond the paper' choices are made on."""
-    from .evaluation import cell_majority, cluster_bootstrap
-
-    pred = np.asarray(scores).argmax(1)
-    ok = pred == val.labels
-    ci = cluster_bootstrap(ok, val.cells)
-    ucells, ctrue, cvote = cell_majority(pred, val.labels, val.cells)
-    cok = ctrue == cvote
-    cci = cluster_bootstrap(cok, ucells)
-    return {"val_accuracy": float(ok.mean()), "val_accuracy_ci": [ci["lo"], ci["hi"]],
-            "val_cell_accuracy": float(cok.mean()), "val_cell_accuracy_ci": [cci["lo"], cci["hi"]],
-            "val_cells": int(len(ucells)),
-            "val_cells_per_class": {c: int((ctrue == i).sum()) for i, c in enumerate(CLASSES)}}
+def predictions_frame(split: SplitData, scores) -> object:
+    """One row per image of ``split``: its source (slide, same-cell cluster, shared with TRAIN), label,
+    predicted class and the four raw scores."""
+    f = split.frame[PREDICTION_COLUMNS].copy()
+    f["pred"] = np.asarray(scores).argmax(1)
+    for i, c in enumerate(CLASSES):
+        f[f"score_{c}"] = np.asarray(scores)[:, i]
+    return f
 
 
-def _write_predictions(run_dir: Path, data: RunData, test_scores, simple_scores, val_scores=None,
-                       name: str = "predictions.csv") -> None:
-    import pandas as pd
-
-    frames = []
-    for split, scores in ((data.test, test_scores), (data.test_simple, simple_scores), (data.val, val_scores)):
-        if split is None or scores is None:
-            continue
-        f = split.frame[["split", "relpath", "class", "label", "cell"]].copy()
-        f["pred"] = scores.argmax(1)
-        for i, c in enumerate(CLASSES):
-            f[f"score_{c}"] = scores[:, i]
-        frames.append(f)
-    write_csv(run_dir / name, pd.concat(frames, ignore_index=True))
-
-
-def run_status(run_dir: str | os.PathLike) -> str:
-    """'finished' (metrics.json), 'incomplete' (started, no metrics) or 'missing'."""
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").exists():
-        return "finished"
-    if (run_dir / "params.json").exists() or (run_dir / "train.ipynb").exists():
-        return "incomplete"
-    return "missing"
