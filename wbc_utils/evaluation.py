@@ -20,7 +20,7 @@ shared ones: the headline, since a model has seen those cells in training).
   final training loss is no better than the best *constant* prediction's
   (within 2%: for cross-entropy on balanced classes that constant loss is
   ln 4 = 1.386) **and** its outputs barely vary across TEST images (their
-  spread is under 5% of the targets'). The share of TEST predicted as the
+  spread is under a fifth of the targets'). The share of TEST predicted as the
   most frequent class is reported beside it: a collapsed run can split its
   near-constant outputs between classes by rounding alone;
 * calibration (ECE with its interval and per-bin counts) and risk-coverage.
@@ -38,13 +38,15 @@ from .stats import Clusters, mean_interval
 
 #: Bumped when a metric's definition changes; `python -m wbc_utils reevaluate` recomputes old runs.
 #: 4: true source cells (slides, same-cell clusters), unseen-cell scope, stratified two-stage intervals,
-#: the one collapse definition, TEST_SIMPLE per distinct slide.
-EVALUATION_VERSION = 4
+#: the one collapse definition, TEST_SIMPLE per distinct slide. 5: collapse's spread threshold 0.05 -> 0.2.
+EVALUATION_VERSION = 5
 SCORE_COLUMNS = [f"score_{c}" for c in CLASSES]
 #: A final training loss within this fraction of the best constant prediction's loss counts as "no better".
 COLLAPSE_LOSS_TOL = 0.02
-#: Outputs whose spread across TEST images is under this fraction of the targets' spread count as constant.
-COLLAPSE_SPREAD_MAX = 0.05
+#: Outputs whose spread across TEST images is under this fraction of the targets' spread count as near-constant.
+#: A convention, shown against the data in the report's collapse figure: runs that learn sit well above it
+#: (0.15-0.6 at the quick profile's size), runs held at the constant loss below it.
+COLLAPSE_SPREAD_MAX = 0.2
 CALIBRATION_BINS = 10
 #: The evaluation scopes of TEST: (key prefix, words).
 SCOPES = (("unseen", "TEST without the cells shared with TRAIN"), ("test", "all of TEST"))
@@ -312,7 +314,8 @@ def simple_metrics(simple, scores=None) -> dict:
     slides, idx = per_slide(simple)
     v = slide_means(ok, idx)
     out = {"test_simple_files": int(len(simple)), "test_simple_slides": int(len(slides))}
-    for prefix, m in (("test_simple", np.ones(len(slides), bool)), ("test_simple_unseen", ~slides["shared"].to_numpy(bool))):
+    unseen = ~slides["shared"].to_numpy(bool)
+    for prefix, m in (("test_simple", np.ones(len(slides), bool)), ("test_simple_unseen", unseen)):
         r = mean_interval(v[m], Clusters.of(slides["cell"].astype(str).to_numpy()[m], slides["label"].to_numpy()[m]))
         out.update({f"{prefix}_accuracy": r["value"], f"{prefix}_accuracy_ci": _ci(r),
                     f"{prefix}_cells": r["n_clusters"], f"{prefix}_n": int(m.sum())})
