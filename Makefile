@@ -10,7 +10,7 @@ ARGS ?=
 SYSTEM_PACKAGES := chromium fonts-dejavu-core poppler-utils
 
 .DEFAULT_GOAL := help
-.PHONY: help setup report study figures test test-fast bench bench-fast ship-model notebooks-check clean-cache clean-runs
+.PHONY: help setup report study figures test test-fast lint bench bench-fast ship-model readme slides notebooks-check clean-cache clean-runs
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,20 +32,29 @@ study: ## run the study of PROFILE only (reusing finished runs)
 figures: ## draw the figures of PROFILE's study into figures/PROFILE/
 	$(PY) -m wbc_utils figures --profile $(PROFILE)
 
-test: ## run the whole test suite, the end-to-end smoke study included
+test: lint ## lint, then run the whole test suite, the end-to-end smoke study included
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: ## run the tests that train nothing
+test-fast: lint ## lint, then run the tests that train nothing
 	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
 
-bench: ## measure speed, memory, data loading, bfloat16 and the quick profile side by side (about an hour), print ratios
-	$(PY) benchmarks/run.py --quick --bf16-study $(ARGS)
+lint: ## ruff (configured in pyproject.toml) over the package, the tests and the benchmarks
+	$(PY) -m ruff check wbc_utils tests benchmarks
+
+bench: ## measure speed, memory, data loading, bfloat16, parallel runs and the quick profile side by side (about an hour)
+	$(PY) benchmarks/run.py --quick --bf16-study --parallel-runs $(ARGS)
 
 bench-fast: ## the same without the memory runs and the quick profile (a few minutes)
 	$(PY) benchmarks/run.py --skip-memory $(ARGS)
 
 ship-model: ## copy the best profile's seed-0 model to models/best/ (what `predict` uses by default)
 	$(PY) -m wbc_utils ship --profile best --seed 0 $(ARGS)
+
+readme: ## rewrite the README's findings block from report/quick/results.json (the shipped report's numbers)
+	$(PY) -m wbc_utils readme
+
+slides: ## check the shipped slide mapping against the dataset (rebuild it with: python -m wbc_utils slides --force)
+	$(PY) -m wbc_utils slides --check
 
 notebooks-check: ## fail if a notebook is stored with outputs
 	$(PY) -m pytest -q tests/test_notebooks_clean.py

@@ -139,7 +139,7 @@ for lr in (1e-3, 3e-4):
             with tempfile.TemporaryDirectory() as d:
                 m = train_run(p, d, verbose=0)
             rows.append({"learning_rate": lr, "seed": seed, "precision": m["precision_policy"],
-                         "test_accuracy": m["test_accuracy"], "held_at_ln4": m["ce_collapse_epoch"] is not None,
+                         "test_accuracy": m["test_accuracy"], "held_at_ln4": m["collapsed"],
                          "final_train_loss": m["final_train_loss"], "images_per_second": m["images_per_second"]})
 print(json.dumps({"runs": rows}))
 """
@@ -150,8 +150,13 @@ import numpy as np
 from wbc_utils.data import build_manifest, load_split
 h, w, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 m = build_manifest()
-t = time.perf_counter(); s = load_split(m, "TEST", (h, w), cache_dir=cache, progress=False); cold = time.perf_counter() - t
-t = time.perf_counter(); s = load_split(build_manifest(), "TEST", (h, w), cache_dir=cache, progress=False); _ = np.asarray(s.images).sum(); warm = time.perf_counter() - t
+t = time.perf_counter()
+s = load_split(m, "TEST", (h, w), cache_dir=cache, progress=False)
+cold = time.perf_counter() - t
+t = time.perf_counter()
+s = load_split(build_manifest(), "TEST", (h, w), cache_dir=cache, progress=False)
+_ = np.asarray(s.images).sum()
+warm = time.perf_counter() - t
 print(json.dumps({"cold_seconds": cold, "warm_seconds": warm, "images": len(s)}))
 """
 
@@ -183,6 +188,37 @@ def child_memory(code: str, *args, env=None) -> dict:
     return out
 
 
+def parallel_runs() -> dict:
+    """Wall time of two quick-size training runs: one after the other with every core, then both at once
+    with one thread each (what ``jobs=2`` does), in fresh processes, on the same seeds."""
+    import time
+
+    def train(loss: str, seed: int, d: str, threads: str | None):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "WBC_RUNS_DIR": d}
+        if threads:
+            env["WBC_THREADS"] = threads
+        return subprocess.Popen([sys.executable, "-m", "wbc_utils", "train", "--loss", loss, "--target-encoding",
+                                 "onehot", "--seed", str(seed), "--epochs", "6", "--image-size", "60x80",
+                                 "--train-subset", "3000", "--learning-rate", "0.0003", "--force"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait(procs):
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode:
+                raise RuntimeError(f"benchmark run failed: {err[-2000:]}")
+
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        for loss in ("mse", "huber"):
+            wait([train(loss, 0, d, None)])
+        seq = time.perf_counter() - t
+        t = time.perf_counter()
+        wait([train(loss, 0, d, "1") for loss in ("mse", "huber")])
+        par = time.perf_counter() - t
+    return {"sequential_seconds": seq, "parallel_seconds": par, "ratio": seq / par}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="240x320")
@@ -195,6 +231,9 @@ def main() -> int:
     ap.add_argument("--memory-steps", type=int, default=0,
                     help="limit the original's memory run to this many steps (0: the whole epoch)")
     ap.add_argument("--quick", action="store_true", help="also time the quick profile end to end (~30 min)")
+    ap.add_argument("--parallel-runs", action="store_true",
+                    help="time two quick-profile runs one after the other (all cores each) against both at once "
+                         "(one thread each): what the study's --jobs 2 is worth on this machine")
     ap.add_argument("--bf16-study", action="store_true",
                     help="train the 2020 recipe (cross-entropy, integer labels) in float32 and mixed_bfloat16 on the "
                          "same seeds at 48x64 and compare accuracy and how often it is held at ln 4")
@@ -245,7 +284,12 @@ def main() -> int:
                 acc = sum(x["test_accuracy"] for x in sel) / len(sel)
                 held = sum(x["held_at_ln4"] for x in sel)
                 print(f"2020 recipe at 60x80, lr {lr:g}, {prec}: mean TEST accuracy {acc:.1%}, "
-                      f"{held}/{len(sel)} held at ln 4")
+                      f"{held}/{len(sel)} collapsed")
+    if a.parallel_runs:
+        out["parallel_runs"] = parallel_runs()
+        pr = out["parallel_runs"]
+        print(f"two quick-profile runs: one after the other {pr['sequential_seconds']:.1f} s, both at once "
+              f"(1 thread each) {pr['parallel_seconds']:.1f} s -> {pr['ratio']:.2f}x throughput")
     if a.quick:
         import time
 
@@ -255,8 +299,11 @@ def main() -> int:
             r = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "quick", "--no-pdf"], cwd=ROOT,
                                env=env, capture_output=True, text=True)
             out["quick_end_to_end"] = {"seconds": time.perf_counter() - t, "returncode": r.returncode}
-        print(f"quick profile end to end (21 runs + figures + HTML): {out['quick_end_to_end']['seconds'] / 60:.1f} min "
-              f"(exit {r.returncode})")
+        from wbc_utils.params import get_profile
+
+        n_runs = len(get_profile("quick").runs())
+        print(f"quick profile end to end ({n_runs} runs + figures + HTML): "
+              f"{out['quick_end_to_end']['seconds'] / 60:.1f} min (exit {r.returncode})")
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
     import datetime

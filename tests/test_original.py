@@ -13,8 +13,10 @@ needs_original = pytest.mark.skipif(not (SHARED_ORIGINAL / "checkpoints").is_dir
 def test_parse_log_on_a_crafted_log(tmp_path):
     p = tmp_path / "x.log"
     p.write_text("Epoch 1/2\n9920/9957 [===>.] - ETA: 0s - loss: 1.0 - accuracy: 0.1\n"
-                 "9957/9957 [====] - 11s 1ms/sample - loss: 0.8685 - accuracy: 0.2246 - val_loss: 0.5454 - val_accuracy: 0.2356\n"
-                 "9957/9957 [====] - 7s - loss: 7.7630e-07 - accuracy: 1.0000 - val_loss: 6.4434 - val_accuracy: 0.6880\n")
+                 "9957/9957 [====] - 11s 1ms/sample - loss: 0.8685 - accuracy: 0.2246 - val_loss: 0.5454 - "
+                 "val_accuracy: 0.2356\n"
+                 "9957/9957 [====] - 7s - loss: 7.7630e-07 - accuracy: 1.0000 - val_loss: 6.4434 - "
+                 "val_accuracy: 0.6880\n")
     f = parse_log(p)
     assert list(f["epoch"]) == [1, 2]
     assert f["val_accuracy"].tolist() == [0.2356, 0.688]

@@ -225,7 +225,7 @@ def encoding_effect(summary):
         if ro.empty or rp.empty:
             continue
         d = compare(ro, rp)
-        out.append({"loss": loss, **d, "words": verdict_words(d, "one-hot targets", "integer labels")})
+        out.append({"loss": loss, **d, "words": verdict_words(d, "one-hot", "integer labels")})
     return pd.DataFrame(out)
 
 

@@ -221,9 +221,9 @@ def cmd_train(args) -> int:
                   learning_rate=args.learning_rate, precision=args.precision, profile=args.profile)
     run_dir = Path(args.output_dir) if args.output_dir else profile_dir(p.profile, args.runs_dir) / p.run_name
     m = train_run(p, run_dir, data_dir=args.data_dir, reuse=args.reuse, force=args.force)
-    print(f"{run_dir}: accuracy on TEST's unseen cells {m['unseen_accuracy']:.3f} "
-          f"[{m['unseen_accuracy_ci'][0]:.3f}, {m['unseen_accuracy_ci'][1]:.3f}], all of TEST {m['test_accuracy']:.3f}, "
-          f"collapsed={m['collapsed']}")
+    lo, hi = m["unseen_accuracy_ci"]
+    print(f"{run_dir}: accuracy on TEST's unseen cells {m['unseen_accuracy']:.3f} [{lo:.3f}, {hi:.3f}], "
+          f"all of TEST {m['test_accuracy']:.3f}, collapsed={m['collapsed']}")
     return 0
 
 

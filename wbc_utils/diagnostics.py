@@ -57,7 +57,8 @@ def gradient_stats(model, images, labels, loss_fn) -> dict:
     grads = tape.gradient(loss, kernels)
     names = [l.name for l in conv_layers(model)] + ["logits"]
     norms = {n: (float(tf.norm(g)) if g is not None else 0.0) for n, g in zip(names, grads)}
-    return {"loss": float(loss), "grad_norm": norms, "grad_norm_total": float(np.sqrt(sum(v * v for v in norms.values())))}
+    total = float(np.sqrt(sum(v * v for v in norms.values())))
+    return {"loss": float(loss), "grad_norm": norms, "grad_norm_total": total}
 
 
 class Diagnostics:

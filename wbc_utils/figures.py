@@ -45,7 +45,8 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     runs = _runs_of(summary, loss, encoding, finished_only=False)
-    panels = (("paper_metric", "'accuracy' as the 2020 code printed it"), ("accuracy", "true accuracy (argmax = class)"))
+    panels = (("paper_metric", "'accuracy' as the 2020 code printed it"),
+              ("accuracy", "true accuracy (argmax = class)"))
     for ax, (col, ptitle) in zip(axes, panels):
         for split, color in (("", "#1f77b4"), ("val_", "#d62728")):
             stack = []
@@ -59,8 +60,9 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
                     stack.append(h[f"{split}{col}"].to_numpy())
             if stack and len({len(s) for s in stack}) == 1:
                 x = np.arange(1, len(stack[0]) + 1) / len(stack[0]) * 100
+                what = "validation (TEST)" if split else "training"
                 ax.plot(x, np.mean(stack, 0), color=color, lw=2.2,
-                        label=f"{'validation (TEST)' if split else 'training'}, mean of {len(stack)} seed{'s' * (len(stack) > 1)}")
+                        label=f"{what}, mean of {len(stack)} seed{'s' * (len(stack) > 1)}")
         if col == "paper_metric" and original_log is not None:
             x = original_log["epoch"] / len(original_log) * 100
             ax.plot(x, original_log["accuracy"], color="#1f77b4", ls="--", lw=1.2, label="training, 2020 log")
@@ -203,6 +205,44 @@ def collapse_figure(summary, histories, diagnostics: dict):
     return fig
 
 
+def collapse_map_figure(summary):
+    """Every finished run placed by the two halves of the collapse definition: its final training loss
+    relative to the best constant prediction's (up: no better than a constant) against the spread of its
+    outputs across TEST images relative to the targets' (left: near-constant). Collapsed runs fall in the
+    shaded corner."""
+    _style()
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from .analysis import setting_name
+    from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
+
+    fin = summary[summary["status"] == "finished"].copy()
+    fin["setting"] = [setting_name(r) for r in fin.itertuples()]
+    fin["x"] = pd.to_numeric(fin["output_spread"], errors="coerce").clip(lower=1e-3)
+    fin["y"] = pd.to_numeric(fin["train_loss_vs_constant"], errors="coerce").clip(upper=2.0)
+    settings = sorted(fin["setting"].unique())
+    colors = dict(zip(settings, sns.color_palette("tab10", len(settings))))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    ax.fill_between([8e-4, COLLAPSE_SPREAD_MAX], 1 - COLLAPSE_LOSS_TOL, 2.1, color="#d62728", alpha=0.08,
+                    label="collapsed (both criteria)")
+    ax.axvline(COLLAPSE_SPREAD_MAX, color="#d62728", lw=0.8, ls="--")
+    ax.axhline(1 - COLLAPSE_LOSS_TOL, color="#d62728", lw=0.8, ls="--")
+    for st in settings:
+        g = fin[fin["setting"] == st]
+        ax.scatter(g["x"], g["y"], s=22, color=colors[st], label=f"{st} ({len(g)})", alpha=0.85, edgecolor="white",
+                   linewidth=0.4)
+    ax.set_xscale("log")
+    ax.set_xlim(8e-4, 1.5)
+    ax.set_ylim(0, 2.1)
+    ax.set_xlabel("spread of the outputs across TEST images / the targets' (log scale; < 0.001 drawn at 0.001)")
+    ax.set_ylabel("final training loss /\nbest constant's loss")
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, name: str, out_dir: Path) -> list[Path]:
     from .artifacts import atomic_path
 
@@ -257,6 +297,7 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict
         if p.exists():
             diags[r.run_name] = read_json(p)
     figs["collapse"] = collapse_figure(allruns, histories, diags)
+    figs["collapse_map"] = collapse_map_figure(allruns)
     for name, fig in figs.items():
         save(fig, name, out_dir)
         plt.close(fig)

@@ -139,20 +139,23 @@ def overlap_figure(pairs, originals_dir: Path, n: int = 4):
     from .cellcrop import locate_cell
 
     chosen = _pick_pairs(pairs, n)
-    fig = plt.figure(figsize=(A4_WIDTH * 0.9, 2.55 * len(chosen)))
-    subs = np.atleast_1d(fig.subfigures(len(chosen), 1))
+    per_row = 2  # two pairs (four slides) per row keeps each slide readable at A4 width
+    nrow = int(np.ceil(len(chosen) / per_row))
+    fig = plt.figure(figsize=(A4_WIDTH, 1.8 * nrow))
+    subs = np.atleast_1d(fig.subfigures(nrow, per_row, wspace=0.04)).reshape(-1)
+    for sub in subs[len(chosen):]:
+        sub.set_visible(False)
     for sub, p in zip(subs, chosen.itertuples()):
         axes = sub.subplots(1, 2)
         for ax, s in zip(axes, (p.slide_a, p.slide_b)):
             img = _rgb(_slide_path(originals_dir, s), (320, 240))
             cy, cx, _ = locate_cell(img)
-            _show(ax, img, f"slide {s}", 8)
-            ax.add_patch(Circle((cx, cy), 45, fill=False, lw=1.6, color="#ffd400"))
+            _show(ax, img, f"slide {s}", 7.5)
+            ax.add_patch(Circle((cx, cy), 45, fill=False, lw=1.5, color="#ffd400"))
         verdict = "the SAME white cell" if p.same_cell else "different white cells"
-        sub.suptitle(f"slides {p.slide_a} and {p.slide_b}: {verdict}\n(overlap {p.overlap_frac:.0%} of the field, "
-                     f"NCC {p.ncc:.3f}; ring: the located white cell)", fontsize=8.5,
-                     fontweight="bold" if p.same_cell else "normal")
-        sub.subplots_adjust(left=0.01, right=0.99, top=0.80, bottom=0.02, wspace=0.04)
+        sub.suptitle(f"slides {p.slide_a} and {p.slide_b}: {verdict}\n(overlap {p.overlap_frac:.0%}, "
+                     f"NCC {p.ncc:.3f})", fontsize=7.5, fontweight="bold" if p.same_cell else "normal")
+        sub.subplots_adjust(left=0.01, right=0.99, top=0.76, bottom=0.01, wspace=0.04)
     return fig
 
 

@@ -171,7 +171,8 @@ def explore(run, split_data, predictions, index: int = 0):
 
 # ----------------------------------------------------------------------------- the final model (report section 6)
 
-def reliability_figure(probs_list, labels, cells=None, bins: int = 10, title: str = "Reliability on TEST's unseen cells"):
+def reliability_figure(probs_list, labels, cells=None, bins: int = 10,
+                       title: str = "Reliability on TEST's unseen cells"):
     """Top: confidence against accuracy per bin, one line per seed, with each seed's ECE and its interval
     (resampling cells). Bottom: how many images fall in each bin (all seeds together)."""
     _style()
@@ -187,8 +188,9 @@ def reliability_figure(probs_list, labels, cells=None, bins: int = 10, title: st
         cal = calibration(probs, labels, cells, bins)
         x = [b["confidence"] for b in cal["bins"]]
         y = [b["accuracy"] for b in cal["bins"]]
+        lo, hi = cal["ece_ci"]
         ax.plot(x, y, marker="o", ms=3, lw=1.2,
-                label=f"seed {i}: ECE {100 * cal['ece']:.1f}% [{100 * cal['ece_ci'][0]:.1f}, {100 * cal['ece_ci'][1]:.1f}]")
+                label=f"seed {i}: ECE {100 * cal['ece']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
         for b in cal["bins"]:
             counts[int(round(b["lo"] * bins))] += b["n"]
     ax.set_ylabel("accuracy")
@@ -213,7 +215,7 @@ def risk_coverage_figure(curves):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for i, (seed, g) in enumerate(curves.groupby("seed")):
+    for seed, g in curves.groupby("seed"):
         line, = ax.plot(100 * g["coverage"], 100 * g["accuracy"], lw=1.4, label=f"seed {seed}")
         ax.axhline(100 * g["random_baseline"].iloc[0], color=line.get_color(), ls="--", lw=0.9)
     ax.plot([], [], color="black", ls="--", lw=0.9, label="random abstention")

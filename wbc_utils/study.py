@@ -49,7 +49,8 @@ def execute_run(params: RunParams, run_dir: Path, data_dir=None, reuse: bool = F
                         kernel_name="python3")
 
 
-def plan(profile: Profile, runs_root=None, reuse: bool = False, force: bool = False) -> list[tuple[RunParams, Path, str]]:
+def plan(profile: Profile, runs_root=None, reuse: bool = False,
+         force: bool = False) -> list[tuple[RunParams, Path, str]]:
     """Each run with its directory and what will happen to it; raises before any work if a run is in the way."""
     out, blocked = [], []
     for p in profile.runs():
@@ -222,7 +223,8 @@ def _profile_of(name: str, study: dict) -> Profile | None:
     settings = study.get("profile_settings")
     if settings:
         fields = {f.name for f in dataclasses.fields(Profile)}
-        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") else v) for k, v in settings.items() if k in fields}
+        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") else v)
+              for k, v in settings.items() if k in fields}
         return Profile(**kw)
     return PROFILES.get(name)
 
