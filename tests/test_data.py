@@ -277,3 +277,35 @@ def test_stratified_subset(tiny_dataset):
     assert train["label"].iloc[idx].value_counts().min() == 5
     with pytest.raises(ParameterError, match="train_subset=999 is larger"):
         stratified_subset(train, 999, 0)
+
+
+def test_unknown_files_are_matched_when_the_originals_are_there_and_remembered(tiny_dataset, cache_dir,
+                                                                            monkeypatch, tmp_path):
+    """A file the mapping does not know is matched to its slide on the fly (here a stand-in matcher), joins that
+    slide's same-cell cluster, and is not matched again the next time."""
+    import pandas as pd
+
+    from wbc_utils import slides
+
+    originals = tmp_path / "Original_Images"
+    originals.mkdir()
+    calls = []
+
+    def fake_match(paths, classes, originals_dir, **kw):
+        calls.append(list(paths))
+        return pd.DataFrame({"slide": pd.array([9999] * len(paths), dtype="Int64"), "score": [0.99] * len(paths)})
+
+    monkeypatch.setattr(slides, "find_originals", lambda root: originals)
+    monkeypatch.setattr(slides, "match_images", fake_match)
+    monkeypatch.setattr(slides, "load_pairs", lambda: pd.DataFrame(
+        {"slide_a": [1000], "slide_b": [9999], "ncc": [0.95], "overlap_frac": [0.5], "inliers": [30],
+         "same_cell": [True]}))
+    d = tiny_dataset / "images" / "TEST" / "EOSINOPHIL"
+    write_image(d / "renamed.jpeg", 0, np.random.default_rng(5))
+    m = build_manifest(tiny_dataset)
+    row = m.frame[m.frame["path"].str.endswith("renamed.jpeg")].iloc[0]
+    assert row["source"] == "matched" and row["slide"] == 9999 and row["cell"] == "1000"
+    assert row["shared"]  # its cluster holds TRAIN's slide 1000: a TEST image of a cell seen in training
+    assert m.sources["matched"] == 1 and len(calls) == 1
+    build_manifest(tiny_dataset)
+    assert len(calls) == 1, "a matched file is remembered in the cache, not matched again"

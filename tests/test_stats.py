@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wbc_utils.stats import Clusters, difference_interval, fisher_exact, mean_interval, wilson
+from wbc_utils.stats import Clusters, difference_interval, fisher_exact, holm, mean_interval, wilson
 
 
 def _design(n_clusters=40, per=10, classes=4):
@@ -23,14 +23,14 @@ def test_stratified_draws_keep_the_class_mix():
     c = Clusters.of(cells, strata)
     d = c.draw(500, np.random.default_rng(0), stratified=True)
     for s in range(4):
-        assert (d[:, c.strata == s].sum(1) == 10).all()
+        assert (d[:, c.strata == s].sum(1) == 9).all()  # m - 1 of each class's 10 cells (rescaled bootstrap)
     u = c.draw(500, np.random.default_rng(0), stratified=False)
-    assert (u.sum(1) == 40).all() and u[:, c.strata == 0].sum(1).std() > 0
+    assert (u.sum(1) == 39).all() and u[:, c.strata == 0].sum(1).std() > 0
 
 
 def test_seeds_that_disagree_widen_the_interval():
-    """Same pooled accuracy; when the seeds disagree, the two-stage interval must be wider, and wider than
-    the old way (average each image over seeds, then resample cells only)."""
+    """Same pooled accuracy; when the seeds disagree, the interval must be wider, and wider than the old way
+    (average each image over seeds, then resample cells only)."""
     cells, strata = _design()
     rng = np.random.default_rng(1)
     base = (rng.random(len(cells)) < 0.5).astype(float)
@@ -42,41 +42,48 @@ def test_seeds_that_disagree_widen_the_interval():
     c = Clusters.of(cells, strata)
     r_agree, r_dis = mean_interval(agree, c), mean_interval(disagree, c)
     old_way = mean_interval(disagree.mean(0), c)
-    assert r_dis["n_seeds"] == 4 and r_dis["method"].startswith("two-stage bootstrap")
+    assert r_dis["n_seeds"] == 4 and r_dis["method"].startswith("seeds and cells")
     width = lambda r: r["hi"] - r["lo"]  # noqa: E731
     assert width(r_dis) > 1.5 * width(r_agree)
     assert width(r_dis) > 1.5 * width(old_way)
     assert abs(r_dis["value"] - disagree.mean()) < 1e-12
 
 
-def test_one_seed_is_a_cluster_bootstrap_and_images_in_a_cell_move_together():
+def test_images_in_a_cell_move_together():
     cells, strata = _design(n_clusters=20, per=50)
     c = Clusters.of(cells, strata)
     # whole cells right or wrong: the interval must reflect 20 units, not 1,000 images
     per_cell = (np.arange(20) % 3 != 0).astype(float)
-    r = mean_interval(per_cell[cells], c)
+    r = mean_interval(per_cell[cells], c, stratified=False)
     p = r["value"]
     naive_half = 1.96 * np.sqrt(p * (1 - p) / len(cells))
-    assert r["method"].startswith("cluster bootstrap")
+    assert r["method"] == "cells"
     assert (r["hi"] - r["lo"]) / 2 > 2.5 * naive_half
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_boundary_never_gives_a_point_interval(value):
-    """All right (or all wrong): resampling cannot vary; each class is drawn from its Jeffreys posterior."""
+    """All right (or all wrong): cells cannot vary, yet a few dozen cells leave the accuracy uncertain."""
     cells, strata = _design(n_clusters=30)
     c = Clusters.of(cells, strata)
     for stratified in (True, False):
         r = mean_interval(np.full(len(cells), value), c, stratified=stratified)
-        assert r["smoothed_strata"] == (4 if stratified else 1)
         assert r["hi"] - r["lo"] > 0.03  # never "100.0% [100.0, 100.0]"
         if value == 1.0:
             assert r["hi"] == 1.0 and 0.75 < r["lo"] < 0.99
         else:
             assert r["lo"] == 0.0 and 0.01 < r["hi"] < 0.25
-    # one observation per cell and one stratum: close to the Wilson interval
-    r = mean_interval(np.ones(30), Clusters.of(np.arange(30)), stratified=False)
-    assert abs(r["lo"] - wilson(30, 30)[0]) < 0.05
+
+
+def test_one_wrong_image_does_not_make_the_interval_jump():
+    """4 cells of 155 images all right, then one image wrong: the two intervals must be close."""
+    cells = np.repeat(np.arange(4), 155)
+    c = Clusters.of(cells)
+    right = np.ones(len(cells))
+    one_wrong = right.copy()
+    one_wrong[0] = 0
+    a, b = mean_interval(right, c), mean_interval(one_wrong, c)
+    assert a["lo"] < 0.7 and b["lo"] < 0.7 and abs(a["lo"] - b["lo"]) < 0.1  # not from a range to a point
 
 
 def test_a_class_without_variation_still_widens_the_stratified_interval():
@@ -87,7 +94,7 @@ def test_a_class_without_variation_still_widens_the_stratified_interval():
     v = (strata == 0).astype(float)
     r = mean_interval(v, c)
     assert r["value"] == pytest.approx(0.25)
-    assert r["smoothed_strata"] == 4 and r["hi"] - r["lo"] > 0.1
+    assert r["hi"] - r["lo"] > 0.05
 
 
 def test_wilson_known_values():
@@ -112,28 +119,41 @@ def test_difference_paired_and_resolved_only_when_interval_excludes_zero():
         difference_interval(a, a[:, :-1], c)
 
 
-def test_two_stage_interval_covers_the_truth():
-    """A small simulation: cells with random difficulty, seeds with a random offset; the 95% interval of the
-    pooled accuracy should contain the recipe's true accuracy in most repetitions."""
-    rng = np.random.default_rng(3)
-    n_cells, per, n_seeds, reps = 30, 8, 4, 120
-    cells = np.repeat(np.arange(n_cells), per)
-    c = Clusters.of(cells, cells % 3)
-    hits = 0
-    truth = 0.6
-    for r in range(reps):
-        cell_effect = rng.normal(0, 1.0, n_cells)
-        seed_effect = rng.normal(0, 0.6, n_seeds)
-        logit = np.log(truth / (1 - truth)) + cell_effect[None, cells] + seed_effect[:, None]
-        p = 1 / (1 + np.exp(-logit))
-        v = (rng.random(p.shape) < p).astype(float)
-        # the recipe's truth in this population is close to `truth`; allow the marginal's shift
-        res = mean_interval(v, c, n_boot=600, seed=r)
-        hits += res["lo"] <= truth + 0.03 and res["hi"] >= truth - 0.03
-    assert hits / reps > 0.8
+def _test_like_design():
+    """TEST's unseen cells: 12 / 5 / 4 / 41 cells per class with 48 / 104 / 155 / 14 images each."""
+    per, imgs = [12, 5, 4, 41], [48, 104, 155, 14]
+    cls = np.concatenate([np.full(c * i, k) for k, (c, i) in enumerate(zip(per, imgs))])
+    cell = np.concatenate([np.repeat(np.arange(c) + 100 * k, i) for k, (c, i) in enumerate(zip(per, imgs))])
+    return cls, cell
 
 
-def test_fisher_exact():
+@pytest.mark.parametrize("n_seeds,seed_sd", [(5, 0.5), (3, 0.5), (1, 0.0)])
+def test_intervals_cover_the_recipe_on_tests_design(n_seeds, seed_sd):
+    """Simulated recipes on TEST's unbalanced design (4 monocyte cells carry a quarter of the images): the 95%
+    interval must contain the recipe's true accuracy at least 92% of the time (300 repetitions: about 1.3
+    points of noise). A percentile bootstrap covered 82-90% here."""
+    cls, cell = _test_like_design()
+    c = Clusters.of(cell, cls)
+    base = np.array([0.0, 0.5, 0.3, -0.5])
+    rng = np.random.default_rng(7)
+    z, zs = rng.normal(0, 1.5, 200000), rng.normal(0, seed_sd, 200000)
+    w = np.bincount(cls) / len(cls)
+    truth = float(sum(w[h] * np.mean(1 / (1 + np.exp(-(base[h] + z + zs)))) for h in range(4)))
+    ids = np.unique(cell)
+    reps, hits = 300, 0
+    for _ in range(reps):
+        effect = dict(zip(ids, rng.normal(0, 1.5, len(ids))))
+        logit = base[cls] + np.array([effect[x] for x in cell])
+        p = 1 / (1 + np.exp(-(logit[None, :] + rng.normal(0, seed_sd, n_seeds)[:, None])))
+        r = mean_interval((rng.random(p.shape) < p).astype(float), c)
+        hits += r["lo"] <= truth <= r["hi"]
+    assert hits / reps >= 0.92
+
+
+def test_fisher_exact_and_holm():
     assert abs(fisher_exact(5, 5, 0, 5) - 0.00794) < 1e-4
     assert fisher_exact(2, 3, 0, 3) == pytest.approx(0.4, abs=1e-9)
     assert fisher_exact(1, 5, 1, 5) == 1.0
+    adj = holm([0.01, 0.04, np.nan, 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
+    assert np.isnan(adj[2])

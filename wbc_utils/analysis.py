@@ -22,7 +22,7 @@ from . import CLASSES
 from .evaluation import cell_votes, per_slide, slide_means, softmax
 from .params import ENCODINGS, LOSS_TITLES, LOSSES
 from .runs import read_predictions
-from .stats import Clusters, difference_interval, fisher_exact, mean_interval
+from .stats import Clusters, difference_interval, fisher_exact, holm, mean_interval
 
 #: What the 2020 report stated, per loss (validation accuracy, read off its figures and text).
 PAPER_REPORTED = {"crossentropy": 0.70, "mse": 0.25, "huber": 0.25}
@@ -119,7 +119,7 @@ def pooled(st: SeedStack, simple: SeedStack | None = None) -> dict:
         ids, true, ok = st.cell_correct(scope)
         cr = mean_interval(ok, Clusters.of(ids, true))
         out.update({f"{scope}_cell": cr["value"], f"{scope}_cell_lo": cr["lo"], f"{scope}_cell_hi": cr["hi"]})
-    if simple is not None:
+    if simple is not None and len(simple.base):
         slides, v = simple.slide_correct("test")
         r = mean_interval(v, Clusters.of(slides["cell"].to_numpy(), slides["label"].to_numpy()))
         out.update({"simple": r["value"], "simple_lo": r["lo"], "simple_hi": r["hi"], "simple_slides": len(slides)})
@@ -174,8 +174,10 @@ def group_table(summary):
 
 
 def _has_simple(rows) -> bool:
-    r = rows.iloc[0]
-    return bool(r.get("test_simple_accuracy") == r.get("test_simple_accuracy")) if len(rows) else False
+    """True when the runs scored TEST_SIMPLE (their summary rows carry its accuracy)."""
+    import pandas as pd
+
+    return bool(len(rows)) and bool(pd.to_numeric(rows["test_simple_accuracy"], errors="coerce").notna().all())
 
 
 def compare(rows_a, rows_b, scope: str = "unseen") -> dict:
@@ -189,9 +191,12 @@ def compare(rows_a, rows_b, scope: str = "unseen") -> dict:
 
 
 def verdict_words(d: dict, name_a: str, name_b: str) -> str:
-    """'MSE is better (5 vs 5 seeds)' or 'not resolved (5 vs 5 seeds)'."""
+    """'MSE is better (5 seeds each)' or 'not resolved (5 seeds each)'. With one seed on a side, the
+    comparison is between two trained models, and the words say so."""
     seeds = f"{d['n_seeds_a']} vs {d['n_seeds_b']} seeds" if d["n_seeds_a"] != d["n_seeds_b"] \
-        else f"{d['n_seeds_a']} seeds each"
+        else f"{d['n_seeds_a']} seed{'s' * (d['n_seeds_a'] > 1)} each"
+    if min(d["n_seeds_a"], d["n_seeds_b"]) < 2:
+        seeds += ": two trained models compared, not two recipes"
     if not d["resolved"]:
         return f"not resolved ({seeds})"
     return f"{name_a if d['diff'] > 0 else name_b} is better ({seeds})"
@@ -246,8 +251,10 @@ def is_2020_recipe(r) -> bool:
 
 
 def collapse_table(allruns):
-    """Per setting: runs that collapsed (the one definition), the top-class share, and a Fisher exact test
-    against the 2020 recipe (cross-entropy, integer labels, lr 0.001, raw pixels) where it was run."""
+    """Per setting: runs that collapsed (the one definition), the top-class share, and a two-sided Fisher exact
+    test against the 2020 recipe (cross-entropy, integer labels, lr 0.001, raw pixels) where it was run, with
+    Holm's adjustment over the settings compared (``p_holm``). Settings share seeds; Fisher's test treats them
+    as independent samples, which is conservative when seeds pair the runs."""
     import pandas as pd
 
     fin = allruns[allruns["status"] == "finished"].copy()
@@ -268,6 +275,8 @@ def collapse_table(allruns):
                      "fisher_p_vs_2020": (fisher_exact(k, len(g), k_ref, n_ref)
                                           if n_ref and not g["is_2020"].iloc[0] else np.nan)})
     out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["fisher_p_vs_2020"].to_numpy(float))
+    out["collapse_rate"] = out["collapsed"] / out["runs"]
     return out.sort_values(["is_2020", "setting"], ascending=[False, True]).reset_index(drop=True)
 
 

@@ -316,7 +316,7 @@ def methods_markdown(res: dict) -> str:
         inp = f"**Input.** Instead of the whole field shrunk, a {h}x{w} crop: {crop}."
     else:
         inp = (f"**Input.** The whole field at {h}x{w}, as in the quick profile, scaled to 0-1."
-               + (f" The lab also tried {crop}; on validation it did not beat the whole field (6.1)." if tried_crop
+               + (f" The lab also tried {crop}; on validation it did not beat the whole field (7.1)." if tried_crop
                   else ""))
     width = p.get("width", 16)
     n_tta = 8 if h == w else 4

@@ -300,13 +300,17 @@ def _match_cached(rows, originals: Path):
     known = pd.read_csv(cache, dtype={"slide": "Int64"}) if cache.exists() else pd.DataFrame(columns=cols)
     rows = rows[["path", "class", "size_bytes", "mtime_ns"]].reset_index(drop=True)
     merged = rows.merge(known[cols], on=["path", "size_bytes", "mtime_ns"], how="left")
-    todo = merged["slide"].isna() & ~merged["path"].isin(known.loc[known["slide"].isna(), "path"])
+    merged["slide"] = merged["slide"].astype("Int64")
+    merged["score"] = pd.to_numeric(merged["score"], errors="coerce").astype(float)
+    key = lambda f: f["path"].astype(str) + "|" + f["size_bytes"].astype(str) + "|" + f["mtime_ns"].astype(str)  # noqa: E731
+    todo = ~key(merged).isin(set(key(known)))  # a file matched before, even to nothing, is not matched again
     if todo.any():
         log.warning("matching %d file(s) that the shipped mapping does not know against %s", int(todo.sum()),
                     originals)
         new = slides.match_images(merged.loc[todo, "path"].tolist(), merged.loc[todo, "class"].tolist(), originals)
-        merged.loc[todo, "slide"] = new["slide"].to_numpy()
-        merged.loc[todo, "score"] = new["score"].to_numpy()
+        at = merged.index[todo.to_numpy()]
+        merged.loc[at, "slide"] = pd.Series(pd.array(new["slide"], dtype="Int64"), index=at)
+        merged.loc[at, "score"] = pd.Series(new["score"].to_numpy(float), index=at)
         from .artifacts import write_csv
 
         keep = known[~known["path"].isin(merged["path"])]

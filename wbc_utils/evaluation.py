@@ -17,7 +17,8 @@ shared ones: the headline, since a model has seen those cells in training).
   files are averaged, so each slide counts once);
 * per-class recall with its number of cells and interval;
 * **collapse**, one definition used everywhere: a run has collapsed when its
-  final training loss is no better than the best *constant* prediction's
+  training loss (the finished model's, on its training images in inference
+  mode) is no better than the best *constant* prediction's
   (within 2%: for cross-entropy on balanced classes that constant loss is
   ln 4 = 1.386) **and** its outputs barely vary across TEST images (their
   spread is under a fifth of the targets'). The share of TEST predicted as the

@@ -312,23 +312,28 @@ PROFILES: dict[str, Profile] = {
     "best": Profile(
         name="best", description="beyond the paper: a from-scratch model whose design was chosen on held-out TRAIN "
         "cells (the lab runs), then trained on all of TRAIN with three seeds",
-        image_size=[60, 80], epochs=10, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=1e-3,
+        image_size=[64, 64], epochs=10, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=1e-3,
         losses=("crossentropy",), encodings=("onehot",), validation="none", arch="wbcnet", input_scaling="unit",
         rescore_split="TEST_SIMPLE", jobs=2, controls_first=True,
-        # the kept design: the lab candidate with the highest validation accuracy (the whole field at 60x80 with
-        # geometric augmentation), with test-time augmentation, which raised validation accuracy for 3 of the 4
-        # candidates
-        extra={"view": "full", "augment": "geometric", "lr_schedule": "cosine", "label_smoothing": 0.0, "tta": True},
-        # the lab: candidate designs, each trained once on 80% of TRAIN's cells and scored on the other 20%
+        # the kept design, by the rule fixed in advance (the lab candidate with the highest validation accuracy,
+        # on a validation split by same-cell cluster): 64x64 crops around the white cell, flips/turns, shifts and
+        # stain jitter, label smoothing 0.1. No test-time augmentation: it did not raise that candidate's
+        # validation accuracy. (Until the lab's split was by k, which leaked, the whole field had won.)
+        extra={"view": "cell", "augment": "geometric+color", "lr_schedule": "cosine", "label_smoothing": 0.1,
+               "tta": False},
+        # the lab: candidate designs, each trained once on 80% of TRAIN's same-cell clusters, scored on the rest
         controls=(
             {"seeds": [0], "validation": "grouped", "tta": False, "view": "cell", "image_size": [64, 64],
              "augment": "geometric+color", "label_smoothing": 0.1},
-            {"seeds": [0], "validation": "grouped", "tta": False, "view": "cell", "image_size": [64, 64]},
             {"seeds": [0], "validation": "grouped", "tta": False, "view": "cell", "image_size": [64, 64],
-             "augment": "none", "lr_schedule": "constant"},
-            {"seeds": [0], "validation": "grouped", "tta": False},
+             "augment": "geometric", "label_smoothing": 0.0},
+            {"seeds": [0], "validation": "grouped", "tta": False, "view": "cell", "image_size": [64, 64],
+             "augment": "none", "lr_schedule": "constant", "label_smoothing": 0.0},
+            {"seeds": [0], "validation": "grouped", "tta": False, "view": "full", "image_size": [60, 80],
+             "augment": "geometric", "label_smoothing": 0.0},
         ),
-        trades="60x80 pixels (as the quick profile), 10 epochs; the lab runs use one seed each"),
+        trades="64x64 crops around the white cell (the whole field at 60x80 in one lab candidate), 10 epochs; the "
+               "lab runs use one seed each"),
     "paper": Profile(
         name="paper", description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN",
         image_size=[240, 320], epochs=100, seeds=[0], train_subset=0, batch_size=32,

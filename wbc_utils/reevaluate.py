@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .artifacts import read_json, write_csv, write_json
 from .evaluation import EVALUATION_VERSION, evaluate_predictions
-from .runs import PREDICTION_COLUMNS
+from .runs import PREDICTION_COLUMNS, VAL_PREDICTIONS
 
 
 def with_sources(pred, manifest):
@@ -46,15 +46,34 @@ def reevaluate_run(run_dir: str | Path, manifest=None, force: bool = False) -> b
         write_csv(pfile, pred)
     elif "shared" not in pred.columns:
         raise ValueError(f"{pfile} predates the slide mapping: re-evaluating it needs the dataset (--data-dir).")
+    if metrics.get("train_class_counts") is None and manifest is not None:
+        # runs from before the class counts were recorded: TRAIN's, so collapse is judged on both criteria
+        import numpy as np
+
+        metrics["train_class_counts"] = np.bincount(manifest.split("TRAIN")["label"], minlength=4).tolist()
+        metrics["train_class_counts_source"] = "manifest (all of TRAIN)"
     test, simple = pred[pred["split"] == "TEST"], pred[pred["split"] == "TEST_SIMPLE"]
     for old in ("cell_accuracy", "cell_accuracy_ci", "test_accuracy_ci_stratified", "ce_collapse_epoch",
                 "regression_decoded_accuracy", "regression_decoded_accuracy_ci", "test_simple_images"):
         metrics.pop(old, None)
     metrics.update(evaluate_predictions(test, simple if len(simple) else None, loss=metrics["loss"],
                                         encoding=metrics["target_encoding"],
-                                        final_train_loss=metrics.get("final_train_loss"),
+                                        final_train_loss=metrics.get("train_loss_inference",
+                                                                     metrics.get("final_train_loss")),
                                         train_class_counts=metrics.get("train_class_counts"),
                                         label_smoothing=metrics.get("label_smoothing", 0.0)))
+    vfile = run_dir / VAL_PREDICTIONS
+    if vfile.exists():  # the lab's validation figures (with test-time augmentation when the run used it)
+        from .evaluation import validation_metrics
+
+        val = pd.read_csv(vfile, dtype={"cell": str})
+        if manifest is not None:
+            val = with_sources(val, manifest)
+            write_csv(vfile, val)
+        fresh = validation_metrics(val)
+        if metrics.get("tta"):
+            fresh = {f"{k}_tta": v for k, v in fresh.items() if k.startswith(("val_accuracy", "val_cell_accuracy"))}
+        metrics.update(fresh)
     write_json(mfile, metrics)
     return True
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from . import CLASSES
 from .artifacts import read_json, write_csv, write_json
 from .data import REPO_ROOT
-from .errors import RunExistsError
+from .errors import RunExistsError, WBCError
+from .evaluation import EVALUATION_VERSION
 from .params import Profile, RunParams
 from .runs import run_status
 
@@ -85,6 +86,15 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     pdir = profile_dir(profile.name, runs_root)
     pdir.mkdir(parents=True, exist_ok=True)
     steps = plan(profile, runs_root, reuse, force)
+    stale = [d for _, d, action in steps if action == "reuse" and _stale(d)]
+    if stale:  # a reused run is counted with today's definitions, never yesterday's
+        from .data import build_manifest
+        from .reevaluate import reevaluate_run
+
+        manifest = build_manifest(data_dir)
+        for d in stale:
+            print(f"re-evaluating {d.name} (its metrics predate evaluation version {EVALUATION_VERSION})", flush=True)
+            reevaluate_run(d, manifest)
     jobs = max(1, int(jobs or profile.jobs))
     record = {"profile": profile.name, "profile_settings": _profile_dict(profile), "jobs": jobs, "runs": [],
               "failed": []}
@@ -127,6 +137,10 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
         record["previous"] = {k: v for k, v in prev.items() if k != "previous"}
     write_json(pdir / "study.json", record)
     return record
+
+
+def _stale(run_dir: Path) -> bool:
+    return read_json(run_dir / "metrics.json").get("evaluation_version") != EVALUATION_VERSION
 
 
 PATH_VARIABLES = ("WBC_DATA_DIR", "WBC_RUNS_DIR", "WBC_CACHE_DIR", "WBC_OUTPUT_DIR", "WBC_ORIGINAL_DIR")
@@ -279,6 +293,10 @@ def load_runs(profile: str, runs_root=None):
     if not pdir.exists():
         raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
     summary = summary_frame(profile, runs_root)
+    stale = [r.run_name for r in summary.itertuples() if r.status == "finished" and _stale(Path(r.run_dir))]
+    if stale:
+        raise WBCError(f"{len(stale)} run(s) of {pdir} were evaluated with an older definition (e.g. {stale[0]}): "
+                       f"run `python -m wbc_utils reevaluate --profile {profile}` (or `make report`, which does).")
     metrics, histories = {}, {}
     for row in summary.itertuples():
         d = Path(row.run_dir)

@@ -287,6 +287,7 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
 
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
+    train_eval_loss = inference_loss(model, data.train, params)
     test_scores = _predict(model, data.test, params.batch_size, params.tta)
     simple_scores = (_predict(model, data.test_simple, params.batch_size, params.tta)
                      if data.test_simple is not None else None)
@@ -314,6 +315,7 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
         "train_seconds": train_seconds,
         "images_per_second": len(data.train) * n_epochs_run / train_seconds if train_seconds else None,
         "final_train_loss": float(hist["loss"].iloc[-1]), "final_train_accuracy": float(hist["accuracy"].iloc[-1]),
+        "train_loss_inference": train_eval_loss,
         "final_train_paper_metric": float(hist["paper_metric"].iloc[-1]),
         "final_val_accuracy": _finite(hist["val_accuracy"].iloc[-1]),
         "final_val_paper_metric": _finite(hist["val_paper_metric"].iloc[-1]),
@@ -322,7 +324,7 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     }
     metrics.update(evaluate_predictions(
         test_pred, simple_pred, loss=params.loss, encoding=params.target_encoding,
-        final_train_loss=metrics["final_train_loss"], train_class_counts=class_counts,
+        final_train_loss=train_eval_loss, train_class_counts=class_counts,
         label_smoothing=params.label_smoothing))
     metrics["held_from_epoch"] = held_from_epoch(hist["loss"], metrics["constant_loss"])
     if params.validation == "grouped":  # both ways, so the lab can decide on test-time augmentation on validation
@@ -335,6 +337,25 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     return metrics
+
+
+#: Training images on which the finished model's loss is measured in inference mode (a fixed, class-balanced
+#: sample): the training-loss half of the collapse definition.
+INFERENCE_LOSS_IMAGES = 2000
+
+
+def inference_loss(model, train: SplitData, params: RunParams) -> float:
+    """The finished model's loss on (a fixed sample of) its training images, in inference mode and without
+    augmentation: what the collapse definition compares with a constant prediction's. The epoch's running
+    training loss is measured in training mode (BatchNorm on batch statistics, dropout on), where a model can
+    look fine and still give one output for every image at inference."""
+    from .losses import make_loss
+
+    idx = stratified_subset(train.frame, min(INFERENCE_LOSS_IMAGES, len(train)), 4242)
+    sample = train.subset(idx)
+    scores = _predict(model, sample, params.batch_size)
+    loss = make_loss(params.loss, params.target_encoding, params.label_smoothing)
+    return float(np.mean(np.asarray(loss.call(sample.labels, scores))))
 
 
 def _finite(v) -> float | None:

@@ -1,0 +1,148 @@
+"""Study tables and the report's conditional prose, on a study made of synthetic runs (nothing trained)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_dataset
+
+from wbc_utils import analysis as an
+from wbc_utils.artifacts import write_json
+from wbc_utils.data import build_manifest
+from wbc_utils.evaluation import EVALUATION_VERSION, evaluate_predictions
+from wbc_utils.params import RunParams
+from wbc_utils.runs import PREDICTION_COLUMNS
+from wbc_utils.study import load_runs, profile_dir, summary_frame
+
+
+def _fake_run(root, profile, manifest, loss, enc, seed, skill, collapsed=False, simple=True, lr=3e-4):
+    """A finished run folder whose predictions are right with probability ``skill`` (constant when collapsed)."""
+    rng = np.random.default_rng(hash((loss, enc, seed)) % 2**32)
+    p = RunParams(loss=loss, target_encoding=enc, seed=seed, epochs=2, image_size=[48, 64], learning_rate=lr,
+                  profile=profile)
+    d = profile_dir(profile, root) / p.run_name
+    frames = []
+    for split in ("TEST", "TEST_SIMPLE") if simple else ("TEST",):
+        f = manifest.split(split)[PREDICTION_COLUMNS].copy()
+        y = f["label"].to_numpy()
+        if collapsed:
+            scores = np.tile([0.0, 0.0, 0.0, 1e-4], (len(f), 1))
+        else:
+            pred = np.where(rng.random(len(f)) < skill, y, (y + 1) % 4)
+            scores = np.eye(4)[pred] * 3 + rng.normal(0, 0.1, (len(f), 4))
+        f["pred"] = scores.argmax(1)
+        for i, c in enumerate(("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")):
+            f[f"score_{c}"] = scores[:, i]
+        frames.append(f)
+    d.mkdir(parents=True)
+    pd.concat(frames).to_csv(d / "predictions.csv", index=False)
+    m = evaluate_predictions(frames[0], frames[1] if simple else None, loss=loss, encoding=enc,
+                             final_train_loss=1.386 if collapsed else 0.5, train_class_counts=[10] * 4)
+    m.update(p.to_dict(), final_train_accuracy=skill, final_train_paper_metric=skill, train_seconds=1.0)
+    write_json(d / "params.json", p.to_dict())
+    pd.DataFrame({"epoch": [1, 2], "loss": [1.4, 1.0], "accuracy": [0.3, skill], "val_accuracy": [0.3, skill],
+                  "paper_metric": [0.3, skill], "val_paper_metric": [0.3, skill]}).to_csv(d / "history.csv",
+                                                                                           index=False)
+    write_json(d / "metrics.json", m)
+    return d
+
+
+@pytest.fixture
+def study(tmp_path):
+    data = make_dataset(tmp_path / "blood-cells", cells=(3, 3), copies=3)
+    manifest = build_manifest(data)
+    root = tmp_path / "runs"
+
+    def make(seeds=(0, 1, 2), simple=True, profile="fake"):
+        for s in seeds:
+            _fake_run(root, profile, manifest, "crossentropy", "paper", s, 0.8, simple=simple)
+            _fake_run(root, profile, manifest, "mse", "paper", s, 0.3, simple=simple)
+            _fake_run(root, profile, manifest, "mse", "onehot", s, 0.7, simple=simple)
+            _fake_run(root, profile, manifest, "crossentropy", "paper", s, 0.25, collapsed=True, simple=simple,
+                      lr=1e-3)
+        return summary_frame(profile, root)
+    return make, root, data
+
+
+def test_group_table_pools_seeds_and_stands_cross_entropy_for_both_encodings(study):
+    make, _, _ = study
+    s = make()
+    main = s[s["learning_rate"] == 3e-4]
+    g = an.group_table(main)
+    ce = g[(g["loss"] == "crossentropy")].set_index("encoding")
+    assert ce.loc["onehot", "same_runs_as"] == "paper" and ce.loc["onehot", "unseen"] == ce.loc["paper", "unseen"]
+    for r in g.itertuples():
+        assert r.seeds == 3 and r.unseen_lo <= r.unseen <= r.unseen_hi and r.simple_slides > 0
+    mse = g[(g["loss"] == "mse")].set_index("encoding")
+    assert mse.loc["onehot", "unseen"] > mse.loc["paper", "unseen"] + 0.2
+
+
+def test_without_test_simple_the_tables_still_build(study):
+    make, _, _ = study
+    s = make(simple=False)
+    main = s[s["learning_rate"] == 3e-4]
+    assert not an._has_simple(main)
+    g = an.group_table(main)
+    assert "simple" not in g.columns or g["simple"].isna().all()
+
+
+def test_one_seed_verdicts_speak_of_models_not_recipes(study):
+    make, _, _ = study
+    s = make(seeds=(0,))
+    pt = an.paired_table(s[s["learning_rate"] == 3e-4])
+    assert len(pt) and all("two trained models compared, not two recipes" in w for w in pt["words"])
+
+
+def test_collapse_table_counts_the_one_definition_with_holm_adjusted_fisher(study):
+    make, _, _ = study
+    s = make(seeds=(0, 1, 2, 3, 4))
+    t = an.collapse_table(s[s["loss"] == "crossentropy"]).set_index("setting")
+    ref = t.loc["CE, integer labels, lr 0.001"]
+    other = t.loc["CE, integer labels, lr 0.0003"]
+    assert ref["is_2020"] and ref["collapsed"] == 5 and other["collapsed"] == 0
+    assert other["fisher_p_vs_2020"] == pytest.approx(0.00794, abs=1e-4) and other["p_holm"] <= 0.05 * 2
+
+
+def test_stale_evaluations_are_refused_until_re_evaluated(study):
+    from wbc_utils.errors import WBCError
+    from wbc_utils.reevaluate import reevaluate_run
+    from wbc_utils.runs import read_metrics
+
+    make, root, data = study
+    s = make(seeds=(0,))
+    run = s.iloc[0]["run_dir"]
+    m = read_metrics(run)
+    m["evaluation_version"] = EVALUATION_VERSION - 1
+    write_json(f"{run}/metrics.json", m)
+    with pytest.raises(WBCError, match="reevaluate --profile fake"):
+        load_runs("fake", root)
+    assert reevaluate_run(run, build_manifest(data))
+    assert read_metrics(run)["evaluation_version"] == EVALUATION_VERSION
+    load_runs("fake", root)
+
+
+def test_report_sections_render_without_2020_weights_or_other_studies(study, monkeypatch):
+    """A report on a study with one seed, no 2020 weights, no collapse or best study: every section renders
+    and says what is missing instead of asserting it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from wbc_utils.sections import Report
+
+    make, root, data = study
+    make(seeds=(0,))
+    monkeypatch.setenv("WBC_DATA_DIR", str(data))
+    import dataclasses
+
+    from wbc_utils.params import get_profile
+    from wbc_utils.study import _profile_dict
+
+    prof = dataclasses.replace(get_profile("smoke"), name="fake", seeds=[0], train_subset=0)
+    write_json(profile_dir("fake", root) / "study.json", {"profile": "fake", "profile_settings": _profile_dict(prof)})
+    rep = Report.load("fake", root, best_profile="", collapse_profile="")
+    html = rep.html()
+    assert "Not checked (no weights)" in html and "The 2020 weights were not found" in html
+    assert "With one seed, an interval is about one trained model" in html
+    assert "two trained models compared, not two recipes" in html
+    assert "No finished runs of the" in html and "Traceback" not in html
+    assert rep.doc.n_tab >= 4 and rep.doc.n_fig >= 3
