@@ -242,12 +242,13 @@ def main() -> int:
     out = {"size": [h, w], "batch": 32, "steps": a.steps, "machine": platform.platform(), "cpus": os.cpu_count()}
     base_env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     orig_env = {**base_env, "TF_ENABLE_ONEDNN_OPTS": os.environ.get("BENCH_BASELINE_ONEDNN", "0")}
-    out["train_original"] = child(CHILD_TRAIN, "original", h, w, a.steps, a.warmup, env=orig_env)
-    out["train_ours"] = child(CHILD_TRAIN, "ours", h, w, a.steps, a.warmup, env=base_env)
-    out["train_ratio"] = out["train_ours"]["images_per_second"] / out["train_original"]["images_per_second"]
-    print(f"training at {h}x{w}, batch 32: original {out['train_original']['images_per_second']:.1f} img/s, "
-          f"ours {out['train_ours']['images_per_second']:.1f} img/s -> {out['train_ratio']:.2f}x")
-    if not a.skip_bf16:
+    if not a.skip_train:
+        out["train_original"] = child(CHILD_TRAIN, "original", h, w, a.steps, a.warmup, env=orig_env)
+        out["train_ours"] = child(CHILD_TRAIN, "ours", h, w, a.steps, a.warmup, env=base_env)
+        out["train_ratio"] = out["train_ours"]["images_per_second"] / out["train_original"]["images_per_second"]
+        print(f"training at {h}x{w}, batch 32: original {out['train_original']['images_per_second']:.1f} img/s, "
+              f"ours {out['train_ours']['images_per_second']:.1f} img/s -> {out['train_ratio']:.2f}x")
+    if not a.skip_bf16 and not a.skip_train:
         from wbc_utils.tfenv import cpu_supports_bf16
 
         out["cpu_has_native_bf16"] = cpu_supports_bf16()

@@ -6,7 +6,7 @@
 * the **final model**: the chosen design trained on all of TRAIN with several
   seeds, scored once on TEST (image level on its unseen cells and on all of
   it, cell level by vote, and TEST_SIMPLE per distinct slide), per seed and
-  pooled over seeds (two-stage intervals); the seeds' ensemble; calibration;
+  pooled over seeds (intervals over seeds and cells); the seeds' ensemble; calibration;
   accuracy when the least confident cells are left to a person.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .evaluation import (
     softmax,
 )
 from .runs import read_metrics, read_predictions
-from .stats import BOOT_SEED, N_BOOT, Clusters, seed_draws
+from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
 DESIGN_KEYS = {"view": "input", "image_size": "size", "augment": "augmentation", "lr_schedule": "schedule",
@@ -157,35 +157,19 @@ def seed_table(summary):
     return pd.DataFrame(rows)
 
 
-def ensemble_pooled(st, scope: str = "unseen", n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> dict:
-    """The seeds' ensemble (mean probability) with a two-stage interval: each draw resamples the seeds
-    (the ensemble of that multiset of seeds) and the cells. Image- and cell-level (by vote)."""
+def ensemble_pooled(st, scope: str = "unseen") -> dict:
+    """The seeds' ensemble (the mean of their probabilities): one classifier, scored image by image and cell by
+    cell (one vote each), with intervals over cells (:func:`wbc_utils.stats.mean_interval`; the seeds it
+    averages are fixed, as a deployed ensemble's are)."""
     m = st.mask(scope)
     labels, cells = st.base["label"].to_numpy()[m], st.base["cell"].to_numpy()[m]
-    probs = st.probs[:, m]
-    c = Clusters.of(cells, labels)
-    rng = np.random.default_rng(seed)
-    w = seed_draws(st.n_seeds, n_boot, rng)
-    draws = c.draw(n_boot, rng)
-    img_ok, cell_ok, cache = np.zeros(n_boot), np.zeros(n_boot), {}
-    vc = Clusters.of(cell_votes(probs[0], labels, cells).ids)
-    for b in range(n_boot):
-        key = tuple(w[b])
-        if key not in cache:
-            ens = np.tensordot(w[b] / w[b].sum(), probs, axes=1)
-            v = cell_votes(ens, labels, cells)
-            cache[key] = (c.sums(ens.argmax(1) == labels), v.correct.astype(float))
-        k_img, k_cell = cache[key]
-        img_ok[b] = draws[b] @ k_img / (draws[b] @ c.sizes)
-        cell_ok[b] = draws[b] @ k_cell / draws[b].sum()  # cells and vote units are the same clusters, same order
-    ens = probs.mean(0)
+    ens = st.probs[:, m].mean(0)
+    img = mean_interval(ens.argmax(1) == labels, Clusters.of(cells, labels))
     v = cell_votes(ens, labels, cells)
-    assert (vc.ids == c.ids).all()
-    q = lambda a: [float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))]  # noqa: E731
-    return {"ensemble": float((ens.argmax(1) == labels).mean()), "ensemble_ci": q(img_ok),
-            "ensemble_cell": float(v.correct.mean()), "ensemble_cell_ci": q(cell_ok),
-            "ensemble_ece": calibration(ens, labels, cells)["ece"], "ensemble_probs": ens, "labels": labels,
-            "cells": cells, "seeds": st.n_seeds}
+    cel = mean_interval(v.correct, Clusters.of(v.ids, v.true))
+    return {"ensemble": img["value"], "ensemble_ci": [img["lo"], img["hi"]], "ensemble_cell": cel["value"],
+            "ensemble_cell_ci": [cel["lo"], cel["hi"]], "ensemble_ece": calibration(ens, labels, cells)["ece"],
+            "ensemble_probs": ens, "labels": labels, "cells": cells, "seeds": st.n_seeds}
 
 
 def confusions(summary) -> dict:
@@ -366,30 +350,27 @@ def final_frame(res: dict):
     s = res["seeds"]
     if s is None or len(s) == 0:
         return pd.DataFrame()
-    cols = ("TEST, unseen cells", "all of TEST", "cells, by vote", "TEST_SIMPLE slides", "ECE", "train min")
+    cols = ("TEST, unseen cells", "all of TEST", "cells, by vote", "TEST_SIMPLE slides")
     rows = [dict(zip(cols, (
         _ci(r.unseen_accuracy, r.unseen_lo, r.unseen_hi), _ci(r.test_accuracy, r.test_lo, r.test_hi),
         _ci(r.cell_accuracy, r.cell_lo, r.cell_hi),
-        _ci(getattr(r, "simple_accuracy", np.nan), getattr(r, "simple_lo", 0), getattr(r, "simple_hi", 0)),
-        _ci(r.ece, r.ece_lo, r.ece_hi), f"{r.train_minutes:.1f}")), **{"": f"seed {r.seed}"}) for r in s.itertuples()]
+        _ci(getattr(r, "simple_accuracy", np.nan), getattr(r, "simple_lo", 0), getattr(r, "simple_hi", 0)))),
+        **{"": f"seed {r.seed}"}) for r in s.itertuples()]
     sd = lambda c: f" ± {100 * s[c].std(ddof=1):.1f}" if len(s) > 1 else ""  # noqa: E731
     rows.append({"": f"mean ± sd ({len(s)} seeds)", cols[0]: _pct(s["unseen_accuracy"].mean()) + sd("unseen_accuracy"),
                  cols[1]: _pct(s["test_accuracy"].mean()) + sd("test_accuracy"),
                  cols[2]: _pct(s["cell_accuracy"].mean()) + sd("cell_accuracy"),
                  cols[3]: ((_pct(s["simple_accuracy"].mean()) + sd("simple_accuracy"))
-                           if "simple_accuracy" in s else "-"),
-                 cols[4]: _pct(s["ece"].mean()), cols[5]: f"{s['train_minutes'].mean():.1f}"})
+                           if "simple_accuracy" in s else "-")})
     p, e = res.get("pooled"), res.get("ensemble")
     if p:
         rows.append({"": f"seed-pooled ({p['seeds']} seeds)", cols[0]: _ci(p["unseen"], p["unseen_lo"], p["unseen_hi"]),
                      cols[1]: _ci(p["test"], p["test_lo"], p["test_hi"]),
                      cols[2]: _ci(p["unseen_cell"], p["unseen_cell_lo"], p["unseen_cell_hi"]),
-                     cols[3]: _ci(p["simple"], p["simple_lo"], p["simple_hi"]) if "simple" in p else "-",
-                     cols[4]: "-", cols[5]: "-"})
+                     cols[3]: _ci(p["simple"], p["simple_lo"], p["simple_hi"]) if "simple" in p else "-"})
     if e:
         rows.append({"": f"ensemble of the {e['seeds']} seeds", cols[0]: _ci(e["ensemble"], *e["ensemble_ci"]),
-                     cols[1]: "-", cols[2]: _ci(e["ensemble_cell"], *e["ensemble_cell_ci"]), cols[3]: "-",
-                     cols[4]: _pct(e["ensemble_ece"]), cols[5]: f"{s['train_minutes'].sum():.1f}"})
+                     cols[1]: "-", cols[2]: _ci(e["ensemble_cell"], *e["ensemble_cell_ci"]), cols[3]: "-"})
     return pd.DataFrame(rows)[["", *cols]]
 
 
@@ -425,7 +406,7 @@ def calibration_markdown(res: dict) -> str:
     s = res["seeds"]
     if s is None or len(s) == 0:
         return ""
-    txt = (f"Expected calibration error on the unseen TEST images (10 bins; intervals resample cells): "
+    txt = (f"Expected calibration error on the unseen TEST images (10 bins; intervals from a bootstrap over cells): "
            f"{_pct(s['ece'].mean())} on average over the seeds (range {_pct(s['ece'].min())}-{_pct(s['ece'].max())}). "
            f"Abstaining uses the same vote as the cell accuracy: each cell is read as the majority of its images, "
            f"with the mean probability of that class as its confidence. Setting aside the least confident 10% of "

@@ -40,7 +40,8 @@ from .stats import Clusters, mean_interval
 #: Bumped when a metric's definition changes; `python -m wbc_utils reevaluate` recomputes old runs.
 #: 4: true source cells (slides, same-cell clusters), unseen-cell scope, stratified two-stage intervals,
 #: the one collapse definition, TEST_SIMPLE per distinct slide. 5: collapse's spread threshold 0.05 -> 0.2.
-EVALUATION_VERSION = 5
+#: 6: t intervals with Satterthwaite degrees of freedom; collapse's loss measured in inference mode.
+EVALUATION_VERSION = 6
 SCORE_COLUMNS = [f"score_{c}" for c in CLASSES]
 #: A final training loss within this fraction of the best constant prediction's loss counts as "no better".
 COLLAPSE_LOSS_TOL = 0.02

@@ -221,7 +221,7 @@ def collapse_map_figure(summary):
     fin = summary[summary["status"] == "finished"].copy()
     fin["setting"] = [setting_name(r) for r in fin.itertuples()]
     fin["x"] = pd.to_numeric(fin["output_spread"], errors="coerce").clip(lower=1e-3)
-    fin["y"] = pd.to_numeric(fin["train_loss_vs_constant"], errors="coerce").clip(upper=2.0)
+    fin["y"] = pd.to_numeric(fin["train_loss_vs_constant"], errors="coerce").clip(upper=2.0)  # above: drawn at 2
     settings = sorted(fin["setting"].unique())
     colors = dict(zip(settings, sns.color_palette("tab10", len(settings))))
     fig, ax = plt.subplots(figsize=(7.2, 3.6))
@@ -237,7 +237,7 @@ def collapse_map_figure(summary):
     ax.set_xlim(8e-4, 1.5)
     ax.set_ylim(0, 2.1)
     ax.set_xlabel("spread of the outputs across TEST images / the targets' (log scale; < 0.001 drawn at 0.001)")
-    ax.set_ylabel("final training loss /\nbest constant's loss")
+    ax.set_ylabel("training loss (inference) /\nbest constant's loss")
     ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig

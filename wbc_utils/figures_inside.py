@@ -32,10 +32,10 @@ def _overlay(ax, image, cam, title: str, color: str = "black"):
     ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(-0.5, image.shape[1] - 0.5,
                                                                   image.shape[0] - 0.5, -0.5))
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(title, fontsize=7, color=color)
+    ax.set_title(title, fontsize=8, color=color)
 
 
-def gradcam_figure(run, rows, images, title: str | None = None):
+def gradcam_figure(run, rows, images, title: str | None = None, per_row: int = 4):
     """For each row (a predictions.csv row with ``correct``): the image and its Grad-CAM for the predicted class."""
     _style()
     import matplotlib.pyplot as plt
@@ -44,7 +44,7 @@ def gradcam_figure(run, rows, images, title: str | None = None):
 
     cams, scores = grad_cam(run.model, images)
     n = len(rows)
-    cols = min(4, n) or 1
+    cols = min(per_row, n) or 1
     nrows = -(-n // cols)
     fig, axes = plt.subplots(nrows, cols * 2, figsize=(cols * 3.0, nrows * 1.75), squeeze=False)
     for k in range(n):
@@ -53,7 +53,7 @@ def gradcam_figure(run, rows, images, title: str | None = None):
         a0.imshow(images[k]), a0.set_xticks([]), a0.set_yticks([])
         pred = CLASSES[int(np.argmax(scores[k]))]
         truth = rows.iloc[k]["class"]
-        a0.set_title(f"{truth[:3]}, cell {rows.iloc[k]['cell']}", fontsize=7)
+        a0.set_title(f"{truth[:3]}, cell {rows.iloc[k]['cell']}", fontsize=8)
         ok = pred == truth
         _overlay(a1, images[k], cams[k], f"saw {pred}" + ("" if ok else " (wrong)"),
                  "#1a7f37" if ok else "#c62828")
@@ -263,7 +263,7 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
         ax.text(0.5, 0.5, "every TEST cell is read right by every seed", ha="center", va="center", fontsize=9)
         return fig
     paths = dict(zip(manifest.frame["relpath"], manifest.frame["path"]))
-    cols = min(4, n)
+    cols = min(3, n)  # three pairs a row: readable at print size
     nrows = -(-n // cols)
     fig, axes = plt.subplots(nrows, cols * 2, figsize=(cols * 3.2, nrows * 1.9), squeeze=False)
     for k in range(nrows * cols):
@@ -279,12 +279,12 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
             field = np.asarray(im.convert("RGB").resize((320, 240)))
         a0.imshow(field)
         a0.set_title(f"cell {r['cell']} ({r['class'][:3]})" + (", also in TRAIN" if r.get("shared") else ""),
-                     fontsize=7)
+                     fontsize=8)
         if view == "cell":
             a1.imshow(crop_cell(field, input_size))
         else:
             a1.imshow(np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR)))
-        a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=7, color="#c62828")
+        a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=8, color="#c62828")
     fig.suptitle("TEST cells the final models still misread (on the un-augmented TEST_SIMPLE image, or by the "
                  "vote of the cell's TEST images): the image and the model's input", fontsize=9)
     fig.tight_layout()

@@ -205,7 +205,7 @@ def readme_block(results: dict) -> str:
         size = "x".join(str(v) for v in s.get("image_size", []))
         lines += [f"Measured by the shipped `{results['profile']}` report ({size} pixels, {s.get('epochs')} epochs, "
                   f"{len(s.get('seeds', []))} seeds per setting), on TEST's {c.get('unseen_cells')} cells that are not "
-                  f"also in TRAIN; 95% intervals resample the seeds and the cells:", "",
+                  f"also in TRAIN; 95% intervals count the seeds and the cells:", "",
                   "| loss | targets | 2020 reported | 2020 metric (ours) | true accuracy [95% CI] | all of TEST | "
                   "collapsed |", "|---|---|---|---|---|---|---|"]
         from .analysis import PAPER_REPORTED as reported
@@ -225,7 +225,8 @@ def readme_block(results: dict) -> str:
     o = results.get("original", {})
     if o.get("crossentropy"):
         ce = o["crossentropy"]
-        lines.append(f"- The 2020 cross-entropy weights, re-scored on all of TEST: "
+        split = results.get("original_split", "TEST")
+        lines.append(f"- The 2020 cross-entropy weights, re-scored on {'all of TEST' if split == 'TEST' else split}: "
                      f"{fmt_ci(ce['true_accuracy'], ce['true_lo'], ce['true_hi'])} (its log: "
                      f"{fmt_pct(ce['logged_final_val_accuracy'])}); on 0-1 pixels "
                      f"{fmt_pct(ce.get('unit_inputs_accuracy'))}.")
@@ -237,16 +238,22 @@ def readme_block(results: dict) -> str:
     for r in results.get("collapse", []):
         if r.get("is_2020"):
             others = [x for x in results["collapse"] if not x.get("is_2020")]
-            lines.append("- Collapse study (cross-entropy, integer labels): the 2020 recipe collapsed in "
+            name = lambda x: x["setting"].replace("CE, integer labels, ", "")  # noqa: E731
+            resolved = [x for x in others if (x.get("p_holm") or 1) < 0.05]
+            lines.append("- Collapse study (cross-entropy, integer labels): the 2020 recipe (lr 0.001) collapsed in "
                          f"{r['collapsed']}/{r['runs']} runs; " + "; ".join(
-                             f"{x['setting'].split(', ', 2)[-1]} {x['collapsed']}/{x['runs']}"
-                             + (f" (Fisher p = {x['fisher_p_vs_2020']:.2g})" if x.get("fisher_p_vs_2020") is not None
-                                else "") for x in others) + ".")
+                             f"{name(x)} {x['collapsed']}/{x['runs']}"
+                             + (f" (Holm-adjusted Fisher p = {x['p_holm']:.2g})" if x.get("p_holm") is not None
+                                else "") for x in others)
+                         + (". Resolved: " + ", ".join(name(x) for x in resolved) if resolved
+                            else ". No difference from the 2020 recipe is resolved") + ".")
     b = results.get("best")
     if b:
         lines.append(f"- Beyond the paper (`wbcnet`, {b['seeds']} seeds): "
                      f"{fmt_ci(b['unseen'], b['unseen_lo'], b['unseen_hi'])}"
-                     f" on unseen TEST cells, {fmt_ci(b['test'], b['test_lo'], b['test_hi'])} on all of TEST"
+                     f" on unseen TEST cells (one vote per cell: "
+                     f"{fmt_ci(b.get('cell'), b.get('cell_lo'), b.get('cell_hi'))})"
+                     f", {fmt_ci(b['test'], b['test_lo'], b['test_hi'])} on all of TEST"
                      + (f", {fmt_ci(b['simple'], b['simple_lo'], b['simple_hi'])} on TEST_SIMPLE's distinct slides"
                         if b.get("simple") is not None else "") + ".")
     lines.append(BLOCK_END)

@@ -58,7 +58,10 @@ STYLE = """<style>
 .wbc table.wbc-table th { text-align: left; }
 .wbc table.wbc-table td.num { white-space: nowrap; }
 .wbc table.claims { width: 100%; }
+.wbc table.small { font-size: 7.4pt; }
 .wbc table.claims td { white-space: normal; }
+.wbc table.claims td:nth-child(1) { width: 24%; } .wbc table.claims td:nth-child(2) { width: 24%; }
+.wbc table.claims tr { break-inside: avoid; page-break-inside: avoid; }
 /* JupyterLab keeps each cell's output on one page; a report section is longer than that */
 .jp-OutputArea-child, .jp-Cell, .jp-Cell-outputWrapper { break-inside: auto !important; page-break-inside: auto !important; }
 .wbc .note { font-size: 9pt; color: #444; }
@@ -149,7 +152,11 @@ class Doc:
                 cells.append(f'<td{" class=num" if num else ""}>{_inline(s)}</td>')
             rows.append("<tr>" + "".join(cells) + "</tr>")
         tab = f'<table class="wbc-table {cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-        self._emit(f'<div class="{"keep" if keep else ""}"><div class="caption">{cap}</div>{tab}</div>')
+        if keep:
+            self._emit(f'<div class="keep"><div class="caption">{cap}</div>{tab}</div>')
+        else:  # a long table may break across pages; its heading stays with its caption
+            self._emit(f'<div class="caption">{cap}</div>')
+            self.sections[self.current].append(tab)
         return self.n_tab
 
     def html(self, name: str) -> str:
@@ -378,12 +385,12 @@ class Report:
                 + (f" (cross-entropy minus MSE: {fmt_diff(oh_mse)}, {an.verdict_words(oh_mse, 'cross-entropy', 'MSE')}; "
                    f"minus Huber: {fmt_diff(oh_h)}, {an.verdict_words(oh_h, 'cross-entropy', 'Huber')})" if oh_mse and oh_h else "")
                 + ".")
-        txt = self._collapse_sentence()
+        txt = self._collapse_sentence(short=True)
         if txt:
             parts.append(txt)
         doc.md(" ".join(parts))
 
-    def _collapse_sentence(self) -> str:
+    def _collapse_sentence(self, short: bool = False) -> str:
         """The collapse study in one sentence: the 2020 recipe's count, and each change's, with Holm-adjusted
         Fisher tests; a change is said to matter only where its adjusted p < 0.05."""
         ct = (self.data.get("collapse") or {}).get("table")
@@ -392,10 +399,15 @@ class Report:
         r0 = ct[ct["is_2020"]].iloc[0]
         others = ct[~ct["is_2020"]]
         words = f"{int(r0.collapsed)} of {int(r0.runs)}"
-        txt = (f"In the collapse study the 2020 recipe collapsed to a constant output in {words} runs"
-               + ("; " + "; ".join(f"with {r.setting.split(', ', 2)[-1]}, {int(r.collapsed)} of {int(r.runs)} "
-                                   f"(Holm-adjusted Fisher {fmt_p(r.p_holm)})" for r in others.itertuples())
-                  if len(others) else ""))
+        if short:
+            txt = (f"In the collapse study the 2020 recipe collapsed to a constant output in {words} runs"
+                   + (" (" + ", ".join(f"{r.setting.split(', ', 2)[-1]}: {int(r.collapsed)}/{int(r.runs)}"
+                                       for r in others.itertuples()) + ")" if len(others) else ""))
+        else:
+            txt = (f"In the collapse study the 2020 recipe collapsed to a constant output in {words} runs"
+                   + ("; " + "; ".join(f"with {r.setting.split(', ', 2)[-1]}, {int(r.collapsed)} of {int(r.runs)} "
+                                       f"(Holm-adjusted Fisher {fmt_p(r.p_holm)})" for r in others.itertuples())
+                      if len(others) else ""))
         sig = others[others["p_holm"] < 0.05]
         if len(sig):
             txt += ". Resolved: " + "; ".join(
@@ -580,12 +592,12 @@ class Report:
         if originals is not None:
             doc.figure(figures_data.slide_and_copies_figure(mapping, man.images_root, originals),
                        "One original slide (left) and some of the augmented images made from it. A model that has "
-                       "seen one of these has, for the purpose of an accuracy, seen them all.")
+                       "seen one of these has, for the purpose of an accuracy, seen them all.", width=85)
         if (man.frame["class"] == "NEUTROPHIL").any() and man.frame["k"].notna().any():
             doc.figure(figures_data.kgroup_figure(mapping, man.images_root),
                        "The images of one `(class, k)` group of TRAIN (file names `_<k>_<n>.jpeg`), titled with the "
                        "slide each comes from: the `k` in a file name is not a source cell. An earlier version of this "
-                       "package grouped by it; every interval, split and cell-level figure now uses the slides.")
+                       "package grouped by it; every interval, split and cell-level figure now uses the slides.", width=80)
         pairs = load_pairs()
         if originals is not None and len(pairs):
             doc.figure(figures_data.overlap_figure(pairs, originals),
@@ -643,7 +655,7 @@ class Report:
         spread of the per-seed figures) and TEST's same-cell clusters (their spread within each class, the classes
         weighted by their fixed share of the images, since the class mix is fixed by the dataset's design). The
         interval is the estimate +- Student's t times its standard error, with Satterthwaite's degrees of freedom:
-        4 monocyte cells or 5 seeds are few, and a normal or percentile-bootstrap interval would cover too little
+        {self.counts()['unseen_per_class_cells']['MONOCYTE']} monocyte cells or {len(s.get('seeds', []))} seeds are few, and a normal or percentile-bootstrap interval would cover too little
         (simulated on TEST's design, `tests/test_stats.py`). Cells read entirely right or entirely wrong count as
         Bernoulli trials with a Jeffreys estimate, so a class whose few cells were all right still has an
         interval. Image-level accuracy weighs each cell by its number of images; cell-level accuracy gives each
@@ -697,7 +709,7 @@ class Report:
                   "of its images (one vote per cell), and TEST_SIMPLE's un-augmented images, one per distinct slide "
                   "(all of its slides, the shared cells included); pooled over seeds, with 95% intervals over seeds "
                   "and cells.")
-        doc.h(3, "4.2 Training curves: Figures 1 to 4")
+        doc.h(3, "4.2 Training curves")
         orig = d["orig"]
         for n_, loss in enumerate(("crossentropy", "mse", "huber"), 1):
             if d["summary"][(d["summary"].loss == loss) & (d["summary"].target_encoding == "paper")].empty:
@@ -744,7 +756,7 @@ class Report:
         doc.table(pd.DataFrame(rows), f"The 2020 weights (240x320, raw pixels, epoch 100) loaded into this "
                   f"package's model and scored on {orig['split']}. *As a regression*: the mean of the four outputs "
                   "rounded to a class index, the reading integer-label MSE and Huber were trained for. Intervals "
-                  "resample cells (one model each). " + (
+                  "count the cells (one model each). " + (
                       "Collapsed by this report's definition: " + ", ".join(LOSS_TITLES[r.loss] for r in ot.itertuples()
                                                                             if r.collapsed is True) + "."
                       if (ot["collapsed"] == True).any() else  # noqa: E712
@@ -786,7 +798,7 @@ class Report:
         ee = d.get("encoding")
         if ee is not None and len(ee):
             lines.append("One-hot targets minus integer labels, paired on cells: " + "; ".join(
-                f"{_lower(r.loss)} {fmt_diff(r._asdict())} ({r.words})" for r in ee.itertuples()) + ".")
+                f"{_lower(r.loss)} {fmt_diff(r._asdict())}, {r.words}" for r in ee.itertuples()) + ".")
         doc.md("\n\n".join(lines))
 
     def _results_pairs(self) -> None:
@@ -822,9 +834,10 @@ class Report:
             rows.append(row)
         if rows:
             doc.h(3, "4.7 Per class")
-            doc.table(pd.DataFrame(rows), "Recall per class on unseen TEST cells, pooled over seeds, with two-stage "
-                      "intervals; the number of independent cells behind each class is in its header. With 4 "
-                      "monocyte cells, a class's recall is known only roughly.")
+            mono = self.counts()["unseen_per_class_cells"]["MONOCYTE"]
+            doc.table(pd.DataFrame(rows), "Recall per class on unseen TEST cells, pooled over seeds, with intervals "
+                      "over seeds and cells; the number of independent cells behind each class is in its header. "
+                      f"With {mono} monocyte cells, a class's recall is known only roughly.")
 
     def _results_collapse(self) -> None:
         d, doc = self.data, self.doc
@@ -848,13 +861,14 @@ class Report:
         for what, t in tabs:
             rows = [{"setting": r.setting, "collapsed": f"{r.collapsed}/{r.runs}",
                      "top-class share": fmt_pct(r.top_class_share), "output spread (median)": f"{r.output_spread:.3f}",
-                     "vs 2020 recipe": "reference" if r.is_2020 else fmt_p(r.fisher_p_vs_2020), "seeds": r.seeds}
+                     "vs 2020 recipe: Fisher, Holm": "reference" if r.is_2020 else
+                     f"{fmt_p(r.fisher_p_vs_2020)}; {fmt_p(r.p_holm).replace('p ', 'adj. ')}", "seeds": r.seeds}
                     for r in t.itertuples()]
             doc.table(pd.DataFrame(rows), f"Runs that collapsed, per setting, in {what}. *Top-class share*: the share "
                       "of TEST predicted as the most frequent class (mean over runs). *Output spread*: the outputs' "
                       "spread across TEST images relative to the targets' (0: constant). *vs 2020 recipe*: two-sided "
                       "Fisher exact test of the collapse counts against cross-entropy, integer labels, lr 0.001, raw "
-                      "pixels.")
+                      "pixels, and the same p adjusted by Holm's method for the settings compared.")
         if col is None and not d["has_losses"]:
             return
         src = col if col is not None else {"allruns": d["allruns"], "histories": d["histories"]}
@@ -908,9 +922,14 @@ class Report:
                              f"against {np.median(b):.3g} in the {len(b)} others (Mann-Whitney {fmt_p(p)})")
         if lines:
             both = all(p_ < 0.05 for p_ in ps)
+            settings = ce[ce.collapsed == True].apply(  # noqa: E712
+                lambda r: an.setting_name(r), axis=1).value_counts()
+            mostly = (f" {int(settings.iloc[0])} of the {len(col)} collapsed runs share one setting "
+                      f"({settings.index[0]}), so this describes those runs as much as collapse itself."
+                      if len(settings) and settings.iloc[0] > len(col) / 2 else "")
             doc.md("Diagnostics behind it: " + "; ".join(lines) + ". " + (
-                "Both differ: the runs that collapse are those whose ReLUs die and whose gradient shrinks within the "
-                "first epoch." if both else
+                "Both differ: the runs that collapsed had more dead ReLUs and a smaller gradient after the first "
+                "epoch." + mostly if both else
                 "Not both differences are resolved (p >= 0.05), so no mechanism is claimed from them."))
 
     def _s_discussion(self) -> None:
@@ -943,7 +962,7 @@ class Report:
                                       if len(diffs) else "") + ".")
         lines.append("The 2020 report's 'about 70%' came from one run of one seed: it carried the seed-to-seed "
                      "uncertainty, and that of a test set of a few dozen cells, unstated.")
-        txt = self._collapse_sentence()
+        txt = self._collapse_sentence(short=True)
         lines.append((txt + " " if txt else "") + "A single run per loss, as in 2020, cannot tell a loss from a lucky "
                      "or unlucky start (section 4.8).")
         doc.md("\n\n".join(lines))
@@ -953,13 +972,22 @@ class Report:
         if not d["has_losses"]:
             return
         doc.h(2, "6. Conclusion")
+        ce = self.orig_row("crossentropy")
+        claimed = an.PAPER_REPORTED["crossentropy"]
+        if ce:
+            w = ("is reproduced from its own weights" if ce["true_lo"] <= ce["logged_final_val_accuracy"] <= ce["true_hi"]
+                 else "is not reproduced even from its own weights")
+        else:
+            w = "could not be checked against its weights (not found)"
+        t = ("is reached by training at this profile's size" if self.g("crossentropy", "paper", "test_lo") <= claimed
+             <= self.g("crossentropy", "paper", "test_hi") else "is not reached by training at this profile's size")
         doc.md(f"""
         The 2020 study's ranking of losses rests on a metric that, for two of its three losses, counted predictions of
         one class, and on targets that made MSE and Huber regress onto a class index. Corrected, the three losses are
         all classification losses, and the differences between them must be read against intervals over cells and
-        seeds, which this dataset makes wide. Its cross-entropy accuracy (about 70%) is reproduced from its own weights;
-        at this profile's reduced size it is not reached by training. Profile `{self.profile}` trades:
-        {d['settings'].get('trades', 'n/a')}. The faithful full-size set-up is `make report PROFILE=paper`.
+        seeds, which this dataset makes wide. Its cross-entropy accuracy ({fmt_pct(claimed)}) {w}, and {t}. Profile
+        `{self.profile}` trades: {d['settings'].get('trades', 'n/a')}. The faithful full-size set-up is
+        `make report PROFILE=paper`.
         """)
 
     def _s_beyond(self) -> None:
@@ -990,9 +1018,11 @@ class Report:
         doc.md("\n".join(lines))
         doc.h(3, "7.2 The final model on TEST")
         doc.table(bm.final_frame(best), "The kept design trained on all of TRAIN, once per seed; TEST scored once. "
-                  "Per-seed intervals count the cells; the seed-pooled and ensemble rows the seeds and the cells. "
+                  "Per-seed and ensemble intervals count the cells (each is one classifier); the seed-pooled row "
+                  "counts the seeds and the cells. "
                   "*Cells, by vote*: unseen TEST cells, one vote each. *TEST_SIMPLE slides*: one image per distinct "
-                  "slide. *ECE*: expected calibration error on unseen TEST images.")
+                  "slide. Calibration is in section 7.4; training took "
+                  f"{best['seeds']['train_minutes'].mean():.1f} minutes per model on average.")
         doc.md(bm.verdict_markdown(best))
         doc.h(3, "7.3 Confusion matrices, and the cells it still gets wrong")
         cms = best["confusions"]
@@ -1026,7 +1056,7 @@ class Report:
         r0 = best["final_runs"].iloc[0]
         brun = load_run(r0.run_dir)
         ex = examples_per_class(read_predictions(r0.run_dir))
-        doc.figure(fi.gradcam_figure(brun, ex, fi.images_for(ex, fi.run_split(brun, "TEST"))),
+        doc.figure(fi.gradcam_figure(brun, ex, fi.images_for(ex, fi.run_split(brun, "TEST")), per_row=3),
                    "Grad-CAM of the first seed's model for one right and one wrong TEST image per class (where "
                    "there is one): red marks where the evidence for the predicted class lies.")
 
@@ -1070,7 +1100,8 @@ class Report:
                 "train acc.": [fmt_pct(v) for v in ar.final_train_accuracy],
                 "collapsed": ar.collapsed.map({True: "yes", False: "no"}).fillna("-"),
                 "top class": [fmt_pct(v) for v in ar.top_class_share]})
-            doc.table(app, "Every run of the study, finished or not. Intervals count the cells (one model each).")
+            doc.table(app, "Every run of the study, finished or not. Intervals count the cells (one model each).",
+                      cls="small", keep=False)
             errs = ar[ar.error.fillna("") != ""]
             if len(errs):
                 doc.md("**Failed runs**:\n\n" + "\n".join(f"- `{r.run_name}`: {r.error}" for r in errs.itertuples()))
@@ -1102,6 +1133,7 @@ def findings(profile: str, runs_root=None) -> dict:
                                if k in ("encoding", "comparison", "diff", "lo", "hi", "resolved", "words")}
                               for r in d["paired"].to_dict("records")]
         out["original"] = {loss: rep.orig_row(loss) for loss in ("crossentropy", "mse", "huber") if rep.orig_row(loss)}
+        out["original_split"] = (d.get("orig") or {}).get("split")
         ct = (d.get("collapse") or {}).get("table")
         if ct is not None and len(ct):
             out["collapse"] = ct.to_dict("records")
@@ -1109,6 +1141,7 @@ def findings(profile: str, runs_root=None) -> dict:
         p, e = d["best"]["pooled"], d["best"]["ensemble"]
         out["best"] = {"seeds": p["seeds"], "unseen": p["unseen"], "unseen_lo": p["unseen_lo"],
                        "unseen_hi": p["unseen_hi"], "test": p["test"], "test_lo": p["test_lo"], "test_hi": p["test_hi"],
+                       "cell": p["unseen_cell"], "cell_lo": p["unseen_cell_lo"], "cell_hi": p["unseen_cell_hi"],
                        "simple": p.get("simple"), "simple_lo": p.get("simple_lo"), "simple_hi": p.get("simple_hi"),
                        "ensemble": e["ensemble"], "ensemble_ci": e["ensemble_ci"],
                        "per_seed_unseen": d["best"]["seeds"]["unseen_accuracy"].tolist()}

@@ -101,13 +101,6 @@ class Clusters:
         return counts
 
 
-def seed_draws(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, S) counts of each seed in each resample of the seeds (S - 1 drawn with replacement, rescaled)."""
-    if n_seeds < 1:
-        raise ValueError("at least one seed is needed")
-    return rng.multinomial(max(1, n_seeds - 1), np.full(n_seeds, 1 / n_seeds), size=n_boot)
-
-
 def wilson(successes: float, n: float, level: float = LEVEL) -> tuple[float, float]:
     """Wilson score interval for a proportion of ``successes`` out of ``n`` (fractional counts allowed)."""
     from scipy.stats import norm
