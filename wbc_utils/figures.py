@@ -199,7 +199,8 @@ def collapse_figure(summary, histories, diagnostics: dict):
     ax.set_xlabel("convolution layer")
     ax.set_ylabel("share of ReLU outputs that are 0")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=6.5)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6.5)
     ax.set_title("dead ReLUs on a fixed probe batch (mean over runs)", fontsize=9.5)
     fig.tight_layout()
     return fig
