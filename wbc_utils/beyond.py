@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES
-from .analysis import fmt_ci, fmt_pct, pooled, stack
+from .analysis import fmt_ci as _ci
+from .analysis import fmt_pct as _pct
+from .analysis import pooled, stack
 from .artifacts import read_json
 from .evaluation import (
     abstention,
@@ -276,14 +278,6 @@ ANCHORS = (
 )
 #: The goals this profile was built to meet (issue: "beyond the paper").
 GOALS = {"test_accuracy": 0.90, "simple_accuracy": 0.90, "train_minutes": 30.0}
-
-
-def _pct(v) -> str:
-    return fmt_pct(v)
-
-
-def _ci(v, lo, hi) -> str:
-    return fmt_ci(v, lo, hi)
 
 
 def methods_markdown(res: dict) -> str:

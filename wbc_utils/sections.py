@@ -42,6 +42,9 @@ LINKS = {
     "guo2017": "https://proceedings.mlr.press/v70/guo17a.html",
 }
 
+#: Resolution of the report's figures: sharp on an A4 page, and a report under 5 MB.
+FIGURE_DPI = 110
+
 STYLE = """<style>
 .wbc { font-size: 10.5pt; line-height: 1.45; }
 .wbc h1 { font-size: 19pt; margin: 0 0 6pt 0; }
@@ -83,7 +86,7 @@ def _fig_html(fig, width: float = 100.0) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
     data = base64.b64encode(buf.getvalue()).decode()
     return f'<img src="data:image/png;base64,{data}" style="width:{width:.0f}%" alt="figure">'
@@ -305,7 +308,9 @@ class Report:
         return weights, trained
 
     def counts(self) -> dict:
-        """Files, slides, cells per split; cells shared by TRAIN and TEST; unmapped files."""
+        """Files, slides, cells per split; cells shared by TRAIN and TEST; unmapped files (computed once)."""
+        if "counts" in self.data:
+            return self.data["counts"]
         f = self.data["manifest"].frame
         out = {}
         for split, g in f.groupby("split"):
@@ -322,6 +327,7 @@ class Report:
         per_k = train.dropna(subset=["k", "slide"]).groupby(["class", "k"])["slide"].nunique()
         out["kgroup_slides"] = [int(per_k.min()), int(per_k.max())] if len(per_k) else None
         out["sources"] = dict(self.data["manifest"].sources)
+        self.data["counts"] = out
         return out
 
     # ------------------------------------------------------------------ sections

@@ -192,7 +192,7 @@ def mean_interval(values, clusters: Clusters, level: float = LEVEL, stratified: 
         parts.append(wh * wh * s2 / m)
         dfs.append(max(m - 1, 1))
     if n_seeds > 1:
-        parts.append(float(np.var(_per_seed(k / np.maximum(n, 1) * n, n, groups, w), ddof=1)) / n_seeds)
+        parts.append(float(np.var(_per_seed(k, n, groups, w), ddof=1)) / n_seeds)
         dfs.append(n_seeds - 1)
     var = float(sum(parts))
     df = var * var / sum(p_ * p_ / d for p_, d in zip(parts, dfs)) if var > 0 else 1.0

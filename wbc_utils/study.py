@@ -174,7 +174,7 @@ SUMMARY_INTERVALS = ("unseen_accuracy", "test_accuracy", "unseen_cell_accuracy",
 SUMMARY_VALUES = ("paper_metric_test", "test_regression_accuracy", "final_train_accuracy", "final_train_paper_metric",
                   "final_val_accuracy", "final_val_paper_metric", "final_train_loss", "constant_loss",
                   "train_loss_vs_constant", "output_spread", "collapsed", "top_class_share", "held_from_epoch", "ece",
-                  "train_seconds", "images_per_second")
+                  "train_seconds", "images_per_second", "evaluation_version")
 SUMMARY_COLUMNS = (
     ["run_name", "status", "role", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
      "validation", "image_size", "epochs", "train_subset"]
@@ -293,7 +293,8 @@ def load_runs(profile: str, runs_root=None):
     if not pdir.exists():
         raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
     summary = summary_frame(profile, runs_root)
-    stale = [r.run_name for r in summary.itertuples() if r.status == "finished" and _stale(Path(r.run_dir))]
+    stale = [r.run_name for r in summary.itertuples()
+             if r.status == "finished" and r.evaluation_version != EVALUATION_VERSION]
     if stale:
         raise WBCError(f"{len(stale)} run(s) of {pdir} were evaluated with an older definition (e.g. {stale[0]}): "
                        f"run `python -m wbc_utils reevaluate --profile {profile}` (or `make report`, which does).")
