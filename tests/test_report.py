@@ -10,33 +10,23 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from wbc_utils.report import BLOCK_END, BLOCK_START, SHIPPED_RESULTS, readme_block, update_readme  # noqa: E402
+from wbc_utils.config import SHIPPED_RESULTS  # noqa: E402
+from wbc_utils.report import BLOCK_END, BLOCK_START, readme_block, update_readme  # noqa: E402
 from wbc_utils.sections import Doc, _inline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _committed_results(tmp_path) -> Path:
-    """The results.json committed with the shipped report. A user's own `make report` rewrites the working
-    copy with their runs; the README quotes the shipped one. Outside a git checkout: the file itself."""
-    import subprocess
-
-    rel = SHIPPED_RESULTS.relative_to(ROOT).as_posix()
-    try:
-        text = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return SHIPPED_RESULTS
-    out = tmp_path / "results.json"
-    out.write_text(text)
-    return out
+    """The results.json shipped with the reference report (report/shipped/, which `make report` never writes)."""
+    return SHIPPED_RESULTS
 
 
 def test_readme_findings_match_the_shipped_report(tmp_path):
     """The README quotes the shipped report's numbers, generated from its results.json, never typed by hand."""
-    assert SHIPPED_RESULTS.exists(), "report/quick/results.json is shipped with the report"
+    assert SHIPPED_RESULTS.exists(), "report/shipped/quick/results.json is shipped with the report"
     assert update_readme(_committed_results(tmp_path), ROOT / "README.md", check=True), \
-        "README's findings block is out of date: run `make readme` (and commit report/quick/results.json with it)"
+        "README's findings block is out of date: run `make readme` (and commit report/shipped/quick/results.json with it)"
 
 
 def _results():

@@ -161,8 +161,8 @@ def test_shipped_files_are_well_formed():
     cells = slides.same_cell_clusters(m["slide"].astype(int), p)
     assert all(cells[int(s)] == int(c) for s, c in zip(m["slide"], m["cell"]))
     # rewriting gives the same bytes
-    assert slides._mapping_bytes(m) == slides.MAPPING_FILE.read_bytes()
-    assert slides._pairs_bytes(p) == slides.PAIRS_FILE.read_bytes()
+    assert slides.mapping_bytes(m) == slides.MAPPING_FILE.read_bytes()
+    assert slides.pairs_bytes(p) == slides.PAIRS_FILE.read_bytes()
 
 
 def test_provenance_figures_and_table(tmp_path):
@@ -172,7 +172,7 @@ def test_provenance_figures_and_table(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wbc_utils import figures_data
+    from wbc_utils.figures import data as figures_data
 
     m, p = slides.load_mapping(), slides.load_pairs()
     t = figures_data.provenance_table(m)

@@ -13,7 +13,8 @@ import pytest
 
 from wbc_utils.errors import RunExistsError
 from wbc_utils.params import RunParams
-from wbc_utils.training import HISTORY_COLUMNS, run_status, train_run
+from wbc_utils.runs import HISTORY_COLUMNS, run_status
+from wbc_utils.training import train_run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,10 +3,12 @@
 The notebooks under ``notebooks/`` stay thin; everything they do lives here,
 one module per concern, and data flows one way::
 
-    data -> model -> losses -> training -> evaluation -> figures -> report
+    config, params -> data -> model, losses -> training -> evaluation -> runs -> study
+        -> analysis -> figures -> sections -> report
 
-Importing this package does not import TensorFlow; modules that need it import
-it lazily through :mod:`wbc_utils.tfenv`, which configures the CPU first.
+(``ARCHITECTURE.md`` draws the whole map.) Importing this package does not
+import TensorFlow; modules that need it import it inside their functions
+through :mod:`wbc_utils.tfenv`, which configures the CPU first.
 """
 
 __version__ = "0.1.0"
@@ -17,4 +19,7 @@ CLASSES = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
 #: Splits of the dataset's ``images/`` folder.
 SPLITS = ("TRAIN", "TEST", "TEST_SIMPLE")
 
-__all__ = ["CLASSES", "SPLITS", "__version__"]
+#: Native size of every image in the dataset (height, width).
+NATIVE_SIZE = (240, 320)
+
+__all__ = ["CLASSES", "NATIVE_SIZE", "SPLITS", "__version__"]

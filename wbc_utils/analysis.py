@@ -17,9 +17,10 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from . import CLASSES
-from .evaluation import cell_votes, per_slide, slide_means, softmax
+from .evaluation import SCORE_COLUMNS, cell_votes, per_slide, slide_means, softmax
 from .params import ENCODINGS, LOSS_TITLES, LOSSES
 from .runs import read_predictions
 from .stats import Clusters, difference_interval, fisher_exact, holm, mean_interval
@@ -98,7 +99,7 @@ def stack(rows, split: str = "TEST") -> SeedStack | None:
             base = f
         elif len(f) != len(base) or (f["relpath"].to_numpy() != base["relpath"].to_numpy()).any():
             raise ValueError(f"{r.run_dir}: predictions are on other images than its sibling runs")
-        probs.append(softmax(f[[f"score_{c}" for c in CLASSES]].to_numpy()))
+        probs.append(softmax(f[SCORE_COLUMNS].to_numpy()))
     cols = ["split", "relpath", "label", "slide", "cell", "shared"]
     return SeedStack(base=base[cols], probs=np.stack(probs), run_names=list(rows["run_name"]))
 
@@ -144,7 +145,6 @@ def per_class(st: SeedStack, scope: str = "unseen") -> list[dict]:
 
 def group_table(summary):
     """One row per loss x encoding: runs, collapses, seed-pooled accuracies with two-stage intervals."""
-    import pandas as pd
 
     out = []
     for loss in LOSSES:
@@ -175,7 +175,6 @@ def group_table(summary):
 
 def _has_simple(rows) -> bool:
     """True when the runs scored TEST_SIMPLE (their summary rows carry its accuracy)."""
-    import pandas as pd
 
     return bool(len(rows)) and bool(pd.to_numeric(rows["test_simple_accuracy"], errors="coerce").notna().all())
 
@@ -204,7 +203,6 @@ def verdict_words(d: dict, name_a: str, name_b: str) -> str:
 
 def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "huber"), ("mse", "huber"))):
     """Seed-pooled accuracy differences between losses (unseen TEST cells), per encoding, with verdicts."""
-    import pandas as pd
 
     out = []
     for enc in ENCODINGS:
@@ -220,7 +218,6 @@ def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "hube
 
 def encoding_effect(summary):
     """Per loss: one-hot targets minus integer labels, seed-pooled and paired on cells."""
-    import pandas as pd
 
     out = []
     for loss in LOSSES:
@@ -255,7 +252,6 @@ def collapse_table(allruns):
     test against the 2020 recipe (cross-entropy, integer labels, lr 0.001, raw pixels) where it was run, with
     Holm's adjustment over the settings compared (``p_holm``). Settings share seeds; Fisher's test treats them
     as independent samples, which is conservative when seeds pair the runs."""
-    import pandas as pd
 
     fin = allruns[allruns["status"] == "finished"].copy()
     if fin.empty:
@@ -282,7 +278,6 @@ def collapse_table(allruns):
 
 def original_table(orig: dict):
     """The 2020 models re-scored: logged figure against what it really measured."""
-    import pandas as pd
 
     rows = []
     for loss in LOSSES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .params import AUGMENTS
+from .params import AUGMENTS, check_choice
 
 #: Largest shift, as a share of the image side.
 SHIFT = 0.08
@@ -43,8 +43,7 @@ def valid_views(shape) -> tuple[int, ...]:
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, mode: str) -> np.ndarray:
     """Augment a uint8 batch; returns a new uint8 array of the same shape."""
-    if mode not in AUGMENTS:
-        raise ValueError(f"augment={mode!r} is not known; valid values: {', '.join(AUGMENTS)}")
+    check_choice("augment", mode, AUGMENTS)
     images = np.asarray(images)
     if mode == "none" or len(images) == 0:
         return images

@@ -14,12 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import CLASSES
 from .analysis import fmt_ci as _ci
 from .analysis import fmt_pct as _pct
 from .analysis import pooled, stack
-from .artifacts import read_json
+from .config import profile_dir
 from .evaluation import (
     abstention,
     calibration,
@@ -31,7 +32,7 @@ from .evaluation import (
     slide_means,
     softmax,
 )
-from .runs import read_metrics, read_predictions
+from .runs import PARAMS, Run, load_runs, read_metrics, read_params, read_predictions
 from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
@@ -41,7 +42,7 @@ DESIGN_KEYS = {"view": "input", "image_size": "size", "augment": "augmentation",
 
 
 def _params(row) -> dict:
-    return read_json(Path(row.run_dir) / "params.json")
+    return read_params(row.run_dir)
 
 
 def describe(params: dict) -> str:
@@ -56,12 +57,11 @@ def describe(params: dict) -> str:
 
 def lab_table(summary):
     """One row per lab candidate (grouped-validation runs), best validation first."""
-    import pandas as pd
 
     rows = []
     lab = summary[(summary["validation"] == "grouped") & (summary["status"] == "finished")]
     for r in lab.itertuples():
-        m = read_json(Path(r.run_dir) / "metrics.json")
+        m = read_metrics(r.run_dir)
         p = _params(r)
         rows.append({"run_name": r.run_name, "design": describe(p), "seed": p["seed"], "epochs": p["epochs"],
                      "val_accuracy": m["val_accuracy"], "val_lo": m["val_accuracy_ci"][0],
@@ -76,7 +76,7 @@ def lab_table(summary):
 def chosen_design(summary) -> dict | None:
     """The parameters of the final (main) runs, or None when there are none yet."""
     main = summary[(summary["role"] == "main")]
-    if main.empty or not (Path(main.iloc[0].run_dir) / "params.json").exists():
+    if main.empty or not Run(Path(main.iloc[0].run_dir)).has(PARAMS):
         return None
     return _params(main.iloc[0])
 
@@ -127,7 +127,6 @@ def seed_table(summary):
     """Per final run (seed): TEST on unseen cells and on all of it, cells by vote, TEST_SIMPLE per distinct
     slide, with intervals over cells; ECE with its interval; accuracy when abstaining on the least confident
     10% of cells (the same vote as the cell accuracy)."""
-    import pandas as pd
 
     rows = []
     for r in final_runs(summary).itertuples():
@@ -191,7 +190,6 @@ def confusions(summary) -> dict:
 def wrong_cells(summary):
     """TEST cells the final runs misread: by the vote of the cell's augmented TEST images, or on its
     un-augmented TEST_SIMPLE slide(s); with how many seeds did, what they read, and a TEST_SIMPLE image."""
-    import pandas as pd
 
     runs = list(final_runs(summary).itertuples())
     found: dict = {}
@@ -230,7 +228,6 @@ def wrong_cells(summary):
 def risk_coverage_curves(summary):
     """Per final run: cell-level accuracy kept against coverage on unseen TEST cells (same vote as the cell
     accuracy, confidence = mean probability of the voted class), with the random-abstention baseline."""
-    import pandas as pd
 
     out = []
     for r in final_runs(summary).itertuples():
@@ -245,8 +242,6 @@ def risk_coverage_curves(summary):
 
 def lab_and_final(profile: str = "best", runs_root=None) -> dict | None:
     """Everything the report's 'beyond the paper' section shows, or None when the profile has no runs."""
-    from .study import load_runs, profile_dir
-
     if not profile_dir(profile, runs_root).exists():
         return None
     summary, _, _ = load_runs(profile, runs_root)
@@ -324,7 +319,6 @@ def methods_markdown(res: dict) -> str:
 
 def lab_frame(res: dict):
     """The lab notebook as a display table."""
-    import pandas as pd
 
     lab = res["lab"]
     if lab is None or len(lab) == 0:
@@ -339,7 +333,6 @@ def lab_frame(res: dict):
 
 def final_frame(res: dict):
     """Per-seed TEST figures, their mean and SD, the seed-pooled figure and the seeds' ensemble."""
-    import pandas as pd
 
     s = res["seeds"]
     if s is None or len(s) == 0:

@@ -18,6 +18,8 @@ and is applied the same way to TRAIN, TEST and new images.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage
 
 #: Side of the square cut from the 240x320 field (pixels); a white cell is 60-100 px wide.
 CROP = 128
@@ -42,7 +44,6 @@ def locate_cell(image: np.ndarray, window: int = WINDOW) -> tuple[int, int, floa
     ``strength`` is the mean purple excess in the window there; 0 means the
     image holds no stain at all (the crop then falls back to the centre).
     """
-    from scipy import ndimage
 
     s = ndimage.uniform_filter(stain_map(image), window, mode="constant")
     if s.max() <= 0:
@@ -59,7 +60,6 @@ def crop_cell(image: np.ndarray, out_size: tuple[int, int] = (64, 64), crop: int
     handled too: the window scales with the image's height). A window that
     runs past the edge is filled by repeating the border pixels.
     """
-    from PIL import Image
 
     image = np.asarray(image, dtype=np.uint8)
     h, w = image.shape[:2]

@@ -1,34 +1,52 @@
-"""Command line: ``python -m wbc_utils COMMAND ...`` (the Makefile only calls this).
+"""Command line: python -m wbc_utils COMMAND ... (the Makefile only calls this).
 
 Commands, in the order data flows:
 
   profiles   list the study profiles and what each trades away
   data       check the dataset, print its counts, fill the decoded-image cache
-  train      train one run (what the training notebook does), without papermill
-  study      run every run of a profile through the training notebook (papermill)
-  figures    draw a study's figures into figures/<profile>/
-  report     execute the report notebook, export report/<profile>/report.{html,pdf}
-  all        study + figures + report (what `make report` runs)
-  summary    print a study's summary.csv as a table
-  download   fetch the dataset, only when asked (verified, extracted safely)
-  reevaluate recompute finished runs' metrics from their saved predictions
   slides     derive each image's original slide and the same-cell clusters (the shipped mapping)
+  train      train one run (what the training notebook does), without papermill; every run parameter is an option
+  study      run every run of a profile through the training notebook (papermill), with one progress display
+  reevaluate recompute finished runs' metrics from their predictions
+  summary    print a study's runs as a table
+  figures    draw a study's figures into figures/PROFILE/
+  report     execute the report notebook, export report/PROFILE/report.{html,pdf}
+  all        study + figures + report (what make report runs)
+  predict    classify image files or folders with a trained model (default: the shipped one)
+  ship       copy a finished run's model to models/best/ for predict
   readme     rewrite the README's findings block from the shipped report's results.json
+  download   fetch the dataset, only when asked (verified, extracted safely)
 
-Every command takes --data-dir (else WBC_DATA_DIR, else data/blood-cells/) and
---runs-dir (else WBC_RUNS_DIR, else runs/). Exit status: 0 on success, 1 when
-some runs failed or export was incomplete, 2 on bad input.
+Every command that reads the data or the runs takes --data-dir (else WBC_DATA_DIR, else
+data/blood-cells/) and --runs-dir (else WBC_RUNS_DIR, else runs/). Exit status: 0 on success,
+1 when some runs failed or export was incomplete, 2 on bad input.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gzip
 import logging
 import sys
 import time
+from pathlib import Path
 
-from .errors import WBCError
-from .params import ARCHS, PROFILES, VALIDATIONS
-from .slides import add_parser as add_slides_parser
+import pandas as pd
+
+from . import slides
+from .artifacts import write_csv
+from .config import SHIPPED_RESULTS, figures_dir, profile_dir
+from .data import build_manifest, find_images_root, load_split
+from .download import download
+from .errors import DataError, WBCError
+from .figures import build_all
+from .params import ARCHS, ENCODINGS, INPUT_SCALINGS, LOSSES, PRECISIONS, PROFILES, VALIDATIONS, RunParams, get_profile
+from .predict import DISCLAIMER, format_table, predict_files, ship_model
+from .reevaluate import reevaluate_profile
+from .report import build_report, update_readme
+from .runs import is_model_path, summary_frame
+from .study import run_study, summarize
+from .training import train_run
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,44 +55,64 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
 
 
+def _csv_choices(valid) -> str:
+    return ",".join(valid)
+
+
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help=f"{' | '.join(PROFILES)} (default: quick)")
-    p.add_argument("--losses", help="comma-separated subset of: crossentropy,mse,huber")
-    p.add_argument("--encodings", help="comma-separated subset of: paper,onehot")
+    p.add_argument("--losses", help=f"comma-separated subset of: {_csv_choices(LOSSES)}")
+    p.add_argument("--encodings", help=f"comma-separated subset of: {_csv_choices(ENCODINGS)}")
     p.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--image-size", help="override the image size, e.g. 120x160")
     p.add_argument("--train-subset", type=int, help="override the number of TRAIN images (0 = all)")
-    p.add_argument("--validation", choices=list(VALIDATIONS),
-                   help="paper: TEST as validation; grouped: held-out TRAIN cells; none: all of TRAIN, no validation")
-    p.add_argument("--arch", choices=list(ARCHS), help="model: the paper's, its variants he and bn, or wbcnet")
-    p.add_argument("--input-scaling", choices=["raw", "unit"], help="raw 0-255 (2020) or unit 0-1")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 0.001)")
-    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "auto"])
+    p.add_argument("--validation", choices=list(VALIDATIONS), help=_param_help("validation"))
+    p.add_argument("--arch", choices=list(ARCHS), help=_param_help("arch"))
+    p.add_argument("--input-scaling", choices=list(INPUT_SCALINGS), help=_param_help("input_scaling"))
+    p.add_argument("--learning-rate", type=float, help=_param_help("learning_rate"))
+    p.add_argument("--precision", choices=list(PRECISIONS), help=_param_help("precision"))
     p.add_argument("--jobs", type=int, help="notebooks run at once (default: the profile's)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--reuse", action="store_true", help="keep finished runs with the same parameters")
     g.add_argument("--force", action="store_true", help="retrain runs that already finished")
 
 
-def _profile_from(args):
-    from .params import get_profile
+def _param_help(name: str) -> str:
+    """A run parameter's help, as argparse prints it (which formats with %)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(RunParams) if f.name == name).replace("%", "%%")
 
-    size = None
-    if args.image_size:
-        from .params import RunParams
 
-        size = RunParams(image_size=args.image_size).image_size
-    return get_profile(args.profile).with_overrides(
-        losses=args.losses, encodings=args.encodings, seeds=args.seeds, epochs=args.epochs, image_size=size,
-        train_subset=args.train_subset, validation=args.validation, arch=args.arch,
-        input_scaling=args.input_scaling, learning_rate=args.learning_rate, precision=args.precision)
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_run_params(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`~wbc_utils.params.RunParams` field (``--image-size`` for ``image_size``), with its
+    default, help and choices read from the field: the command line cannot drift from the parameters."""
+    defaults = RunParams.defaults()
+    for f in dataclasses.fields(RunParams):
+        default = defaults[f.name]
+        kind = bool if isinstance(default, bool) else (str if isinstance(default, list) else type(default))
+        shown = "x".join(map(str, default)) if isinstance(default, list) else default
+        kw: dict = {"default": None, "help": f"{_param_help(f.name)} (default: {shown})", "dest": f.name}
+        if f.metadata.get("choices"):
+            kw["choices"] = list(f.metadata["choices"])
+        kw["type"] = _bool if kind is bool else kind
+        if kind is bool:
+            kw["metavar"] = "true|false"
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wbc_utils", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("profiles", help="list the study profiles")
     p.set_defaults(func=cmd_profiles)
@@ -84,25 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", default="240x320", help="size to decode and cache (default 240x320)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train one run, without papermill")
+    add_slides_parser(sub)
+
+    p = sub.add_parser("train", help="train one run, without papermill (every run parameter is an option)",
+                       description="Train one run and write its folder. Every run parameter is an option; the "
+                       "defaults are the 2020 set-up (240x320, 100 epochs: long on a CPU). A run of a profile: "
+                       "--profile quick --image-size 60x80 --epochs 6 --train-subset 3000 --learning-rate 0.0003.")
     _common(p)
-    p.add_argument("--loss", default="crossentropy")
-    p.add_argument("--target-encoding", default="paper")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", default="48x64")
-    p.add_argument("--train-subset", type=int, default=256)
-    p.add_argument("--validation", default="paper")
-    p.add_argument("--arch", default="paper")
-    p.add_argument("--input-scaling", default="raw")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--precision", default="float32")
-    p.add_argument("--profile", default="custom")
+    add_run_params(p)
     p.add_argument("--output-dir", help="run directory (default: <runs-dir>/<profile>/<run name>)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--reuse", action="store_true")
-    g.add_argument("--force", action="store_true")
+    g.add_argument("--reuse", action="store_true", help="return a finished run with the same parameters")
+    g.add_argument("--force", action="store_true", help="replace a run already in the folder")
     p.set_defaults(func=cmd_train)
 
     for name, func, helptext in (("study", cmd_study, "run every run of a profile through papermill"),
@@ -114,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-pdf", action="store_true", help="export HTML only")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("reevaluate", help="recompute finished runs' metrics from their predictions (no training)")
+    _common(p)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--force", action="store_true", help="even runs already at the current evaluation version")
+    p.set_defaults(func=cmd_reevaluate)
+
+    p = sub.add_parser("summary", help="print a study's runs as a table")
+    _common(p)
+    p.add_argument("--profile", default="quick")
+    p.set_defaults(func=cmd_summary)
+
     p = sub.add_parser("figures", help="draw a study's figures")
     _common(p)
     p.add_argument("--profile", default="quick")
@@ -124,23 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick")
     p.add_argument("--no-pdf", action="store_true", help="export HTML only")
     p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("download", help="fetch the dataset (only when asked), verify it, extract it safely")
-    p.add_argument("--data-dir", default=None, help="where to put it (default: $WBC_DATA_DIR, else data/blood-cells/)")
-    p.add_argument("--source", default="github", choices=["github", "kaggle"],
-                   help="github: dhruvp/wbc-classification; kaggle: paultimothymooney/blood-cells (your credentials)")
-    p.add_argument("--url", help="a mirror's URL of the same zip, instead of --source")
-    p.add_argument("--archive", help="a zip you already downloaded: verify and extract it, fetch nothing")
-    p.add_argument("--sha256", help="the archive's expected SHA-256, when you know it")
-    p.add_argument("--keep-archive", action="store_true", help="keep the zip after extracting")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.set_defaults(func=cmd_download)
-
-    p = sub.add_parser("reevaluate", help="recompute finished runs' metrics from their predictions (no training)")
-    _common(p)
-    p.add_argument("--profile", default="quick")
-    p.add_argument("--force", action="store_true", help="even runs already at the current evaluation version")
-    p.set_defaults(func=cmd_reevaluate)
 
     p = sub.add_parser("predict", help="classify image files or folders with a trained model",
                        description="Classify JPEG/PNG files or folders (searched recursively). MODEL, when given "
@@ -154,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write CSV instead of a table: to FILE, or to standard output without one")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("ship", help="copy a finished run's model to models/best/ for `predict` (under 5 MB)")
+    p = sub.add_parser("ship", help="copy a finished run's model to models/best/ for predict (under 5 MB)")
     _common(p)
     p.add_argument("--profile", default="best")
     p.add_argument("--seed", type=int, default=0, help="which final run to ship (decided in advance: seed 0)")
@@ -162,34 +187,104 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a different shipped model")
     p.set_defaults(func=cmd_ship)
 
-    p = sub.add_parser("summary", help="print a study's summary table")
-    _common(p)
-    p.add_argument("--profile", default="quick")
-    p.set_defaults(func=cmd_summary)
-
-    add_slides_parser(sub)
-
     p = sub.add_parser("readme", help="rewrite the README's findings block from the shipped report's results.json")
-    p.add_argument("--results", default=None, help="results.json to read (default: report/quick/results.json)")
+    p.add_argument("--results", default=None, help=f"results.json to read (default: {SHIPPED_RESULTS})")
     p.add_argument("--check", action="store_true", help="only check that the README is current (exit 1 if not)")
     p.set_defaults(func=cmd_readme)
+
+    p = sub.add_parser("download", help="fetch the dataset (only when asked), verify it, extract it safely")
+    p.add_argument("--data-dir", default=None, help="where to put it (default: $WBC_DATA_DIR, else data/blood-cells/)")
+    p.add_argument("--source", default="github", choices=["github", "kaggle"],
+                   help="github: dhruvp/wbc-classification; kaggle: paultimothymooney/blood-cells (your credentials)")
+    p.add_argument("--url", help="a mirror's URL of the same zip, instead of --source")
+    p.add_argument("--archive", help="a zip you already downloaded: verify and extract it, fetch nothing")
+    p.add_argument("--sha256", help="the archive's expected SHA-256, when you know it")
+    p.add_argument("--keep-archive", action="store_true", help="keep the zip after extracting")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_download)
+
     return parser
 
 
-def cmd_profiles(args) -> int:
-    from .params import PROFILES
+def add_slides_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``slides`` to the ``python -m wbc_utils`` sub-commands."""
+    p = subparsers.add_parser(
+        "slides", help="derive each image's original slide and the same-cell clusters (rebuild the shipped mapping)",
+        description="Match every image to its original slide (SIFT, affine fit, NCC) and group slides that show "
+        "the same white cell; write wbc_utils/resources/slides.csv.gz and slide_pairs.csv (or --out). Needs the "
+        "original slides (Original_Images/) beside the dataset. Exit status 1 when --check finds a difference "
+        "or a differing file would be overwritten without --force.")
+    p.add_argument("--data-dir", default=None, help="dataset root (default: $WBC_DATA_DIR, else data/blood-cells/)")
+    p.add_argument("--jobs", type=int, default=None, help=f"worker processes (default {slides.default_jobs()})")
+    p.add_argument("--out", default=None, help=f"folder to write into (default: {slides.MAPPING_FILE.parent})")
+    p.add_argument("--check", action="store_true", help="recompute and compare with the shipped files; write nothing")
+    p.add_argument("--force", action="store_true", help="overwrite files that differ from the new ones")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.set_defaults(func=cmd_slides)
+    return p
 
+
+def _row_differences(old_bytes: bytes, new_bytes: bytes) -> str:
+    old = gzip.decompress(old_bytes).decode().splitlines()
+    new = gzip.decompress(new_bytes).decode().splitlines()
+    changed = len(set(old) ^ set(new))
+    return f"{len(old)} rows before, {len(new)} now, {changed} lines differ"
+
+
+def cmd_slides(args) -> int:
+    """python -m wbc_utils slides: rebuild (or --check) the shipped mapping; print counts and agreement."""
+    t0 = time.perf_counter()
+    manifest = build_manifest(args.data_dir, sources=False)
+    mapping, pairs = slides.build_mapping(manifest, jobs=args.jobs, progress=True)
+    elapsed = time.perf_counter() - t0
+    counts = slides.cluster_counts(mapping)
+    unmatched = int(mapping["slide"].isna().sum())
+    print(f"{len(mapping):,} images matched in {elapsed:.0f} s; {unmatched} without a verified slide; "
+          f"score min {mapping['score'].min():.4f}, median {mapping['score'].median():.4f}")
+    for split in ("TRAIN", "TEST", "TEST_SIMPLE"):
+        if f"{split}_slides" in counts:
+            n = int((mapping["split"] == split).sum())
+            print(f"  {split:11s} {n:6,} files, {counts[split + '_slides']:3d} slides, "
+                  f"{counts[split + '_cells']:3d} same-cell clusters")
+    print(f"  cells in both TRAIN and TEST: {counts['shared_cells']} ({counts['shared_test_images']} TEST images)")
+    print(f"  overlapping slide pairs: {len(pairs)}, {int(pairs['same_cell'].sum())} showing the same cell")
+    ref_dir = slides.find_reference_dir(find_images_root(args.data_dir))
+    if ref_dir is not None:
+        print(slides.format_comparison(slides.compare_with_reference(mapping, pairs, ref_dir)))
+    new = {slides.MAPPING_FILE.name: slides.mapping_bytes(mapping), slides.PAIRS_FILE.name: slides.pairs_bytes(pairs)}
+    dest = Path(args.out) if args.out else slides.MAPPING_FILE.parent
+    if args.check:
+        differ = []
+        for name, data in new.items():
+            path = dest / name
+            if not path.is_file():
+                differ.append(f"{path}: missing")
+            elif path.read_bytes() != data:
+                detail = _row_differences(path.read_bytes(), data) if name.endswith(".gz") else "content differs"
+                differ.append(f"{path}: {detail}")
+        for d in differ:
+            print(f"DIFFERS {d}", file=sys.stderr)
+        print("check: the shipped files are reproduced exactly" if not differ else "check: FAILED")
+        return 1 if differ else 0
+    differing = [dest / n for n, d in new.items() if (dest / n).is_file() and (dest / n).read_bytes() != d]
+    if differing and not args.force:
+        print(f"refusing to overwrite {', '.join(map(str, differing))}: the new result differs from the file "
+              f"there. Pass --force to replace it, or --out DIR to write elsewhere.", file=sys.stderr)
+        return 1
+    for path in slides.write_mapping(mapping, pairs, dest):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_profiles(args) -> int:
     for p in PROFILES.values():
         runs = len(p.runs())
-        print(f"{p.name:6s} {p.description}\n       {runs} runs at {p.image_size[0]}x{p.image_size[1]}, "
-              f"{p.epochs} epochs, seeds {p.seeds}\n       trades: {p.trades}\n")
+        print(f"{p.name:8s} {p.description}\n         {runs} runs at {p.image_size[0]}x{p.image_size[1]}, "
+              f"{p.epochs} epochs, seeds {p.seeds}\n         trades: {p.trades}\n")
     return 0
 
 
 def cmd_data(args) -> int:
-    from .data import build_manifest, load_split
-    from .params import RunParams
-
     size = RunParams(image_size=args.image_size).image_size
     m = build_manifest(args.data_dir)
     print(f"dataset: {m.images_root}")
@@ -209,16 +304,9 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
-    from .params import RunParams
-    from .study import profile_dir
-    from .training import train_run
-
-    p = RunParams(loss=args.loss, target_encoding=args.target_encoding, seed=args.seed, epochs=args.epochs,
-                  batch_size=args.batch_size, image_size=args.image_size, train_subset=args.train_subset,
-                  validation=args.validation, arch=args.arch, input_scaling=args.input_scaling,
-                  learning_rate=args.learning_rate, precision=args.precision, profile=args.profile)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunParams)
+             if getattr(args, f.name) is not None}
+    p = RunParams(**given)
     run_dir = Path(args.output_dir) if args.output_dir else profile_dir(p.profile, args.runs_dir) / p.run_name
     m = train_run(p, run_dir, data_dir=args.data_dir, reuse=args.reuse, force=args.force)
     lo, hi = m["unseen_accuracy_ci"]
@@ -227,8 +315,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _profile_from(args):
+    size = RunParams(image_size=args.image_size).image_size if args.image_size else None
+    return get_profile(args.profile).with_overrides(
+        losses=args.losses, encodings=args.encodings, seeds=args.seeds, epochs=args.epochs, image_size=size,
+        train_subset=args.train_subset, validation=args.validation, arch=args.arch,
+        input_scaling=args.input_scaling, learning_rate=args.learning_rate, precision=args.precision)
+
+
 def cmd_study(args) -> int:
-    from .study import run_study
 
     profile = _profile_from(args)
     t = time.time()
@@ -243,15 +338,12 @@ def cmd_study(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from .figures import build_all, figures_dir
-
-    figs = build_all(args.profile, args.runs_dir)
+    figs = build_all(args.profile, args.runs_dir, data_dir=args.data_dir)
     print(f"{len(figs)} figures in {figures_dir(args.profile)}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
 
     r = build_report(args.profile, args.runs_dir, pdf=not args.no_pdf)
     print(f"report: {r['html']}")
@@ -273,12 +365,9 @@ def cmd_all(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from pathlib import Path
+    from .config import data_dir
 
-    from .data import default_data_dir
-    from .download import download
-
-    target = Path(args.data_dir) if args.data_dir else default_data_dir()
+    target = Path(args.data_dir) if args.data_dir else data_dir()
     print(f"downloading into {target} ({args.url or args.source}); nothing else is ever downloaded")
     images = download(target, args.source, url=args.url, archive=Path(args.archive) if args.archive else None,
                       digest=args.sha256, keep_archive=args.keep_archive)
@@ -287,29 +376,16 @@ def cmd_download(args) -> int:
 
 
 def cmd_reevaluate(args) -> int:
-    from .reevaluate import reevaluate_profile
-    from .study import profile_dir, summarize
-
     n = reevaluate_profile(profile_dir(args.profile, args.runs_dir), data_dir=args.data_dir, force=args.force)
     summarize(args.profile, args.runs_dir)
     print(f"{n} run(s) re-evaluated in {profile_dir(args.profile, args.runs_dir)}")
     return 0
 
 
-def _looks_like_model(path: str) -> bool:
-    from pathlib import Path
-
-    p = Path(path).expanduser()
-    return p.suffix == ".keras" or (p.is_dir() and (p / "model.keras").exists())
-
-
 def cmd_predict(args) -> int:
-    from .artifacts import write_csv
-    from .predict import DISCLAIMER, format_table, predict_files
-
     paths = list(args.paths)
     model = args.model
-    if model is None and len(paths) > 1 and _looks_like_model(paths[0]):
+    if model is None and len(paths) > 1 and is_model_path(paths[0]):
         model, paths = paths[0], paths[1:]
     frame = predict_files(paths, model)
     failed = frame[frame["error"] != ""]
@@ -328,16 +404,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ship(args) -> int:
-    from pathlib import Path
-
-    from .errors import DataError
-    from .predict import ship_model
-    from .study import summarize
-
     if args.run:
         run = Path(args.run)
     else:
-        f = summarize(args.profile, args.runs_dir)
+        f = summary_frame(args.profile, args.runs_dir)
         main = f[(f["role"] == "main") & (f["status"] == "finished") & (f["seed"] == args.seed)]
         if main.empty:
             raise DataError(f"no finished main run with seed {args.seed} in profile {args.profile}: run "
@@ -349,10 +419,6 @@ def cmd_ship(args) -> int:
 
 
 def cmd_readme(args) -> int:
-    from pathlib import Path
-
-    from .report import SHIPPED_RESULTS, update_readme
-
     results = Path(args.results) if args.results else SHIPPED_RESULTS
     if not results.exists():
         raise WBCError(f"{results} does not exist: run `make report` first (it writes results.json).")
@@ -362,11 +428,7 @@ def cmd_readme(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    import pandas as pd
-
-    from .study import summarize
-
-    f = summarize(args.profile, args.runs_dir)
+    f = summary_frame(args.profile, args.runs_dir)
     cols = ["run_name", "status", "unseen_accuracy", "unseen_accuracy_lo", "unseen_accuracy_hi", "test_accuracy",
             "unseen_cell_accuracy", "paper_metric_test", "collapsed", "top_class_share", "train_seconds"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):

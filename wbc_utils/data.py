@@ -42,42 +42,28 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
-from . import CLASSES, SPLITS
-from .artifacts import atomic_path, read_json, write_json
-from .errors import DataError
+from . import CLASSES, NATIVE_SIZE, SPLITS, slides
+from .artifacts import atomic_path, read_json, write_csv, write_json
+from .cellcrop import CROP, crop_cell
+from .config import cache_dir as default_cache_dir
+from .config import data_dir as default_data_dir
+from .config import data_dir_source
+from .errors import DataError, ParameterError
+from .params import check_image_size, check_view
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 NAME_RE = re.compile(r"^_(\d+)_(\d+)$")
-#: Native size of every image in the dataset (height, width).
-NATIVE_SIZE = (240, 320)
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def output_root() -> Path:
-    """Where figures/ and report/ outputs go: ``WBC_OUTPUT_DIR``, else the project folder."""
-    env = os.environ.get("WBC_OUTPUT_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT
-
-
-def default_data_dir() -> Path:
-    """``WBC_DATA_DIR`` if set, else ``data/blood-cells/`` in the project."""
-    env = os.environ.get("WBC_DATA_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT / "data" / "blood-cells"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("WBC_CACHE_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT / "data" / "cache"
-
-
 def find_images_root(data_dir: str | os.PathLike | None = None) -> Path:
     """Return the folder that holds the split folders, or raise a DataError."""
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    how = "--data-dir" if data_dir else ("WBC_DATA_DIR" if os.environ.get("WBC_DATA_DIR") else "the default")
+    how = data_dir_source(data_dir)
     if not root.exists():
         raise DataError(
             f"dataset folder {root} (from {how}) does not exist. Point --data-dir or WBC_DATA_DIR "
@@ -127,7 +113,6 @@ class Manifest:
 
     def summary(self):
         """Counts of files and source cells per split and class (a DataFrame)."""
-        import pandas as pd
 
         f = self.frame
         files = f.pivot_table(index="split", columns="class", values="path", aggfunc="count", fill_value=0)
@@ -150,7 +135,6 @@ def build_manifest(data_dir: str | os.PathLike | None = None, splits: Sequence[s
     ``sources=False`` lists the files only, without their slides and cells (what rebuilding the slide
     mapping itself starts from).
     """
-    import pandas as pd
 
     images_root = find_images_root(data_dir)
     rows, skipped, seen = [], [], {}
@@ -230,9 +214,7 @@ def attach_sources(frame, images_root: Path):
     class, file name and size), ``matched`` (matched now against ``Original_Images/``, cached per file), or
     ``none`` (no mapping and no originals to match against: the file is a cell of its own).
     """
-    import pandas as pd
 
-    from . import slides
 
     mapping = slides.load_mapping()
     local = dataset_mapping(images_root)
@@ -280,7 +262,6 @@ DATASET_MAPPING_NAMES = ("slides.csv.gz", "slides.csv")
 
 def dataset_mapping(images_root: Path):
     """The slide mapping kept beside a copy of the dataset, or None."""
-    from . import slides
 
     for base in (images_root, images_root.parent, images_root.parent.parent):
         for name in DATASET_MAPPING_NAMES:
@@ -291,9 +272,7 @@ def dataset_mapping(images_root: Path):
 
 def _match_cached(rows, originals: Path):
     """Match files to slides, remembering results per (path, size, mtime) in the cache folder."""
-    import pandas as pd
 
-    from . import slides
 
     cache = default_cache_dir() / "slides_matched.csv"
     cols = ["path", "size_bytes", "mtime_ns", "slide", "score"]
@@ -311,7 +290,6 @@ def _match_cached(rows, originals: Path):
         at = merged.index[todo.to_numpy()]
         merged.loc[at, "slide"] = pd.Series(pd.array(new["slide"], dtype="Int64"), index=at)
         merged.loc[at, "score"] = pd.Series(new["score"].to_numpy(float), index=at)
-        from .artifacts import write_csv
 
         keep = known[~known["path"].isin(merged["path"])]
         write_csv(cache, pd.concat([keep, merged[cols]], ignore_index=True))
@@ -320,19 +298,17 @@ def _match_cached(rows, originals: Path):
 
 # ----------------------------------------------------------------------------- decoding
 
-def _decode(path: str, size: tuple[int, int], view: str = "full") -> np.ndarray | str:
+def decode_image(path: str, size: tuple[int, int], view: str = "full") -> np.ndarray | str:
     """Decode one image to uint8 (H, W, 3); return an error string if it cannot be read.
 
     ``view="full"`` resizes the whole field to ``size``; ``view="cell"`` resizes
     it to the native 240x320 first, then crops the white cell out of it and
     resizes the crop to ``size`` (see :mod:`wbc_utils.cellcrop`).
     """
-    from PIL import Image, UnidentifiedImageError
 
     if view == "cell":
-        from .cellcrop import crop_cell
 
-        field = _decode(path, NATIVE_SIZE)
+        field = decode_image(path, NATIVE_SIZE)
         return field if isinstance(field, str) else crop_cell(field, size)
     h, w = size
     try:
@@ -355,7 +331,7 @@ def _decode_chunk(args):
     out = np.zeros((len(paths), size[0], size[1], 3), np.uint8)
     errors = {}
     for i, p in enumerate(paths):
-        r = _decode(p, size, view)
+        r = decode_image(p, size, view)
         if isinstance(r, str):
             errors[i] = r
         else:
@@ -380,7 +356,6 @@ def decode_images(paths: Sequence[str], size: tuple[int, int], workers: int | No
         ex = None
         it = map(_decode_chunk, jobs)
     if progress:
-        from tqdm.auto import tqdm
         what = f"{size[0]}x{size[1]}" + (" (cell crops)" if view == "cell" else "")
         it = tqdm(it, total=len(jobs), desc=f"decoding {len(paths)} images at {what}", unit="chunk")
     try:
@@ -497,33 +472,6 @@ class SplitData:
         return SplitData(self.split, images, self.frame.iloc[idx].reset_index(drop=True))
 
 
-def check_view(view: str) -> str:
-    from .errors import ParameterError
-    from .params import VIEWS
-
-    if view not in VIEWS:
-        raise ParameterError(f"view={view!r} is not known; valid values: {', '.join(VIEWS)} "
-                             f"(full: the whole field resized; cell: a crop around the white cell)")
-    return view
-
-
-def check_image_size(size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
-    from .errors import ParameterError
-
-    try:
-        h, w = (int(v) for v in size)
-        if [h, w] != [v for v in size]:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be two integers [height, width], got {size!r}") from None
-    if h < 16 or w < 16:
-        raise ParameterError(f"{name}={[h, w]} is too small: the model's four 2x max-pools need at least "
-                             f"16 pixels on each side. Try [60, 80], [120, 160] or [240, 320].")
-    if h > 4 * NATIVE_SIZE[0] or w > 4 * NATIVE_SIZE[1]:
-        raise ParameterError(f"{name}={[h, w]} is larger than 4x the images' native {list(NATIVE_SIZE)}.")
-    return h, w
-
-
 def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE,
                cache_dir: str | os.PathLike | None = None, progress: bool = True, view: str = "full") -> SplitData:
     """Decode one split at ``size`` (height, width), cached on disk and keyed by size and view.
@@ -533,7 +481,6 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
     for cell crops); later calls open it as a :class:`DiskArray`, read on demand. Unreadable files are dropped with a
     warning and recorded in ``manifest.skipped``.
     """
-    from .cellcrop import CROP
 
     check_view(view)
     size = check_image_size(size)
@@ -576,7 +523,6 @@ def _record_bad(manifest: Manifest, path: str, reason: str) -> None:
 
 def stratified_subset(frame, n: int, seed: int) -> np.ndarray:
     """Indices of ``n`` rows, balanced over classes and spread over source cells."""
-    from .errors import ParameterError
 
     if n > len(frame):
         raise ParameterError(f"train_subset={n} is larger than the {len(frame)} training images available; "
@@ -604,7 +550,6 @@ def grouped_split(frame, fraction: float, seed: int) -> tuple[np.ndarray, np.nda
     image of every slide that shows a held-out cell; no cell, and so no slide,
     appears on both sides.
     """
-    from .errors import ParameterError
 
     if not 0 < fraction < 1:
         raise ParameterError(f"val_fraction must be between 0 and 1 (exclusive), got {fraction}")

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import read_json, write_json
+from .model import conv_layers
 
 
 def activation_stats(model, images) -> dict:
-    import keras
-
-    from .model import conv_layers
+    import keras  # TensorFlow: only called while a model trains
 
     convs = conv_layers(model)
     # the ReLU output of each conv: the conv itself (fused activation) or its BN->ReLU follower
@@ -45,9 +44,7 @@ def activation_stats(model, images) -> dict:
 
 
 def gradient_stats(model, images, labels, loss_fn) -> dict:
-    import tensorflow as tf
-
-    from .model import conv_layers
+    import tensorflow as tf  # only called while a model trains
 
     x = tf.convert_to_tensor(images)
     y = tf.convert_to_tensor(labels)
@@ -68,7 +65,7 @@ class Diagnostics:
         self.path, self.model, self.params, self.images, self.labels = Path(path), model, params, images, labels
 
     def __call__(self, when: str) -> dict:
-        from .losses import make_loss
+        from .losses import make_loss  # imports TensorFlow
 
         snap = activation_stats(self.model, self.images)
         snap.update(gradient_stats(self.model, self.images, self.labels,

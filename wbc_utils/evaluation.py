@@ -33,9 +33,11 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
 
 from . import CLASSES
-from .stats import Clusters, mean_interval
+from .stats import BOOT_SEED, N_BOOT, Clusters, mean_interval
 
 #: Bumped when a metric's definition changes; `python -m wbc_utils reevaluate` recomputes old runs.
 #: 4: true source cells (slides, same-cell clusters), unseen-cell scope, stratified two-stage intervals,
@@ -144,7 +146,6 @@ def constant_loss(loss: str, encoding: str, class_counts, label_smoothing: float
     Found numerically with the same formulas as :func:`wbc_utils.losses.loss_value`
     (cross-entropy on balanced classes: ln 4; integer-label MSE: the variance of the labels).
     """
-    from scipy.optimize import minimize
 
     p = np.asarray(class_counts, float)
     p = p / p.sum()
@@ -341,7 +342,6 @@ def calibration(probs, labels, cells=None, bins: int = CALIBRATION_BINS, n_boot:
     """Reliability of the predicted class's probability: per-bin confidence, accuracy and count, and the
     expected calibration error (the image-weighted mean |accuracy - confidence| over equal-width bins;
     Guo et al., 2017) with a cluster-bootstrap interval over ``cells`` (each image its own when None)."""
-    from .stats import BOOT_SEED, N_BOOT
 
     probs = np.asarray(probs, float)
     labels = np.asarray(labels)
@@ -372,7 +372,6 @@ def risk_coverage(confidence, correct, points: int = 21) -> Any:
     Ties in confidence are broken by order, so the curve is deterministic. Setting items aside at random
     would keep the overall accuracy at every coverage: that is the baseline to beat.
     """
-    import pandas as pd
 
     confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
     order = np.argsort(-confidence, kind="stable")

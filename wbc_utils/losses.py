@@ -111,3 +111,8 @@ class PaperMetric(keras.metrics.MeanMetricWrapper):
 def true_accuracy_metric():
     keras = _keras()
     return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+
+def load_keras_model(path, compile: bool = False):
+    """Open a saved model; this module registers the custom loss and metric it may name."""
+    return keras.models.load_model(path, compile=compile)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .params import ARCHS, INPUT_SCALINGS
+from .params import ARCHS, INPUT_SCALINGS, check_choice, check_image_size
 from .tfenv import import_tf
 
 #: (filters of the first conv, filters of the second conv) per block.
@@ -49,13 +49,8 @@ def paper_param_count(height: int, width: int) -> int:
 def build_model(image_size: Sequence[int] = (240, 320), arch: str = "paper", input_scaling: str = "raw",
                 name: str | None = None, width: int = 16):
     """Build the (uncompiled) Keras model. Its output is 4 raw scores (logits), float32."""
-    from .data import check_image_size
-    from .errors import ParameterError
-
-    if arch not in ARCHS:
-        raise ParameterError(f"arch={arch!r} is not known; valid values: {', '.join(ARCHS)}")
-    if input_scaling not in INPUT_SCALINGS:
-        raise ParameterError(f"input_scaling={input_scaling!r} is not known; valid values: {', '.join(INPUT_SCALINGS)}")
+    check_choice("arch", arch, ARCHS)
+    check_choice("input_scaling", input_scaling, INPUT_SCALINGS)
     h, w = check_image_size(image_size)
     import_tf()
     import keras

@@ -17,20 +17,18 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .config import original_dir as default_original_dir
+from .evaluation import evaluate_predictions
+from .model import build_model
 from .params import LOSSES, PAPER_LOSS_NAMES
+from .runs import predictions_frame
+from .tfenv import import_tf
+from .training import predict_scores
 
 LOG_LINE = re.compile(r"- loss: (?P<loss>[\d.e+-]+) - accuracy: (?P<accuracy>[\d.e+-]+) - "
                       r"val_loss: (?P<val_loss>[\d.e+-]+) - val_accuracy: (?P<val_accuracy>[\d.e+-]+)")
-
-
-def default_original_dir() -> Path:
-    env = os.environ.get("WBC_ORIGINAL_DIR")
-    if env:
-        return Path(env).expanduser()
-    from .data import REPO_ROOT
-
-    return REPO_ROOT.parent / "shared" / "seed" / "original-2020"
 
 
 def find_original(root: str | os.PathLike | None = None) -> dict:
@@ -51,8 +49,6 @@ def find_original(root: str | os.PathLike | None = None) -> dict:
 
 def parse_log(path: str | os.PathLike):
     """Per-epoch loss/accuracy/val_loss/val_accuracy from a Keras (TF 2.1) training log, as a DataFrame."""
-    import pandas as pd
-
     rows = []
     for line in Path(path).read_text(errors="replace").splitlines():
         if "ETA" in line:
@@ -73,9 +69,6 @@ def load_original_model(checkpoint: str | os.PathLike, input_scaling: str = "raw
     ``input_scaling="unit"`` feeds the same weights pixels divided by 255: the 2020 text says its images
     were normalised, and this is how to test that claim against its logged accuracy.
     """
-    from .model import build_model
-    from .tfenv import import_tf
-
     tf = import_tf()
     prefix = str(checkpoint)
     if prefix.endswith(".index"):
@@ -106,13 +99,10 @@ def rescore(loss: str, checkpoint, test, test_simple=None, batch_size: int = 32,
     cross-entropy the weights are also scored on pixels scaled to 0-1 (``test_accuracy_unit_inputs``), the
     evidence for whether the 2020 code normalised its images as its text says.
     """
-    from .evaluation import evaluate_predictions
-    from .training import _predict, predictions_frame
-
     model = load_original_model(checkpoint)
-    scores = _predict(model, test, batch_size)
-    test_pred = predictions_frame(test, scores)
-    simple_pred = predictions_frame(test_simple, _predict(model, test_simple, batch_size)) \
+    scores = predict_scores(model, test, batch_size)
+    test_pred = predictions_frame(test.frame, scores)
+    simple_pred = predictions_frame(test_simple.frame, predict_scores(model, test_simple, batch_size)) \
         if test_simple is not None else None
     final_loss = float(log["loss"].iloc[-1]) if log is not None and len(log) else None
     out = evaluate_predictions(test_pred, simple_pred, loss=loss, encoding="paper", regression=True,
@@ -123,6 +113,6 @@ def rescore(loss: str, checkpoint, test, test_simple=None, batch_size: int = 32,
     out["score_mean"] = np.asarray(scores).mean(0).tolist()
     out["score_spread_within_image"] = float(np.asarray(scores).std(1).mean())
     if loss == "crossentropy":
-        unit = _predict(load_original_model(checkpoint, input_scaling="unit"), test, batch_size)
+        unit = predict_scores(load_original_model(checkpoint, input_scaling="unit"), test, batch_size)
         out["test_accuracy_unit_inputs"] = float((np.asarray(unit).argmax(1) == test.labels).mean())
     return out

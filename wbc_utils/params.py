@@ -13,6 +13,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from . import NATIVE_SIZE
 from .errors import ParameterError
 
 LOSSES = ("crossentropy", "mse", "huber")
@@ -31,18 +32,41 @@ PAPER_LOSS_NAMES = {"crossentropy": "sparse_categorical_crossentropy", "mse": "m
                     "huber": "huber"}
 
 
-def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
+def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise ParameterError(f"{name}={value!r} is not valid; valid values: {', '.join(valid)}")
     return value
 
 
 def check_loss(loss: str) -> str:
-    return _choice("loss", loss, LOSSES)
+    return check_choice("loss", loss, LOSSES)
 
 
 def check_encoding(encoding: str) -> str:
-    return _choice("target_encoding", encoding, ENCODINGS)
+    return check_choice("target_encoding", encoding, ENCODINGS)
+
+
+def check_view(view: str) -> str:
+    if view not in VIEWS:
+        raise ParameterError(f"view={view!r} is not known; valid values: {', '.join(VIEWS)} "
+                             f"(full: the whole field resized; cell: a crop around the white cell)")
+    return view
+
+
+def check_image_size(size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """(height, width) as two integers the model can take, or a ParameterError that says what would."""
+    try:
+        h, w = (int(v) for v in size)
+        if [h, w] != [v for v in size]:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be two integers [height, width], got {size!r}") from None
+    if h < 16 or w < 16:
+        raise ParameterError(f"{name}={[h, w]} is too small: the model's four 2x max-pools need at least "
+                             f"16 pixels on each side. Try [60, 80], [120, 160] or [240, 320].")
+    if h > 4 * NATIVE_SIZE[0] or w > 4 * NATIVE_SIZE[1]:
+        raise ParameterError(f"{name}={[h, w]} is larger than 4x the images' native {list(NATIVE_SIZE)}.")
+    return h, w
 
 
 def _int(name: str, value: Any, minimum: int | None = None) -> int:
@@ -90,39 +114,51 @@ def parse_seeds(value: Any) -> list[int]:
     return [_int("seeds", v, 0) for v in value]
 
 
+def _field(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
+    """A run parameter: its default, what it does and (when it is a choice) what it accepts. The command line's
+    ``train`` options, the training notebook's parameters cell and ``--help`` are all read from these."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclasses.dataclass
 class RunParams:
     """Everything that defines one training run (the papermill parameters)."""
 
-    loss: str = "crossentropy"
-    target_encoding: str = "paper"
-    seed: int = 0
-    epochs: int = 100
-    batch_size: int = 32
-    image_size: list = dataclasses.field(default_factory=lambda: [240, 320])
-    train_subset: int = 0          # 0 = all of TRAIN
-    validation: str = "paper"      # "paper": TEST as validation (as in 2020); "grouped": held-out TRAIN cells;
-    #                                "none": all of TRAIN, no validation (TEST is only scored at the end)
-    val_fraction: float = 0.2      # share of TRAIN's source cells held out when validation="grouped"
-    learning_rate: float = 1e-3
-    arch: str = "paper"
-    input_scaling: str = "raw"
-    precision: str = "float32"
-    early_stopping_patience: int = 0  # epochs without val improvement; 0 = off (needs validation="grouped")
-    view: str = "full"             # "full": the whole field resized; "cell": a crop around the white cell
-    augment: str = "none"          # "geometric": 8 flips/rotations + shifts; "geometric+color": and stain jitter
-    lr_schedule: str = "constant"  # "cosine": decay to 1% over the run
-    label_smoothing: float = 0.0   # cross-entropy only
-    tta: bool = False              # average predictions over the 8 flips/rotations of each image
-    width: int = 16                # wbcnet: filters of its first block (doubling per block)
-    profile: str = "custom"
+    loss: str = _field("crossentropy", "the loss", LOSSES)
+    target_encoding: str = _field("paper", "paper: integer labels fed to every loss (2020); onehot: one-hot "
+                                  "targets against the softmax", ENCODINGS)
+    seed: int = _field(0, "seeds the weights, the order of batches, augmentation and the validation split")
+    epochs: int = _field(100, "epochs to train")
+    batch_size: int = _field(32, "images per batch")
+    image_size: list = _field([240, 320], "input size, height x width (e.g. 60x80)")
+    train_subset: int = _field(0, "a class-balanced subset of TRAIN of this many images; 0 = all of TRAIN")
+    validation: str = _field("paper", "paper: TEST as validation (as in 2020); grouped: held-out TRAIN cells; "
+                             "none: all of TRAIN, no validation (TEST only scored at the end)", VALIDATIONS)
+    val_fraction: float = _field(0.2, "share of TRAIN's same-cell clusters held out when validation=grouped")
+    learning_rate: float = _field(1e-3, "Adam's learning rate")
+    arch: str = _field("paper", "the model: the 2020 one, its variants he (He init) and bn (BatchNorm), "
+                       "or wbcnet", ARCHS)
+    input_scaling: str = _field("raw", "raw 0-255 pixels (2020) or unit 0-1", INPUT_SCALINGS)
+    precision: str = _field("float32", "Keras dtype policy; auto = mixed_bfloat16 where the CPU has native "
+                            "bfloat16", PRECISIONS)
+    early_stopping_patience: int = _field(0, "epochs without validation improvement before stopping; 0 = off "
+                                          "(needs validation=grouped)")
+    view: str = _field("full", "full: the whole field resized; cell: a crop around the white cell", VIEWS)
+    augment: str = _field("none", "geometric: 8 flips/rotations + shifts; geometric+color: and stain jitter",
+                          AUGMENTS)
+    lr_schedule: str = _field("constant", "cosine: decay to 1% over the run", LR_SCHEDULES)
+    label_smoothing: float = _field(0.0, "label smoothing, cross-entropy only")
+    tta: bool = _field(False, "average predictions over each image's 8 flips/rotations")
+    width: int = _field(16, "wbcnet: filters of its first block (doubling per block)")
+    profile: str = _field("custom", "the study this run belongs to (names its folder under the runs folder)")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> RunParams:
-        from .data import check_image_size
-
         check_loss(self.loss)
         check_encoding(self.target_encoding)
         self.seed = _int("seed", self.seed, 0)
@@ -136,16 +172,16 @@ class RunParams:
                 raise ParameterError(f"image_size must look like 60x80 or [60, 80], got {self.image_size!r}") from None
         self.image_size = list(check_image_size(self.image_size))
         self.train_subset = _int("train_subset", self.train_subset, 0)
-        _choice("validation", self.validation, VALIDATIONS)
+        check_choice("validation", self.validation, VALIDATIONS)
         self.val_fraction = _float("val_fraction", self.val_fraction, 0.0, 1.0)
         self.learning_rate = _float("learning_rate", self.learning_rate, 0.0, 1.0)
-        _choice("arch", self.arch, ARCHS)
-        _choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
-        _choice("precision", self.precision, PRECISIONS)
+        check_choice("arch", self.arch, ARCHS)
+        check_choice("input_scaling", self.input_scaling, INPUT_SCALINGS)
+        check_choice("precision", self.precision, PRECISIONS)
         self.early_stopping_patience = _int("early_stopping_patience", self.early_stopping_patience, 0)
-        _choice("view", self.view, VIEWS)
-        _choice("augment", self.augment, AUGMENTS)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("view", self.view, VIEWS)
+        check_choice("augment", self.augment, AUGMENTS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if isinstance(self.label_smoothing, numbers.Real) and not isinstance(self.label_smoothing, bool) \
                 and self.label_smoothing == 0:
             self.label_smoothing = 0.0
@@ -163,6 +199,12 @@ class RunParams:
         if not isinstance(self.profile, str) or not self.profile.replace("-", "").replace("_", "").isalnum():
             raise ParameterError(f"profile must be a simple name (letters, digits, - or _), got {self.profile!r}")
         return self
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """{name: default} for every parameter."""
+        return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunParams:
@@ -201,8 +243,7 @@ class RunParams:
     def same_as(self, other: dict) -> bool:
         """True when ``other`` (a params.json) describes this run; keys it lacks take their defaults,
         so runs written before a parameter existed still match."""
-        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(self)}
+        defaults = self.defaults()
         return json.loads(json.dumps(self.to_dict())) == json.loads(json.dumps({**defaults, **other}))
 
 

@@ -14,24 +14,29 @@ other microscopes, stains or cell types their output means nothing.
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import CLASSES
-from .data import IMAGE_EXTENSIONS, REPO_ROOT, _decode
-from .errors import DataError
+from .augment import dihedral, valid_views
+from .config import SHIPPED_MODEL
+from .data import IMAGE_EXTENSIONS, decode_image
+from .errors import DataError, RunExistsError
+from .evaluation import softmax
+from .runs import MODEL, Run, load_run, read_shipped, write_shipped
 
-#: The shipped model, used when no model is given.
-SHIPPED_MODEL = REPO_ROOT / "models" / "best"
 DISCLAIMER = ("Research code, not a diagnostic tool: trained on one lab's BCCD smears (320x240, four classes); "
               "its output on other images means nothing.")
 
 
 def default_model() -> Path:
-    if (SHIPPED_MODEL / "model.keras").exists():
+    if (SHIPPED_MODEL / MODEL).exists():
         return SHIPPED_MODEL
     raise DataError(f"no model given and no shipped model at {SHIPPED_MODEL}. Pass a trained run folder "
                     f"(runs/<profile>/<run>/) or a .keras file, or train one with `make report PROFILE=best`.")
@@ -57,14 +62,11 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | 
 
 def prepare(path: str, image_size: Sequence[int], view: str) -> np.ndarray | str:
     """One file as the model's input (uint8 H x W x 3), or the reason it cannot be read."""
-    return _decode(path, tuple(int(v) for v in image_size), view)
+    return decode_image(path, tuple(int(v) for v in image_size), view)
 
 
 def predict_arrays(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (N, 4) for prepared uint8 images; averaged over flips/rotations if the model used TTA."""
-    from .augment import dihedral, valid_views
-    from .evaluation import softmax
-
     images = np.asarray(images, np.uint8)
     if len(images) == 0:
         return np.zeros((0, len(CLASSES)), np.float32)
@@ -85,10 +87,6 @@ def predict_files(inputs: Iterable[str | os.PathLike], model: str | os.PathLike 
     Columns: ``file``, ``predicted``, ``confidence``, ``p_<CLASS>`` for each
     class, and ``error`` (empty when the file was classified).
     """
-    import pandas as pd
-
-    from .saliency import load_run
-
     run = run or load_run(model or default_model())
     items = expand_inputs(list(inputs))
     rows, batch, where = [], [], []
@@ -127,53 +125,30 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
                max_bytes: int = 5 * 1024 * 1024) -> Path:
     """Copy a finished run's model to ``dest`` (``models/best/`` by default) with ``model.json``: its
     parameters, its TEST figures and where it came from. Refuses to replace a different model without ``force``."""
-    import datetime
-    import hashlib
-
-    from .artifacts import atomic_path, write_json
-    from .errors import RunExistsError
-
-    run_dir, dest = Path(run_dir), Path(dest)
-    src = run_dir / "model.keras"
-    if not (run_dir / "metrics.json").exists() or not src.exists():
-        raise DataError(f"{run_dir} is not a finished run (no metrics.json or model.keras): finish it first.")
+    run, dest = Run(Path(run_dir)), Path(dest)
+    src = run.model_path
+    if run.status != "finished" or not src.exists():
+        raise DataError(f"{run.path} is not a finished run (no metrics.json or model.keras): finish it first.")
     size = src.stat().st_size
     if size > max_bytes:
         raise DataError(f"{src} is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB a shipped model may be.")
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    old = dest / "model.json"
-    if old.exists() and not force:
-        prev = read_json_safe(old)
+    try:
+        prev = read_shipped(dest)
+    except (OSError, ValueError):
+        prev = {}
+    if prev is not None and not force:
         if prev.get("source_sha256") == digest:
             return dest
         raise RunExistsError(f"{dest} already holds another model (from {prev.get('source_run', '?')}). "
                              f"Pass --force to replace it.")
-    dest.mkdir(parents=True, exist_ok=True)
-    from .artifacts import read_json
-    from .saliency import load_run
-
-    model = load_run(run_dir).model  # without the optimizer's state: a third of the size, same predictions
-    with atomic_path(dest / "model.keras") as tmp:
-        model.save(tmp)
-    shipped = dest / "model.keras"
-    size = shipped.stat().st_size
-
-    m = read_json(run_dir / "metrics.json")
+    m = run.metrics()
     keep = ("unseen_accuracy", "unseen_accuracy_ci", "unseen_cells", "test_accuracy", "test_accuracy_ci",
             "unseen_cell_accuracy", "unseen_cell_accuracy_ci", "test_simple_accuracy", "test_simple_accuracy_ci",
             "test_simple_slides", "ece", "ece_ci", "evaluation_version", "train_seconds", "software")
-    write_json(dest / "model.json", {
-        "params": read_json(run_dir / "params.json"), "metrics": {k: m.get(k) for k in keep},
-        "source_run": f"{run_dir.parent.name}/{run_dir.name}", "source_sha256": digest,
-        "sha256": hashlib.sha256(shipped.read_bytes()).hexdigest(), "bytes": size,
-        "shipped": datetime.date.today().isoformat(), "classes": list(CLASSES), "disclaimer": DISCLAIMER})
+    meta = {"params": run.params(), "metrics": {k: m.get(k) for k in keep},
+            "source_run": f"{run.path.parent.name}/{run.name}", "source_sha256": digest,
+            "shipped": datetime.date.today().isoformat(), "classes": list(CLASSES), "disclaimer": DISCLAIMER}
+    # without the optimizer's state: a third of the size, the same predictions
+    write_shipped(dest, load_run(run.path).model, meta)
     return dest
-
-
-def read_json_safe(path: Path) -> dict:
-    from .artifacts import read_json
-
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}

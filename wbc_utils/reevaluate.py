@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifacts import read_json, write_csv, write_json
-from .evaluation import EVALUATION_VERSION, evaluate_predictions
-from .runs import PREDICTION_COLUMNS, VAL_PREDICTIONS
+import numpy as np
+
+from .data import build_manifest
+from .evaluation import EVALUATION_VERSION, evaluate_predictions, validation_metrics
+from .runs import PREDICTION_COLUMNS, PREDICTIONS, VAL_PREDICTIONS, Run
 
 
 def with_sources(pred, manifest):
@@ -31,25 +33,21 @@ def with_sources(pred, manifest):
 
 def reevaluate_run(run_dir: str | Path, manifest=None, force: bool = False) -> bool:
     """Re-evaluate one finished run; returns True if its metrics.json was rewritten."""
-    import pandas as pd
-
-    run_dir = Path(run_dir)
-    mfile, pfile = run_dir / "metrics.json", run_dir / "predictions.csv"
-    if not (mfile.exists() and pfile.exists()):
+    run = Run(Path(run_dir))
+    if not (run.status == "finished" and run.has(PREDICTIONS)):
         return False
-    metrics = read_json(mfile)
+    metrics = run.metrics()
     if metrics.get("evaluation_version") == EVALUATION_VERSION and not force:
         return False
-    pred = pd.read_csv(pfile, dtype={"cell": str})
+    pred = run.predictions()
     if manifest is not None:
         pred = with_sources(pred, manifest)
-        write_csv(pfile, pred)
+        run.write_predictions(pred)
     elif "shared" not in pred.columns:
-        raise ValueError(f"{pfile} predates the slide mapping: re-evaluating it needs the dataset (--data-dir).")
+        raise ValueError(f"{run.file(PREDICTIONS)} predates the slide mapping: re-evaluating it needs the dataset "
+                         f"(--data-dir).")
     if metrics.get("train_class_counts") is None and manifest is not None:
         # runs from before the class counts were recorded: TRAIN's, so collapse is judged on both criteria
-        import numpy as np
-
         metrics["train_class_counts"] = np.bincount(manifest.split("TRAIN")["label"], minlength=4).tolist()
         metrics["train_class_counts_source"] = "manifest (all of TRAIN)"
     test, simple = pred[pred["split"] == "TEST"], pred[pred["split"] == "TEST_SIMPLE"]
@@ -62,25 +60,20 @@ def reevaluate_run(run_dir: str | Path, manifest=None, force: bool = False) -> b
                                                                      metrics.get("final_train_loss")),
                                         train_class_counts=metrics.get("train_class_counts"),
                                         label_smoothing=metrics.get("label_smoothing", 0.0)))
-    vfile = run_dir / VAL_PREDICTIONS
-    if vfile.exists():  # the lab's validation figures (with test-time augmentation when the run used it)
-        from .evaluation import validation_metrics
-
-        val = pd.read_csv(vfile, dtype={"cell": str})
+    if run.has(VAL_PREDICTIONS):  # the lab's validation figures (with test-time augmentation when the run used it)
+        val = run.predictions(name=VAL_PREDICTIONS)
         if manifest is not None:
             val = with_sources(val, manifest)
-            write_csv(vfile, val)
+            run.write_predictions(val, VAL_PREDICTIONS)
         fresh = validation_metrics(val)
         if metrics.get("tta"):
             fresh = {f"{k}_tta": v for k, v in fresh.items() if k.startswith(("val_accuracy", "val_cell_accuracy"))}
         metrics.update(fresh)
-    write_json(mfile, metrics)
+    run.write_metrics(metrics)
     return True
 
 
 def reevaluate_profile(profile_dir: str | Path, data_dir=None, force: bool = False) -> int:
     """Re-evaluate every finished run of a study; returns how many were rewritten."""
-    from .data import build_manifest
-
     manifest = build_manifest(data_dir)
     return sum(reevaluate_run(d, manifest, force) for d in sorted(Path(profile_dir).iterdir()) if d.is_dir())

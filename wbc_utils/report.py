@@ -1,45 +1,47 @@
 """Execute the report notebook against a study's artifacts, export it to HTML and PDF.
 
-* ``report/<profile>/report.ipynb``: the executed report (kept out of git);
-* ``report/<profile>/report.html``: self-contained, code hidden, no network needed;
-* ``report/<profile>/report.pdf``: nbconvert's ``webpdf`` exporter driven by the
-  system's Chromium (Debian's ``chromium`` package), never a browser download;
-* ``report/report.html`` and ``report/report.pdf``: copies of the latest.
+``make report`` writes, under ``report/<profile>/`` (git-ignored):
+
+* ``report.ipynb``: the executed report;
+* ``report.html``: self-contained, code hidden, no network needed;
+* ``report.pdf``: nbconvert's ``webpdf`` exporter driven by the system's Chromium
+  (Debian's ``chromium`` package), never a browser download;
+* ``results.json``: the headline numbers, from the same tables as the report;
+
+and copies of the latest as ``report/report.html`` and ``report/report.pdf``. The
+reports shipped with the package live apart, in ``report/shipped/<profile>/``
+(tracked), so a user's own run never modifies the checkout; the README's findings
+block is generated from the shipped ``results.json``.
 
 PDF export needs Chromium; without it the HTML is still written and the error
 says which package to install.
 """
 from __future__ import annotations
 
+import html as html_lib
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from .artifacts import atomic_path
-from .data import REPO_ROOT, output_root
+import nbformat
+import papermill as pm
+from nbconvert import HTMLExporter
+from nbconvert.exporters.webpdf import WebPDFExporter
+from playwright.async_api import BrowserType, Page
+from traitlets.config import Config
+
+from .analysis import LOSS_SHORT, PAPER_REPORTED, fmt_ci, fmt_pct
+from .artifacts import atomic_path, write_json, write_text
+from .config import README, REPORT_NOTEBOOK, SHIPPED_RESULTS, TEMPLATES, chromium, output_root, report_dir
 from .errors import WBCError
-
-REPORT_NOTEBOOK = REPO_ROOT / "report" / "report.ipynb"
-TEMPLATES = Path(__file__).resolve().parent / "templates"
-CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def find_chromium() -> str | None:
-    env = os.environ.get("WBC_CHROMIUM")
-    if env:
-        return env
-    for name in CHROMIUM_CANDIDATES:
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
+from .sections import findings
 
 
 def execute_report(profile: str, runs_root=None, out_dir: Path | None = None) -> Path:
     """Run the report notebook with papermill for ``profile``; returns the executed notebook's path."""
-    import papermill as pm
-
-    out_dir = out_dir or output_root() / "report" / profile
+    out_dir = out_dir or report_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "report.ipynb"
     with atomic_path(out) as tmp:
@@ -50,9 +52,6 @@ def execute_report(profile: str, runs_root=None, out_dir: Path | None = None) ->
 
 
 def _html_exporter(cls=None):
-    from nbconvert import HTMLExporter
-    from traitlets.config import Config
-
     c = Config()
     for name in ("HTMLExporter", "WebPDFExporter"):
         c[name].exclude_input = True
@@ -81,22 +80,16 @@ def _drop_stderr(nb, resources):
 def _with_title(nb):
     """Give the exported document the report's own title (its first heading), for the browser tab and the
     PDF's metadata."""
-    import re
-
     for cell in nb.cells:
         for o in cell.get("outputs", []):
             m = re.search(r"<h1>(.*?)</h1>", str(o.get("data", {}).get("text/html", "")), re.S)
             if m:
-                import html as _html
-
-                nb.metadata["title"] = _html.unescape(m.group(1)).strip()
+                nb.metadata["title"] = html_lib.unescape(m.group(1)).strip()
                 return nb
     return nb
 
 
 def export_html(executed: Path, out: Path) -> Path:
-    import nbformat
-
     nb = _with_title(nbformat.read(executed, as_version=4))
     body, _ = _html_exporter().from_notebook_node(nb)
     with atomic_path(out) as tmp:
@@ -105,24 +98,18 @@ def export_html(executed: Path, out: Path) -> Path:
 
 
 def _webpdf_exporter():
-    from nbconvert.exporters.webpdf import WebPDFExporter
-
     class SystemChromiumWebPDF(WebPDFExporter):
         """nbconvert's webpdf exporter, launching the system Chromium instead of a downloaded one."""
 
         def run_playwright(self, html):
-            from playwright.async_api import BrowserType
-
-            chromium = find_chromium()
-            if chromium is None:
+            binary = chromium()
+            if binary is None:
                 raise WBCError("PDF export needs Chromium: install Debian's `chromium` package "
                                "(`make setup` does, as root), or set WBC_CHROMIUM to a Chromium binary.")
-            from playwright.async_api import Page
-
             original, original_pdf = BrowserType.launch, Page.pdf
 
             async def launch(self_, *a, **kw):
-                kw.setdefault("executable_path", chromium)
+                kw.setdefault("executable_path", binary)
                 return await original(self_, *a, **kw)
 
             async def pdf(self_, *a, **kw):  # the report's CSS sets A4 and its margins
@@ -143,8 +130,6 @@ def _webpdf_exporter():
 
 
 def export_pdf(executed: Path, out: Path) -> Path:
-    import nbformat
-
     nb = _with_title(nbformat.read(executed, as_version=4))
     pdf, _ = _webpdf_exporter().from_notebook_node(nb)
     with atomic_path(out) as tmp:
@@ -154,7 +139,7 @@ def export_pdf(executed: Path, out: Path) -> Path:
 
 def build_report(profile: str, runs_root=None, pdf: bool = True) -> dict:
     """Execute and export the report; returns {"html": path, "pdf": path or None, "pdf_error": str or None}."""
-    out_dir = output_root() / "report" / profile
+    out_dir = report_dir(profile)
     executed = execute_report(profile, runs_root, out_dir)
     html = export_html(executed, out_dir / "report.html")
     _copy(html, output_root() / "report" / "report.html")
@@ -177,30 +162,23 @@ def _copy(src: Path, dst: Path) -> None:
 
 # ----------------------------------------------------------------------------- headline numbers and the README
 
-README = REPO_ROOT / "README.md"
-SHIPPED_RESULTS = REPO_ROOT / "report" / "quick" / "results.json"
 BLOCK_START = "<!-- findings:start"
 BLOCK_END = "<!-- findings:end -->"
 
 
 def write_results(profile: str, runs_root=None, out_dir: Path | None = None) -> Path:
     """Write ``report/<profile>/results.json``: the headline numbers, from the same tables as the report."""
-    from .artifacts import write_json
-    from .sections import findings
-
-    out = (out_dir or output_root() / "report" / profile) / "results.json"
+    out = (out_dir or report_dir(profile)) / "results.json"
     write_json(out, findings(profile, runs_root))
     return out
 
 
 def readme_block(results: dict) -> str:
     """The README's "what the study finds" block, written from a results.json (never by hand)."""
-    from .analysis import LOSS_SHORT, fmt_ci, fmt_pct
-
     c = results.get("counts", {})
     s = results.get("settings") or {}
-    lines = [f"{BLOCK_START} generated by `python -m wbc_utils readme` from report/{results['profile']}/results.json;"
-             " do not edit -->"]
+    lines = [f"{BLOCK_START} generated by `python -m wbc_utils readme` from "
+             f"report/shipped/{results['profile']}/results.json; do not edit -->"]
     if results.get("recipes"):
         size = "x".join(str(v) for v in s.get("image_size", []))
         lines += [f"Measured by the shipped `{results['profile']}` report ({size} pixels, {s.get('epochs')} epochs, "
@@ -208,7 +186,7 @@ def readme_block(results: dict) -> str:
                   f"also in TRAIN; 95% intervals count the seeds and the cells:", "",
                   "| loss | targets | 2020 reported | 2020 metric (ours) | true accuracy [95% CI] | all of TEST | "
                   "collapsed |", "|---|---|---|---|---|---|---|"]
-        from .analysis import PAPER_REPORTED as reported
+        reported = PAPER_REPORTED
         for r in results["recipes"]:
             same = r.get("same_runs_as") == "paper"
             lines.append(f"| {LOSS_SHORT[r['loss']]} | {'integer' if r['encoding'] == 'paper' else 'one-hot'} | "
@@ -263,10 +241,6 @@ def readme_block(results: dict) -> str:
 def update_readme(results_path: Path = SHIPPED_RESULTS, readme: Path = README, check: bool = False) -> bool:
     """Rewrite the README's findings block from ``results_path``; with ``check``, only say whether it is
     current. Returns True when the README already matched."""
-    import json
-
-    from .artifacts import write_text
-
     text = readme.read_text(encoding="utf-8")
     if BLOCK_START not in text or BLOCK_END not in text:
         raise WBCError(f"{readme} has no findings block ({BLOCK_START} ... {BLOCK_END}): add the two markers "

@@ -1,6 +1,6 @@
-"""The run folder: what one training run leaves behind, and how to read it back.
+"""The run folder and the study folder: what training leaves behind, and the only code that names those files.
 
-``runs/<profile>/<run_name>/`` holds:
+``<runs>/<profile>/<run_name>/`` (a :class:`Run`) holds:
 
 =======================  ===================================================
 ``params.json``          the run's parameters (written first)
@@ -10,73 +10,396 @@
 ``model.keras``          the trained model
 ``predictions.csv``      per TEST and TEST_SIMPLE image: source, label, prediction, raw scores
 ``val_predictions.csv``  the same on held-out TRAIN cells (grouped validation only)
+``train.log``            TensorFlow's own start-up and warning lines (kept out of the console)
 ``metrics.json``         written last: a run without it is *incomplete*
 ``train.ipynb``          the executed training notebook (studies run through papermill)
 =======================  ===================================================
 
-This module owns those names and the readers; it imports nothing heavy.
+``<runs>/<profile>/`` (a study) holds ``summary.csv`` (one row per run; written by
+:mod:`wbc_utils.study` only), ``study.json`` (the profile, timings, failures) and
+``original-2020.json`` (the 2020 weights re-scored). A shipped model
+(``models/best/``) holds ``model.keras`` and ``model.json``.
+
+Everything here reads or writes files; nothing trains. TensorFlow is imported
+only inside :func:`load_run`, which needs Keras to open a model.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import shutil
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import CLASSES
+from .artifacts import atomic_path, read_json, write_csv, write_json
+from .config import profile_dir
+from .errors import DataError, WBCError
+from .evaluation import EVALUATION_VERSION, SCORE_COLUMNS
+from .params import PROFILES, Profile
 
 PARAMS = "params.json"
 HISTORY = "history.csv"
 CHECKPOINT = "checkpoint"
+CHECKPOINT_STATE = "state.json"
 DIAGNOSTICS = "diagnostics.json"
 MODEL = "model.keras"
 PREDICTIONS = "predictions.csv"
 VAL_PREDICTIONS = "val_predictions.csv"
 METRICS = "metrics.json"
 NOTEBOOK = "train.ipynb"
+LOG = "train.log"
+#: A shipped model's description (parameters and headline metrics), beside its model.keras.
+SHIPPED_META = "model.json"
+SUMMARY = "summary.csv"
+STUDY = "study.json"
+ORIGINAL = "original-2020.json"
 
 #: The columns of ``predictions.csv`` before the scores: where each image comes from, and its label.
 PREDICTION_COLUMNS = ["split", "relpath", "class", "label", "slide", "cell", "shared"]
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "paper_metric", "val_loss", "val_accuracy", "val_paper_metric",
+                   "train_seconds", "epoch_seconds"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run's folder: paths, status, readers and (atomic) writers."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def checkpoint_model(self) -> Path:
+        return self.path / CHECKPOINT / MODEL
+
+    @property
+    def notebook_path(self) -> Path:
+        return self.path / NOTEBOOK
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def diagnostics_path(self) -> Path:
+        return self.path / DIAGNOSTICS
+
+    @property
+    def status(self) -> str:
+        """'finished' (metrics.json), 'incomplete' (started, no metrics) or 'missing'."""
+        if (self.path / METRICS).exists():
+            return "finished"
+        if (self.path / PARAMS).exists() or (self.path / NOTEBOOK).exists():
+            return "incomplete"
+        return "missing"
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    # readers
+    def params(self) -> dict:
+        return read_json(self.path / PARAMS)
+
+    def metrics(self) -> dict:
+        return read_json(self.path / METRICS)
+
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / HISTORY)
+
+    def diagnostics(self) -> dict:
+        p = self.path / DIAGNOSTICS
+        return read_json(p) if p.exists() else {}
+
+    def predictions(self, split: str | None = None, name: str = PREDICTIONS) -> pd.DataFrame:
+        """Predictions (one split, sorted by path, when ``split`` is given)."""
+        f = pd.read_csv(self.path / name, dtype={"cell": str, "relpath": str})
+        if "slide" in f.columns:
+            f["slide"] = f["slide"].astype("Int64")
+        if split is not None:
+            f = f[f["split"] == split].sort_values("relpath").reset_index(drop=True)
+        return f
+
+    def completed_epochs(self) -> int:
+        """Epochs saved in the checkpoint (0 when there is none)."""
+        p = self.path / CHECKPOINT / CHECKPOINT_STATE
+        return int(read_json(p).get("completed_epochs", 0)) if p.exists() else 0
+
+    # writers (each atomic)
+    def write_params(self, params: dict) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return write_json(self.path / PARAMS, params)
+
+    def write_metrics(self, metrics: dict) -> Path:
+        return write_json(self.path / METRICS, metrics)
+
+    def write_history(self, history: list[dict]) -> Path:
+        return write_csv(self.path / HISTORY, pd.DataFrame(history, columns=HISTORY_COLUMNS))
+
+    def write_predictions(self, frame: pd.DataFrame, name: str = PREDICTIONS) -> Path:
+        return write_csv(self.path / name, frame)
+
+    def save_model(self, model, checkpoint: bool = False) -> Path:
+        """``model.keras`` (or the checkpoint's copy, with the count of finished epochs)."""
+        dest = self.checkpoint_model if checkpoint else self.model_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            model.save(tmp)
+        return dest
+
+    def write_checkpoint(self, model, history: list[dict]) -> None:
+        """After an epoch: the model with its optimizer state, the history, and how many epochs they hold."""
+        self.save_model(model, checkpoint=True)
+        self.write_history(history)
+        write_json(self.path / CHECKPOINT / CHECKPOINT_STATE, {"completed_epochs": len(history)})
+
+    def remove_checkpoint(self) -> None:
+        shutil.rmtree(self.path / CHECKPOINT, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Remove everything but the executed notebook papermill is writing for *this* execution."""
+        for p in self.path.iterdir():
+            if p.name == NOTEBOOK:
+                continue
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
     """'finished' (metrics.json), 'incomplete' (started, no metrics) or 'missing'."""
-    run_dir = Path(run_dir)
-    if (run_dir / METRICS).exists():
-        return "finished"
-    if (run_dir / PARAMS).exists() or (run_dir / NOTEBOOK).exists():
-        return "incomplete"
-    return "missing"
+    return Run(Path(run_dir)).status
 
 
 def read_predictions(run_dir: str | os.PathLike, split: str | None = None, name: str = PREDICTIONS):
     """A run's predictions (one split, sorted by path, when ``split`` is given) as a DataFrame."""
-    import pandas as pd
-
-    f = pd.read_csv(Path(run_dir) / name, dtype={"cell": str, "relpath": str})
-    if "slide" in f.columns:
-        f["slide"] = f["slide"].astype("Int64")
-    if split is not None:
-        f = f[f["split"] == split].sort_values("relpath").reset_index(drop=True)
-    return f
+    return Run(Path(run_dir)).predictions(split, name)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:
-    from .artifacts import read_json
-
-    return read_json(Path(run_dir) / METRICS)
+    return Run(Path(run_dir)).metrics()
 
 
 def read_params(run_dir: str | os.PathLike) -> dict:
-    from .artifacts import read_json
-
-    return read_json(Path(run_dir) / PARAMS)
+    return Run(Path(run_dir)).params()
 
 
 def read_history(run_dir: str | os.PathLike):
-    import pandas as pd
-
-    return pd.read_csv(Path(run_dir) / HISTORY)
+    return Run(Path(run_dir)).history()
 
 
 def read_diagnostics(run_dir: str | os.PathLike) -> dict:
-    from .artifacts import read_json
+    return Run(Path(run_dir)).diagnostics()
 
-    p = Path(run_dir) / DIAGNOSTICS
-    return read_json(p) if p.exists() else {}
+
+def predictions_frame(frame: pd.DataFrame, scores) -> pd.DataFrame:
+    """One row per image of ``frame`` (a split's manifest rows): its source (slide, same-cell cluster, shared with
+    TRAIN), label, predicted class and the four raw scores: the rows of ``predictions.csv``."""
+    f = frame[PREDICTION_COLUMNS].copy()
+    scores = np.asarray(scores)
+    f["pred"] = scores.argmax(1) if len(scores) else np.zeros(0, int)
+    for i, c in enumerate(SCORE_COLUMNS):
+        f[c] = scores[:, i] if len(scores) else np.zeros(0)
+    return f
+
+
+# ----------------------------------------------------------------------------- models: runs and shipped ones
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A trained model and how its inputs are prepared."""
+
+    model: object
+    params: dict
+    path: Path
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.params.get("image_size", (240, 320)))
+
+    @property
+    def view(self) -> str:
+        return self.params.get("view", "full")
+
+    @property
+    def tta(self) -> bool:
+        return bool(self.params.get("tta", False))
+
+    @property
+    def name(self) -> str:
+        return self.params.get("run_name") or self.path.name
+
+
+def is_model_path(path: str | os.PathLike) -> bool:
+    """True for a .keras file or a folder holding model.keras (a finished run, a shipped model)."""
+    p = Path(path).expanduser()
+    return p.suffix == ".keras" or (p.is_dir() and (p / MODEL).exists())
+
+
+def model_params(folder: Path) -> dict | None:
+    """The parameters a model was trained with: ``model.json`` (a shipped model) or ``params.json`` (a run)."""
+    for name in (SHIPPED_META, PARAMS):
+        if (folder / name).exists():
+            meta = read_json(folder / name)
+            return meta.get("params", meta)
+    return None
+
+
+def load_run(path: str | os.PathLike) -> LoadedRun:
+    """Load ``model.keras`` and its parameters from a run folder, a shipped-model folder or a .keras file."""
+    path = Path(path).expanduser()
+    model_file = path / MODEL if path.is_dir() else path
+    if not model_file.exists():
+        hint = ("it holds no model.keras: is the run finished? (a run folder without metrics.json is not)"
+                if path.is_dir() else "the file does not exist")
+        raise DataError(f"cannot load a model from {path}: {hint}.")
+    params = model_params(model_file.parent)
+    if params is None:
+        raise DataError(f"{model_file.parent} has no params.json or model.json: without it the input size and "
+                        f"view the model expects are unknown. Point at a run folder or at models/best/.")
+    # Keras (and so TensorFlow, seconds to import) only when a model is really opened; the losses module
+    # registers the custom loss and metric the saved model names.
+    from .losses import load_keras_model
+
+    return LoadedRun(load_keras_model(model_file), params, model_file.parent)
+
+
+def write_shipped(dest: Path, model, meta: dict) -> Path:
+    """A shipped model folder: ``model.keras`` saved atomically, then ``model.json`` (``meta`` with the model
+    file's size and SHA-256), so a folder with both is complete."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest / MODEL) as tmp:
+        model.save(tmp)
+    data = (dest / MODEL).read_bytes()
+    write_json(dest / SHIPPED_META, {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    return dest / MODEL
+
+
+def read_shipped(dest: Path) -> dict | None:
+    p = dest / SHIPPED_META
+    return read_json(p) if p.exists() else None
+
+
+# ----------------------------------------------------------------------------- the study folder
+
+def study_record(profile: str, runs_root=None) -> dict | None:
+    p = profile_dir(profile, runs_root) / STUDY
+    return read_json(p) if p.exists() else None
+
+
+def write_study_record(profile: str, record: dict, runs_root=None) -> Path:
+    return write_json(profile_dir(profile, runs_root) / STUDY, record)
+
+
+def original_record(profile: str, runs_root=None) -> dict | None:
+    """The 2020 weights re-scored by a study (``original-2020.json``), or None."""
+    p = profile_dir(profile, runs_root) / ORIGINAL
+    return read_json(p) if p.exists() else None
+
+
+def original_path(profile: str, runs_root=None) -> Path:
+    return profile_dir(profile, runs_root) / ORIGINAL
+
+
+def summary_path(profile: str, runs_root=None) -> Path:
+    return profile_dir(profile, runs_root) / SUMMARY
+
+
+#: Per-run figures copied from metrics.json into summary.csv (intervals as <key>_lo, <key>_hi).
+SUMMARY_INTERVALS = ("unseen_accuracy", "test_accuracy", "unseen_cell_accuracy", "test_cell_accuracy",
+                     "test_simple_accuracy")
+SUMMARY_VALUES = ("paper_metric_test", "test_regression_accuracy", "final_train_accuracy", "final_train_paper_metric",
+                  "final_val_accuracy", "final_val_paper_metric", "final_train_loss", "constant_loss",
+                  "train_loss_vs_constant", "output_spread", "collapsed", "top_class_share", "held_from_epoch", "ece",
+                  "train_seconds", "images_per_second", "evaluation_version")
+SUMMARY_COLUMNS = (
+    ["run_name", "status", "role", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
+     "validation", "image_size", "epochs", "train_subset"]
+    + [f"{k}{x}" for k in SUMMARY_INTERVALS for x in ("", "_lo", "_hi")] + list(SUMMARY_VALUES)
+    + [f"recall_{c}" for c in CLASSES] + [f"cells_{c}" for c in CLASSES] + ["error", "run_dir"])
+
+
+def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
+    run = Run(run_dir)
+    status = run.status
+    row = {"run_name": run.name, "status": "failed" if error else status, "error": error or "",
+           "run_dir": str(run_dir), "role": "main"}
+    if run.has(PARAMS):
+        p = run.params()
+        if profile is not None and not profile.is_main(p):
+            row["role"] = "control"
+        row.update({k: p.get(k) for k in ("loss", "target_encoding", "seed", "arch", "input_scaling",
+                                           "learning_rate", "validation", "epochs", "train_subset")})
+        row["image_size"] = "x".join(str(v) for v in p.get("image_size", []))
+    if status == "finished":
+        m = run.metrics()
+        for k in SUMMARY_INTERVALS:
+            row[k] = m.get(k)
+            row[f"{k}_lo"], row[f"{k}_hi"] = m.get(f"{k}_ci") or [None, None]
+        for k in SUMMARY_VALUES:
+            row[k] = m.get(k)
+        for c, v in m.get("per_class", {}).items():
+            row[f"recall_{c}"] = v.get("recall")
+            row[f"cells_{c}"] = v.get("cells")
+    return row
+
+
+def profile_of(name: str, study: dict | None) -> Profile | None:
+    """The profile a study ran with: as recorded in study.json, else the named built-in one."""
+    settings = (study or {}).get("profile_settings")
+    if settings:
+        fields = {f.name for f in dataclasses.fields(Profile)}
+        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") else v)
+              for k, v in settings.items() if k in fields}
+        return Profile(**kw)
+    return PROFILES.get(name)
+
+
+def summary_frame(profile: str, runs_root=None, failed: dict | None = None) -> pd.DataFrame:
+    """One row per run directory of a study (finished, failed or incomplete), read from its artifacts."""
+    pdir = profile_dir(profile, runs_root)
+    study = study_record(profile, runs_root) or {}
+    failed = failed or {r["run_name"]: r["error"] for r in study.get("runs", []) if r.get("error")}
+    prof = profile_of(profile, study)
+    rows = [summary_row(d, failed.get(d.name), prof) for d in sorted(pdir.iterdir())
+            if d.is_dir() and ((d / PARAMS).exists() or d.name in failed)]
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def is_stale(run_dir: Path) -> bool:
+    """True when a finished run's metrics were computed with an older evaluation definition."""
+    return Run(run_dir).metrics().get("evaluation_version") != EVALUATION_VERSION
+
+
+def load_runs(profile: str, runs_root=None):
+    """(summary DataFrame, {run_name: metrics}, {run_name: history DataFrame}) for the analysis. Reads only."""
+    pdir = profile_dir(profile, runs_root)
+    if not pdir.exists():
+        raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
+    summary = summary_frame(profile, runs_root)
+    stale = [r.run_name for r in summary.itertuples()
+             if r.status == "finished" and r.evaluation_version != EVALUATION_VERSION]
+    if stale:
+        raise WBCError(f"{len(stale)} run(s) of {pdir} were evaluated with an older definition (e.g. {stale[0]}): "
+                       f"run `python -m wbc_utils reevaluate --profile {profile}` (or `make report`, which does).")
+    metrics, histories = {}, {}
+    for row in summary.itertuples():
+        run = Run(Path(row.run_dir))
+        if row.status == "finished":
+            metrics[row.run_name] = run.metrics()
+        if run.has(HISTORY):
+            histories[row.run_name] = run.history()
+    return summary, metrics, histories

@@ -12,71 +12,16 @@ parameters that say how its inputs were prepared.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
 import numpy as np
+import pandas as pd
 
 from . import CLASSES
-from .artifacts import read_json
-from .errors import DataError
+from .evaluation import SCORE_COLUMNS, softmax
+from .predict import predict_arrays
+from .runs import LoadedRun, load_run, predictions_frame
 
-
-@dataclasses.dataclass
-class LoadedRun:
-    """A trained model and how its inputs are prepared."""
-
-    model: object
-    params: dict
-    path: Path
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.params.get("image_size", (240, 320)))
-
-    @property
-    def view(self) -> str:
-        return self.params.get("view", "full")
-
-    @property
-    def tta(self) -> bool:
-        return bool(self.params.get("tta", False))
-
-    @property
-    def name(self) -> str:
-        return self.params.get("run_name") or self.path.name
-
-
-def load_run(path: str | os.PathLike) -> LoadedRun:
-    """Load ``model.keras`` and its parameters from a run folder, a shipped-model folder or a .keras file.
-
-    The parameters come from ``params.json`` (a run) or ``model.json`` (a shipped model) beside it.
-    """
-    from .tfenv import import_tf
-
-    path = Path(path).expanduser()
-    model_file = path / "model.keras" if path.is_dir() else path
-    if not model_file.exists():
-        hint = ("it holds no model.keras: is the run finished? (a run folder without metrics.json is not)"
-                if path.is_dir() else "the file does not exist")
-        raise DataError(f"cannot load a model from {path}: {hint}.")
-    meta = None
-    for name in ("model.json", "params.json"):
-        if (model_file.parent / name).exists():
-            meta = read_json(model_file.parent / name)
-            break
-    if meta is None:
-        raise DataError(f"{model_file.parent} has no params.json or model.json: without it the input size and "
-                        f"view the model expects are unknown. Point at a run folder or at models/best/.")
-    params = meta.get("params", meta)
-    import_tf()
-    import keras
-
-    from . import losses  # noqa: F401  (registers the custom loss and metric)
-
-    model = keras.models.load_model(model_file, compile=False)
-    return LoadedRun(model, params, model_file.parent)
+__all__ = ["LoadedRun", "load_run", "grad_cam", "first_layer_filters", "activations", "confidently_wrong",
+           "examples_per_class", "score_split"]
 
 
 def last_conv_layer(model) -> str:
@@ -101,7 +46,7 @@ def grad_cam(model, images: np.ndarray, class_index=None, layer: str | None = No
 
     ``class_index`` (int or one per image) picks the class explained; by default the predicted one.
     """
-    import keras
+    import keras  # TensorFlow only when a model is explained
     import tensorflow as tf
 
     layer = layer or last_conv_layer(model)
@@ -160,12 +105,8 @@ def confidently_wrong(predictions, k: int = 12, split: str = "TEST", one_per_cel
     ``one_per_cell``, a source cell appears once (its worst copy): otherwise one
     misread cell fills the gallery with its augmented copies.
     """
-    import pandas as pd
-
-    from .evaluation import softmax
-
     p = predictions[predictions["split"] == split].copy()
-    prob = softmax(p[[f"score_{c}" for c in CLASSES]].to_numpy(float))
+    prob = softmax(p[SCORE_COLUMNS].to_numpy(float))
     p["confidence"] = prob.max(1)
     p["predicted"] = [CLASSES[i] for i in prob.argmax(1)]
     wrong = p[p["predicted"] != p["class"]].sort_values("confidence", ascending=False)
@@ -176,8 +117,6 @@ def confidently_wrong(predictions, k: int = 12, split: str = "TEST", one_per_cel
 
 def examples_per_class(predictions, split: str = "TEST", seed: int = 0):
     """For each class: one correctly and one wrongly classified image (when any), as predictions.csv rows."""
-    import pandas as pd
-
     p = predictions[predictions["split"] == split]
     rng = np.random.default_rng(seed)
     rows = []
@@ -194,13 +133,5 @@ def examples_per_class(predictions, split: str = "TEST", seed: int = 0):
 
 def score_split(run, split_data):
     """A predictions.csv-like DataFrame for a decoded split, scored now (for shipped models, which have none)."""
-    from .predict import predict_arrays
-
     probs = predict_arrays(run, np.asarray(split_data.images))
-    from .runs import PREDICTION_COLUMNS
-
-    f = split_data.frame[PREDICTION_COLUMNS].copy()
-    f["pred"] = probs.argmax(1)
-    for i, c in enumerate(CLASSES):
-        f[f"score_{c}"] = np.log(np.maximum(probs[:, i], 1e-12))
-    return f.reset_index(drop=True)
+    return predictions_frame(split_data.frame, np.log(np.maximum(probs, 1e-12))).reset_index(drop=True)

@@ -19,17 +19,36 @@ import base64
 import dataclasses
 import datetime
 import html
+import inspect
 import io
 import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import mistune
 import numpy as np
+import pandas as pd
+from IPython.display import HTML, display
+from scipy.stats import mannwhitneyu
 
-from . import CLASSES
+from . import CLASSES, beyond
 from . import analysis as an
 from .analysis import fmt_ci, fmt_diff, fmt_p, fmt_pct
+from .beyond import lab_and_final
+from .config import profile_dir
+from .data import build_manifest
+from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
+from .figures import data as data_figures
+from .figures import final as final_figures
+from .figures import model as model_figures
+from .figures import study as study_figures
+from .figures.study import RECIPES
+from .model import build_model, paper_param_count
 from .params import LOSS_TITLES
+from .runs import load_runs, original_record, read_diagnostics, read_metrics, read_predictions, study_record
+from .saliency import examples_per_class, load_run
+from .slides import find_originals, load_pairs
 
 #: Links the report cites.
 LINKS = {
@@ -77,14 +96,10 @@ STYLE = """<style>
 
 
 def _md(text: str) -> str:
-    import mistune
-
     return mistune.html(text)
 
 
 def _fig_html(fig, width: float = 100.0) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
@@ -123,8 +138,6 @@ class Doc:
         self._heading = f"<h{level}>{html.escape(text)}</h{level}>"
 
     def md(self, text: str) -> None:
-        import inspect
-
         self._emit(_md(inspect.cleandoc(text)))
 
     def raw(self, block: str) -> None:
@@ -213,7 +226,6 @@ class Report:
 
     def show(self, name: str) -> None:
         """Display one section (in a notebook; exported HTML and PDF keep it)."""
-        from IPython.display import HTML, display
 
         body = self.doc.html(name)
         if name == "title":
@@ -227,30 +239,23 @@ class Report:
     # ------------------------------------------------------------------ loading
 
     def _load(self, loss_profile: str) -> None:
-        from .artifacts import read_json
-        from .beyond import lab_and_final
-        from .data import build_manifest
-        from .study import load_runs, profile_dir
-
         d = self.data
         root = self.runs_root
         d["manifest"] = build_manifest()
-        study_file = profile_dir(self.profile, root) / "study.json"
-        settings = (read_json(study_file) if study_file.exists() else {}).get("profile_settings", {})
+        settings = (study_record(self.profile, root) or {}).get("profile_settings", {})
         if settings.get("arch") == "wbcnet":  # a best-profile report: the loss study beside it is another profile's
             self.best_profile = self.profile
-            quick = profile_dir("quick", root) / "study.json"
-            self.profile = loss_profile or ("quick" if quick.exists() else "")
-        d["has_losses"] = bool(self.profile) and (profile_dir(self.profile, root) / "study.json").exists()
+            self.profile = loss_profile or ("quick" if study_record("quick", root) is not None else "")
+        d["has_losses"] = bool(self.profile) and study_record(self.profile, root) is not None
         if d["has_losses"]:
             pdir = profile_dir(self.profile, root)
             allruns, metrics, histories = load_runs(self.profile, root)
             d.update(pdir=pdir, allruns=allruns, metrics=metrics, histories=histories,
                      summary=allruns[allruns.role == "main"], controls=allruns[allruns.role == "control"])
-            study = read_json(pdir / "study.json")
+            study = study_record(self.profile, root)
             d["study"] = study
             d["settings"] = study.get("profile_settings", {})
-            d["orig"] = read_json(pdir / "original-2020.json") if (pdir / "original-2020.json").exists() else None
+            d["orig"] = original_record(self.profile, root)
             d["groups"] = an.group_table(d["summary"])
             d["paired"] = an.paired_table(d["summary"])
             d["encoding"] = an.encoding_effect(d["summary"])
@@ -258,11 +263,10 @@ class Report:
             d["any_metrics"] = next(iter(metrics.values()), {})
         d["collapse"] = None
         if self.collapse_profile and self.collapse_profile != self.profile and \
-                (profile_dir(self.collapse_profile, root) / "study.json").exists():
+                study_record(self.collapse_profile, root) is not None:
             c_all, _, c_hist = load_runs(self.collapse_profile, root)
             d["collapse"] = {"allruns": c_all, "histories": c_hist, "table": an.collapse_table(c_all),
-                             "settings": read_json(profile_dir(self.collapse_profile, root) / "study.json")
-                             .get("profile_settings", {})}
+                             "settings": study_record(self.collapse_profile, root).get("profile_settings", {})}
         elif d["has_losses"] and self.profile == self.collapse_profile:
             d["collapse"] = {"allruns": d["allruns"], "histories": d["histories"],
                              "table": an.collapse_table(d["allruns"]), "settings": d["settings"]}
@@ -337,7 +341,6 @@ class Report:
         c = self.counts()
         sw = (d.get("any_metrics") or {}).get("software", {})
         if not sw and d.get("has_best"):
-            from .runs import read_metrics
 
             sw = read_metrics(d["best"]["final_runs"].iloc[0].run_dir).get("software", {})
         title = ("Loss functions for white-blood-cell classification: the 2020 study, reproduced and corrected"
@@ -436,7 +439,6 @@ class Report:
         d, doc = self.data, self.doc
         if not d["has_losses"]:
             return
-        import pandas as pd
 
         doc.h(2, "What the 2020 report claimed, and what stands")
         ce, mse, hub = self.orig_row("crossentropy"), self.orig_row("mse"), self.orig_row("huber")
@@ -500,7 +502,6 @@ class Report:
         if not d["has_losses"]:
             return
         s = d["settings"]
-        from .model import build_model, paper_param_count
 
         size = s.get("image_size", [240, 320])
         n_params = build_model(size).count_params()
@@ -541,8 +542,6 @@ class Report:
         doc.md("\n".join(f"- {t}" for t in items))
 
     def _s_intro(self) -> None:
-        from .model import paper_param_count
-
         doc = self.doc
         c = self.counts()
         doc.h(2, "1. The 2020 study, from its own text and artefacts")
@@ -571,11 +570,6 @@ class Report:
                f"pixels ({fmt_pct(ce['unit_inputs_accuracy'])})." if ce and ce.get("unit_inputs_accuracy") == ce.get("unit_inputs_accuracy") else ""))
 
     def _s_data(self) -> None:
-        import pandas as pd
-
-        from . import figures_data
-        from .slides import find_originals, load_pairs
-
         d, doc = self.data, self.doc
         c = self.counts()
         man = d["manifest"]
@@ -604,17 +598,17 @@ class Report:
         # the sources this report's dataset was given (the shipped mapping, a dataset's own, or matched now)
         mapping = man.frame.rename(columns={"match_score": "score"})[["split", "class", "file", "slide", "score"]]
         if originals is not None:
-            doc.figure(figures_data.slide_and_copies_figure(mapping, man.images_root, originals),
+            doc.figure(data_figures.slide_and_copies_figure(mapping, man.images_root, originals),
                        "One original slide (left) and some of the augmented images made from it. A model that has "
                        "seen one of these has, for the purpose of an accuracy, seen them all.", width=85)
         if (man.frame["class"] == "NEUTROPHIL").any() and man.frame["k"].notna().any():
-            doc.figure(figures_data.kgroup_figure(mapping, man.images_root),
+            doc.figure(data_figures.kgroup_figure(mapping, man.images_root),
                        "The images of one `(class, k)` group of TRAIN (file names `_<k>_<n>.jpeg`), titled with the "
                        "slide each comes from: the `k` in a file name is not a source cell. An earlier version of this "
                        "package grouped by it; every interval, split and cell-level figure now uses the slides.", width=80)
         pairs = load_pairs()
         if originals is not None and len(pairs):
-            doc.figure(figures_data.overlap_figure(pairs, originals),
+            doc.figure(data_figures.overlap_figure(pairs, originals),
                        f"Original slides that photograph overlapping fields ({len(pairs)} pairs; "
                        f"{int(pairs['same_cell'].sum())} show the same white cell, marked). Such slides are one "
                        "independent cell, and some of them sit on both sides of the TRAIN/TEST split.")
@@ -635,8 +629,6 @@ class Report:
         d, doc = self.data, self.doc
         if not d["has_losses"]:
             return
-        from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
-        from .model import build_model, paper_param_count
 
         s = d["settings"]
         size = s.get("image_size", [240, 320])
@@ -688,9 +680,7 @@ class Report:
         d, doc = self.data, self.doc
         if not d["has_losses"]:
             return
-        import pandas as pd
 
-        from . import figures
 
         doc.h(2, "4. Results")
         doc.h(3, "4.1 The paper's numbers against ours")
@@ -712,7 +702,7 @@ class Report:
                           "TEST_SIMPLE, per distinct slide": fmt_ci(getattr(r, "simple", np.nan),
                                                                     getattr(r, "simple_lo", np.nan),
                                                                     getattr(r, "simple_hi", np.nan))})
-        n = max((self.seeds(l, e) for l, e in figures.RECIPES), default=0)
+        n = max((self.seeds(l, e) for l, e in study_figures.RECIPES), default=0)
         doc.table(pd.DataFrame(rows), f"Accuracy per loss and target encoding, pooled over seeds ({n} per setting), "
                   "with 95% intervals over seeds and cells. *2020 reported*: what the 2020 report stated; *2020 metric, "
                   "ours*: what its code would print for our runs (mean over seeds, all of TEST). *Unseen cells*: TEST "
@@ -729,17 +719,17 @@ class Report:
             if d["summary"][(d["summary"].loss == loss) & (d["summary"].target_encoding == "paper")].empty:
                 continue
             log = pd.DataFrame(orig["logs"][loss]) if orig and loss in orig.get("logs", {}) else None
-            doc.figure(figures.curves_figure(d["summary"], d["histories"], loss, log),
+            doc.figure(study_figures.curves_figure(d["summary"], d["histories"], loss, log),
                        f"{LOSS_TITLES[loss]}, integer labels as in 2020 (the paper's Figure {n_}). Left: the "
                        "accuracy as the 2020 code printed it; right: the true accuracy. Blue: training; red: "
                        "validation (TEST). Faint lines: single seeds; bold: their mean" +
                        ("; dashed: the 2020 run's own log." if log is not None else "."))
-        doc.figure(figures.comparison_figure(d["summary"], d["histories"]),
+        doc.figure(study_figures.comparison_figure(d["summary"], d["histories"]),
                    "True validation (TEST) accuracy per epoch for each loss and encoding: the line is the mean over "
                    "seeds, the shaded band the range from the lowest to the highest seed. With one-hot targets the "
                    "2020 metric equals the true accuracy, so a single panel per encoding says everything.")
         doc.h(3, "4.3 Confusion matrices")
-        doc.figure(figures.confusion_figure(d["metrics"], d["summary"]),
+        doc.figure(study_figures.confusion_figure(d["metrics"], d["summary"]),
                    "Confusion matrices on TEST's unseen cells, images summed over seeds. Each row is divided by the "
                    "number of images of its true class (rows sum to 1): the diagonal is each class's recall.")
         self._results_original()
@@ -750,7 +740,6 @@ class Report:
 
     def _results_original(self) -> None:
         d, doc = self.data, self.doc
-        import pandas as pd
 
         doc.h(3, "4.4 The 2020 models, re-scored")
         orig = d["orig"]
@@ -817,7 +806,6 @@ class Report:
 
     def _results_pairs(self) -> None:
         d, doc = self.data, self.doc
-        import pandas as pd
 
         doc.h(3, "4.6 Does one loss beat another?")
         pt = d["paired"]
@@ -832,9 +820,7 @@ class Report:
 
     def _results_per_class(self) -> None:
         d, doc = self.data, self.doc
-        import pandas as pd
 
-        from .figures import RECIPES
 
         rows = []
         for loss, enc in RECIPES:
@@ -855,10 +841,7 @@ class Report:
 
     def _results_collapse(self) -> None:
         d, doc = self.data, self.doc
-        import pandas as pd
 
-        from . import figures
-        from .runs import read_diagnostics
 
         doc.h(3, "4.8 Collapse to a constant output")
         col = d.get("collapse")
@@ -888,7 +871,7 @@ class Report:
         src = col if col is not None else {"allruns": d["allruns"], "histories": d["histories"]}
         runs = src["allruns"]
         both = pd.concat([d["allruns"], runs], ignore_index=True) if separate and d["has_losses"] else runs
-        doc.figure(figures.collapse_map_figure(both),
+        doc.figure(study_figures.collapse_map_figure(both),
                    "The one collapse definition, applied to every run" + (" of both studies" if both is not runs else "")
                    + ": each run's final training loss relative to the best constant prediction's, against how much "
                    "its outputs vary across TEST images relative to the targets. A run is *collapsed* in the shaded "
@@ -896,7 +879,7 @@ class Report:
                    "learn sit low and to the right; runs above 1 did worse than a constant (diverged).")
         ce = runs[(runs.loss == "crossentropy") & (runs.target_encoding == "paper") & (runs.status == "finished")]
         diags = {r.run_name: read_diagnostics(r.run_dir) for r in ce.itertuples()}
-        doc.figure(figures.collapse_figure(ce, src["histories"], diags),
+        doc.figure(study_figures.collapse_figure(ce, src["histories"], diags),
                    "Cross-entropy runs with integer labels" + (" of the collapse study" if separate else "")
                    + ". Left: training loss per epoch, one colour per setting; a collapsed run sits on ln 4, the loss "
                    "of a constant output. Right: the share of each convolution's ReLU outputs that are 0 on a fixed "
@@ -905,8 +888,6 @@ class Report:
         self._collapse_evidence(ce, diags)
 
     def _collapse_evidence(self, ce, diags: dict) -> None:
-        from scipy.stats import mannwhitneyu
-
         doc = self.doc
         col = ce[ce.collapsed == True].run_name.tolist()  # noqa: E712
         ok = ce[ce.collapsed != True].run_name.tolist()  # noqa: E712
@@ -1002,9 +983,6 @@ class Report:
         """)
 
     def _s_beyond(self) -> None:
-        from . import beyond as bm
-        from . import figures_inside as fi
-
         d, doc = self.data, self.doc
         best = d["best"]
         doc.h(2, "7. Beyond the paper: a from-scratch model, chosen without touching TEST")
@@ -1015,9 +993,9 @@ class Report:
             return
         doc.md("The 2020 report concluded that its architecture was ill-suited to the task. This section shows how "
                "much better a small network of today's design does, trained from scratch on the same images.\n\n"
-               + bm.methods_markdown(best))
+               + beyond.methods_markdown(best))
         doc.h(3, "7.1 Lab notebook: every candidate, scored on held-out TRAIN cells")
-        doc.table(bm.lab_frame(best), "Each candidate design trained once (seed 0) on 80% of TRAIN's same-cell "
+        doc.table(beyond.lab_frame(best), "Each candidate design trained once (seed 0) on 80% of TRAIN's same-cell "
                   "clusters and scored on the other 20%; sorted by validation accuracy. Intervals resample the "
                   "held-out cells. Negative results stay in.")
         lines = [f"- {x}" for x in best["decisions"]]
@@ -1028,16 +1006,16 @@ class Report:
                          + f". {'It is used in the final runs.' if best['chosen'].get('tta') else 'The final runs do not use it.'}")
         doc.md("\n".join(lines))
         doc.h(3, "7.2 The final model on TEST")
-        doc.table(bm.final_frame(best), "The kept design trained on all of TRAIN, once per seed; TEST scored once. "
+        doc.table(beyond.final_frame(best), "The kept design trained on all of TRAIN, once per seed; TEST scored once. "
                   "Per-seed and ensemble intervals count the cells (each is one classifier); the seed-pooled row "
                   "counts the seeds and the cells. "
                   "*Cells, by vote*: unseen TEST cells, one vote each. *TEST_SIMPLE slides*: one image per distinct "
                   "slide. Calibration is in section 7.4; training took "
                   f"{best['seeds']['train_minutes'].mean():.1f} minutes per model on average.")
-        doc.md(bm.verdict_markdown(best))
+        doc.md(beyond.verdict_markdown(best))
         doc.h(3, "7.3 Confusion matrices, and the cells it still gets wrong")
         cms = best["confusions"]
-        doc.figure(fi.confusion_pair_figure(cms["image"], cms["cell"], len(best["final_runs"])),
+        doc.figure(final_figures.confusion_pair_figure(cms["image"], cms["cell"], len(best["final_runs"])),
                    "The final models on TEST's unseen cells, summed over seeds. Colour: the share of the row (each "
                    "true class's row sums to 1); number: the count. Left: images; right: cells, one vote each.")
         w = best["wrong_cells"]
@@ -1047,27 +1025,25 @@ class Report:
                        f"- cell {r['cell']} ({r['class'].lower()}) read as {r['voted'].lower()}: "
                        f"{r['seeds_wrong_majority']} by vote, {r['seeds_wrong_simple']} on TEST_SIMPLE"
                        + (" (also in TRAIN)" if r["shared"] else "") for r in w.to_dict("records")))
-            doc.figure(fi.wrong_cells_figure(w, d["manifest"], tuple(best["chosen"]["image_size"]),
+            doc.figure(final_figures.wrong_cells_figure(w, d["manifest"], tuple(best["chosen"]["image_size"]),
                                              best["chosen"].get("view", "full")),
                        "Each misread cell's un-augmented TEST_SIMPLE image and the input the model saw.")
         doc.h(3, "7.4 Calibration, and abstaining on the least confident cells")
-        doc.figure(fi.reliability_figure(best["pooled_probs"], best["pooled_labels"], best["pooled_cells"]),
+        doc.figure(final_figures.reliability_figure(best["pooled_probs"], best["pooled_labels"], best["pooled_cells"]),
                    f"Reliability on TEST's unseen images ([Guo et al., 2017]({LINKS['guo2017']})): confidence "
                    "against accuracy in 10 equal-width bins, one line per seed, with each seed's ECE and its "
                    "interval over cells; below, how many images (all seeds) fall in each bin.", width=62)
-        doc.figure(fi.risk_coverage_figure(best["risk_coverage"]),
+        doc.figure(final_figures.risk_coverage_figure(best["risk_coverage"]),
                    "Risk-coverage: accuracy on the cells kept when the least confident are set aside first (the same "
                    "vote as the cell accuracy; confidence = the mean probability of the voted class). Dashed: what "
                    "setting cells aside at random keeps.", width=62)
-        doc.md(bm.calibration_markdown(best))
+        doc.md(beyond.calibration_markdown(best))
         doc.h(3, "7.5 What it looks at")
-        from .runs import read_predictions
-        from .saliency import examples_per_class, load_run
 
         r0 = best["final_runs"].iloc[0]
         brun = load_run(r0.run_dir)
         ex = examples_per_class(read_predictions(r0.run_dir))
-        doc.figure(fi.gradcam_figure(brun, ex, fi.images_for(ex, fi.run_split(brun, "TEST")), per_row=3),
+        doc.figure(model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, model_figures.run_split(brun, "TEST")), per_row=3),
                    "Grad-CAM of the first seed's model for one right and one wrong TEST image per class (where "
                    "there is one): red marks where the evidence for the predicted class lies.")
 
@@ -1098,7 +1074,6 @@ class Report:
 
     def _s_appendix(self) -> None:
         d, doc = self.data, self.doc
-        import pandas as pd
 
         if d["has_losses"]:
             doc.h(2, "Appendix A: every run")

@@ -62,7 +62,6 @@ and :func:`load_pairs`. Rebuilding (about 4.5 minutes with 2 processes) gives by
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gzip
 import io
@@ -71,20 +70,25 @@ import multiprocessing
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pandas as pd
+from scipy import ndimage
+from tqdm.auto import tqdm
 
+from .artifacts import atomic_path
+from .cellcrop import WINDOW, locate_cell, stain_map
+from .config import RESOURCES
 from .errors import DataError
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
 #: Shipped per-image mapping (one row per file under images/).
 MAPPING_FILE = RESOURCES / "slides.csv.gz"
 #: Shipped table of overlapping original slides.
@@ -172,7 +176,7 @@ def find_reference_dir(images_root: Path) -> Path | None:
     return next((b for b in _bases(images_root) if (b / REFERENCE_FILES[0]).is_file()), None)
 
 
-def _slide_files(originals_dir: Path) -> list[tuple[int, Path]]:
+def slide_files(originals_dir: Path) -> list[tuple[int, Path]]:
     out = {}
     for p in sorted(Path(originals_dir).iterdir()):
         m = SLIDE_RE.match(p.name)
@@ -187,7 +191,6 @@ def class_slides(labels_csv: Path | None) -> dict[str, frozenset[int]]:
     """{class: slides whose labels.csv category names it} (multi-label slides count for each class named)."""
     if labels_csv is None:
         return {}
-    import pandas as pd
 
     try:
         f = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
@@ -206,7 +209,6 @@ def class_slides(labels_csv: Path | None) -> dict[str, frozenset[int]]:
 @contextlib.contextmanager
 def _cv_threads(n: int = 1) -> Iterator[None]:
     """Run OpenCV with ``n`` threads inside the block (results must not depend on the machine's threads)."""
-    import cv2
 
     before = cv2.getNumThreads()
     cv2.setNumThreads(n)
@@ -216,9 +218,8 @@ def _cv_threads(n: int = 1) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _read(path: str | os.PathLike, color: bool = False) -> np.ndarray | None:
+def read_image(path: str | os.PathLike, color: bool = False) -> np.ndarray | None:
     """Decode an image file with OpenCV (grey, or BGR); None when it cannot be read. Never raises."""
-    import cv2
 
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
@@ -234,7 +235,6 @@ def _read(path: str | os.PathLike, color: bool = False) -> np.ndarray | None:
 
 def _to_work(img: np.ndarray) -> np.ndarray:
     """Resize to :data:`WORK_SIZE` (area averaging when shrinking, bilinear when enlarging)."""
-    import cv2
 
     h, w = img.shape[:2]
     if (w, h) == WORK_SIZE:
@@ -248,7 +248,6 @@ _SIFT = None
 
 def _features(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SIFT keypoint positions (n, 2) float32 and descriptors (n, 128) float32 (both empty when none)."""
-    import cv2
 
     global _SIFT
     if _SIFT is None:
@@ -261,7 +260,6 @@ def _features(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _ratio_matches(qdesc: np.ndarray, tdesc: np.ndarray) -> list[tuple[int, int]]:
     """(query index, train index) of the matches that pass Lowe's ratio test (exact, BFMatcher)."""
-    import cv2
 
     if len(qdesc) < 2 or len(tdesc) < 2:
         return []
@@ -289,7 +287,6 @@ def _ncc(query: np.ndarray, ref: np.ndarray, m: np.ndarray) -> tuple[float, floa
     Both are grey 320x240; ``m`` maps ref -> query coordinates. The valid region is where the warped ref has
     data (the augmentation's fill is excluded), eroded by 2 pixels at 160x120 to drop the fill's edge.
     """
-    import cv2
 
     warped = cv2.warpAffine(ref, m, WORK_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     cover = cv2.warpAffine(np.full(ref.shape, 255, np.uint8), m, WORK_SIZE, flags=cv2.INTER_NEAREST)
@@ -308,7 +305,6 @@ def _ncc(query: np.ndarray, ref: np.ndarray, m: np.ndarray) -> tuple[float, floa
 
 def _ecc(query: np.ndarray, ref: np.ndarray, m: np.ndarray) -> np.ndarray | None:
     """Refine ``m`` (ref -> query, 320x240) by ECC at 160x120 over the valid region; None if it fails."""
-    import cv2
 
     mh = _half(m)
     q = cv2.resize(query, NCC_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -363,12 +359,10 @@ class Slide:
 
 def _describe_slide(item: tuple[int, str]) -> Slide | str:
     """Worker: read and describe one original slide (an error string if it cannot be read)."""
-    import cv2
 
-    from .cellcrop import locate_cell
 
     number, path = item
-    bgr = _read(path, color=True)
+    bgr = read_image(path, color=True)
     if bgr is None:
         return f"cannot read original slide {path}"
     bgr = _to_work(bgr)
@@ -392,7 +386,6 @@ class SlideSet:
 
     def index(self, allowed: frozenset[int] | None):
         """(FLANN matcher, owner slide of each indexed descriptor) over ``allowed`` slides (None: all)."""
-        import cv2
 
         key = None if allowed is None else frozenset(allowed) & frozenset(self.slides)
         if key not in self._index:
@@ -423,7 +416,7 @@ def _fingerprint(files: list[tuple[int, Path]]) -> tuple:
 
 def load_slides(originals_dir: Path, jobs: int | None = None, progress: bool = True) -> SlideSet:
     """Read and describe every original slide (cached in the process for an unchanged folder)."""
-    files = _slide_files(originals_dir)
+    files = slide_files(originals_dir)
     key = _fingerprint(files)
     if key not in _SLIDESETS:
         results = _run(_describe_slide, [(n, str(p)) for n, p in files], jobs, progress,
@@ -442,7 +435,6 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(state: dict) -> None:
-    import cv2
 
     cv2.setNumThreads(1)
     _STATE.clear()
@@ -471,7 +463,6 @@ def _run(fn: Callable, items: list, jobs: int | None, progress: bool, desc: str,
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc=desc, unit="item", file=sys.stderr)
     out: list = []
@@ -526,7 +517,6 @@ def _candidates(qdesc: np.ndarray, slides: SlideSet, allowed: frozenset[int] | N
 
 def _fit(qpts: np.ndarray, qdesc: np.ndarray, slide: Slide) -> tuple[np.ndarray | None, int]:
     """Affine transform slide -> image from ratio-test matches with both orientations of the slide (RANSAC)."""
-    import cv2
 
     src, dst = [], []
     for o in (0, 1):
@@ -566,7 +556,7 @@ def _match_file(item: tuple[str, str | None]) -> tuple[int | None, float]:
     """Worker: match one file; an unreadable file gives (None, nan), never an exception."""
     path, cls = item
     try:
-        gray = _read(path)
+        gray = read_image(path)
         if gray is None:
             return None, float("nan")
         allowed = _STATE["classes"].get(str(cls).strip().upper()) if cls else None
@@ -586,7 +576,6 @@ def match_images(paths: Sequence[str], classes: Sequence[str | None], originals_
     the file cannot be read) and ``score`` (the NCC of the verified match, rounded to 4 decimals; NaN
     without a match).
     """
-    import pandas as pd
 
     paths = [str(p) for p in paths]
     classes = list(classes)
@@ -604,7 +593,6 @@ def match_images(paths: Sequence[str], classes: Sequence[str | None], originals_
 def _compare_slide(a: int) -> list[dict]:
     """Worker: compare slide ``a`` with every higher-numbered slide; the pairs that overlap."""
     slides: SlideSet = _STATE["slides"]
-    import cv2
 
     sa = slides.slides[a]
     out = []
@@ -630,12 +618,9 @@ def _compare_slide(a: int) -> list[dict]:
 
 def _smoothed_stain(number: int, originals_dir: Path) -> np.ndarray:
     """The smoothed stain map that :func:`wbc_utils.cellcrop.locate_cell` maximises, of a slide at 240x320."""
-    import cv2
-    from scipy import ndimage
 
-    from .cellcrop import WINDOW, stain_map
 
-    bgr = _to_work(_read(dict(_slide_files(originals_dir))[number], color=True))
+    bgr = _to_work(read_image(dict(slide_files(originals_dir))[number], color=True))
     return ndimage.uniform_filter(stain_map(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), WINDOW, mode="constant")
 
 
@@ -655,8 +640,6 @@ def find_slide_pairs(originals_dir: Path, jobs: int | None = None, progress: boo
     Returns a DataFrame with columns ``slide_a < slide_b``, ``ncc`` (over the overlap), ``overlap_frac``
     (fraction of the field the other slide covers), ``inliers`` (RANSAC) and ``same_cell`` (bool), sorted.
     """
-    import cv2
-    import pandas as pd
 
     originals_dir = Path(originals_dir)
     slides = load_slides(originals_dir, jobs, progress)
@@ -707,16 +690,12 @@ def same_cell_clusters(slides: Iterable[int], pairs, only_same_cell: bool = True
 
 # ----------------------------------------------------------------------------- the mapping
 
-def build_mapping(data_dir: str | os.PathLike | None = None, jobs: int | None = None, progress: bool = True):
-    """(mapping, pairs) for every image of the dataset at ``data_dir`` (else WBC_DATA_DIR, else the default).
+def build_mapping(manifest, jobs: int | None = None, progress: bool = True):
+    """(mapping, pairs) for every image of a dataset's manifest (:func:`wbc_utils.data.build_manifest` with
+    ``sources=False``: its ``frame`` and ``images_root``).
 
     ``mapping`` has the columns of :data:`MAPPING_COLUMNS`, sorted by split, class and file.
     """
-    import pandas as pd
-
-    from .data import build_manifest
-
-    manifest = build_manifest(data_dir, sources=False)
     originals = find_originals(manifest.images_root)
     if originals is None:
         raise DataError(f"no original slides beside {manifest.images_root}: expected Original_Images/ (or the "
@@ -748,7 +727,7 @@ def _tidy_mapping(mapping):
     return m.sort_values(["split", "class", "file"], kind="mergesort").reset_index(drop=True)
 
 
-def _mapping_bytes(mapping) -> bytes:
+def mapping_bytes(mapping) -> bytes:
     """The mapping as gzip-compressed CSV, byte-identical for identical content (no name or time in the header)."""
     text = _tidy_mapping(mapping).to_csv(index=False, float_format="%.4f", lineterminator="\n")
     buf = io.BytesIO()
@@ -757,18 +736,17 @@ def _mapping_bytes(mapping) -> bytes:
     return buf.getvalue()
 
 
-def _pairs_bytes(pairs) -> bytes:
+def pairs_bytes(pairs) -> bytes:
     p = pairs[list(PAIR_COLUMNS)].copy().sort_values(["slide_a", "slide_b"], kind="mergesort")
     return p.to_csv(index=False, float_format="%.4f", lineterminator="\n").encode()
 
 
 def write_mapping(mapping, pairs, dest_dir: Path = MAPPING_FILE.parent) -> tuple[Path, Path]:
     """Write ``slides.csv.gz`` and ``slide_pairs.csv`` into ``dest_dir`` atomically and deterministically."""
-    from .artifacts import atomic_path
 
     dest_dir = Path(dest_dir)
     out = (dest_dir / MAPPING_FILE.name, dest_dir / PAIRS_FILE.name)
-    for path, data in zip(out, (_mapping_bytes(mapping), _pairs_bytes(pairs))):
+    for path, data in zip(out, (mapping_bytes(mapping), pairs_bytes(pairs))):
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     return out
@@ -780,7 +758,6 @@ def load_mapping(path: Path = MAPPING_FILE):
     Key: (split, class, file). ``slide``, ``cell`` and ``overlap`` are Int64 (<NA> for an image that matched
     no slide). Raises DataError naming the file when it is missing or malformed.
     """
-    import pandas as pd
 
     path = Path(path)
     if not path.is_file():
@@ -806,7 +783,6 @@ def load_mapping(path: Path = MAPPING_FILE):
 
 def load_pairs(path: Path = PAIRS_FILE):
     """The overlapping slide pairs: columns ``slide_a, slide_b, ncc, overlap_frac, inliers, same_cell``."""
-    import pandas as pd
 
     path = Path(path)
     if not path.is_file():
@@ -854,7 +830,6 @@ def compare_with_reference(mapping, pairs, reference_dir: Path) -> dict:
     missing on either side, pair precision and recall (all pairs and same-cell pairs), whether the same-cell
     and overlap partitions of the used slides are equal, and the cluster counts on both sides.
     """
-    import pandas as pd
 
     reference_dir = Path(reference_dir)
     ref = pd.read_csv(reference_dir / REFERENCE_FILES[0])
@@ -924,76 +899,3 @@ def format_comparison(c: dict) -> str:
         lines.append(f"clusters named differently (slide, reference, here): {c['cluster_names_differing']}")
     lines.append(f"reference counts: {c['reference_counts']}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- command line
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``slides`` to the ``python -m wbc_utils`` sub-commands."""
-    p = subparsers.add_parser(
-        "slides", help="derive each image's original slide and the same-cell clusters (rebuild the shipped mapping)",
-        description="Match every image to its original slide (SIFT, affine fit, NCC) and group slides that show "
-        "the same white cell; write wbc_utils/resources/slides.csv.gz and slide_pairs.csv (or --out). Needs the "
-        "original slides (Original_Images/) beside the dataset. Exit status 1 when --check finds a difference "
-        "or a differing file would be overwritten without --force.")
-    p.add_argument("--data-dir", default=None, help="dataset root (default: $WBC_DATA_DIR, else data/blood-cells/)")
-    p.add_argument("--jobs", type=int, default=None, help=f"worker processes (default {default_jobs()})")
-    p.add_argument("--out", default=None, help=f"folder to write into (default: {MAPPING_FILE.parent})")
-    p.add_argument("--check", action="store_true", help="recompute and compare with the shipped files; write nothing")
-    p.add_argument("--force", action="store_true", help="overwrite files that differ from the new ones")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    p.set_defaults(func=cmd_slides)
-    return p
-
-
-def _row_differences(old_bytes: bytes, new_bytes: bytes) -> str:
-    old = gzip.decompress(old_bytes).decode().splitlines()
-    new = gzip.decompress(new_bytes).decode().splitlines()
-    changed = len(set(old) ^ set(new))
-    return f"{len(old)} rows before, {len(new)} now, {changed} lines differ"
-
-
-def cmd_slides(args) -> int:
-    """``python -m wbc_utils slides``: rebuild (or --check) the shipped mapping; print counts and agreement."""
-    from .data import find_images_root
-
-    t0 = time.perf_counter()
-    mapping, pairs = build_mapping(args.data_dir, jobs=args.jobs, progress=True)
-    elapsed = time.perf_counter() - t0
-    counts = cluster_counts(mapping)
-    unmatched = int(mapping["slide"].isna().sum())
-    print(f"{len(mapping):,} images matched in {elapsed:.0f} s; {unmatched} without a verified slide; "
-          f"score min {mapping['score'].min():.4f}, median {mapping['score'].median():.4f}")
-    for split in ("TRAIN", "TEST", "TEST_SIMPLE"):
-        if f"{split}_slides" in counts:
-            n = int((mapping["split"] == split).sum())
-            print(f"  {split:11s} {n:6,} files, {counts[split + '_slides']:3d} slides, "
-                  f"{counts[split + '_cells']:3d} same-cell clusters")
-    print(f"  cells in both TRAIN and TEST: {counts['shared_cells']} ({counts['shared_test_images']} TEST images)")
-    print(f"  overlapping slide pairs: {len(pairs)}, {int(pairs['same_cell'].sum())} showing the same cell")
-    ref_dir = find_reference_dir(find_images_root(args.data_dir))
-    if ref_dir is not None:
-        print(format_comparison(compare_with_reference(mapping, pairs, ref_dir)))
-    new = {MAPPING_FILE.name: _mapping_bytes(mapping), PAIRS_FILE.name: _pairs_bytes(pairs)}
-    dest = Path(args.out) if args.out else MAPPING_FILE.parent
-    if args.check:
-        differ = []
-        for name, data in new.items():
-            path = dest / name
-            if not path.is_file():
-                differ.append(f"{path}: missing")
-            elif path.read_bytes() != data:
-                detail = _row_differences(path.read_bytes(), data) if name.endswith(".gz") else "content differs"
-                differ.append(f"{path}: {detail}")
-        for d in differ:
-            print(f"DIFFERS {d}", file=sys.stderr)
-        print("check: the shipped files are reproduced exactly" if not differ else "check: FAILED")
-        return 1 if differ else 0
-    differing = [dest / n for n, d in new.items() if (dest / n).is_file() and (dest / n).read_bytes() != d]
-    if differing and not args.force:
-        print(f"refusing to overwrite {', '.join(map(str, differing))}: the new result differs from the file "
-              f"there. Pass --force to replace it, or --out DIR to write elsewhere.", file=sys.stderr)
-        return 1
-    for path in write_mapping(mapping, pairs, dest):
-        print(f"wrote {path}")
-    return 0

@@ -1,51 +1,79 @@
 """A study: every run of a profile, each executed as the training notebook with papermill.
 
-``runs/<profile>/<run_name>/`` holds each run (see :mod:`wbc_utils.training`);
-``runs/<profile>/summary.csv`` has one row per run, finished or not;
-``runs/<profile>/study.json`` records the profile, timings and failures;
-``runs/<profile>/original-2020.json`` holds the re-scored 2020 models.
+The study folder's files (``summary.csv``, ``study.json``, ``original-2020.json``) and each run's are named
+in :mod:`wbc_utils.runs`; this module is the only writer of ``summary.csv``.
 
 A failing run does not stop the others: the study carries on, then exits
-non-zero listing what failed, and the report marks those runs.
+non-zero listing what failed (with the failing cell's full output), and the
+report marks those runs. While runs train, one line per finished epoch shows
+which run, its epoch, loss and accuracy, and the time elapsed and left.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import CLASSES
-from .artifacts import read_json, write_csv, write_json
-from .data import REPO_ROOT
-from .errors import RunExistsError, WBCError
+import numpy as np
+import papermill as pm
+
+from .artifacts import write_csv, write_json
+from .config import THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
+from .data import build_manifest, load_split
+from .errors import RunExistsError
 from .evaluation import EVALUATION_VERSION
+from .original import find_original, parse_log, rescore
 from .params import Profile, RunParams
-from .runs import run_status
+from .reevaluate import reevaluate_run
+from .runs import (
+    NOTEBOOK,
+    Run,
+    is_stale,
+    load_runs,  # noqa: F401,E402,I001  TEMPORARY for notebook.py (helper); remove
+    original_path,
+    original_record,
+    read_history,
+    study_record,
+    summary_frame,
+    summary_path,
+    write_study_record,
+)
+from .training import epoch_line
 
 log = logging.getLogger(__name__)
 
-TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "03_training.ipynb"
+
+class _KernelNoise(logging.Filter):
+    """jupyter_client's start-up warnings (a local kernel over TCP without encryption, per run): not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without encryption" not in record.getMessage()
 
 
-def default_runs_root() -> Path:
-    env = os.environ.get("WBC_RUNS_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT / "runs"
-
-
-def profile_dir(profile: str, runs_root=None) -> Path:
-    return Path(runs_root or default_runs_root()) / profile
+def _quiet_papermill() -> None:
+    for name in ("papermill", "traitlets", "jupyter_client", "nbclient", "NotebookClient"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _KernelNoise) for f in lg.filters):
+            lg.addFilter(_KernelNoise())
+    logging.getLogger("papermill").setLevel(logging.WARNING)
 
 
 def execute_run(params: RunParams, run_dir: Path, data_dir=None, reuse: bool = False, force: bool = False,
-                log_output: bool = True) -> None:
-    """Execute the training notebook for one run; its executed copy is ``run_dir/train.ipynb``."""
-    import papermill as pm
+                log_output: bool = False) -> None:
+    """Execute the training notebook for one run; its executed copy is ``run_dir/train.ipynb``.
 
+    ``log_output`` streams the notebook's own output; by default the study's progress display reports the
+    run instead, and a failure's full output is raised (and printed by :func:`run_study`).
+    """
+    _quiet_papermill()
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = {**params.to_dict(), "output_dir": str(run_dir), "data_dir": str(data_dir or ""),
                   "reuse": reuse, "force": force}
-    pm.execute_notebook(str(TRAIN_NOTEBOOK), str(run_dir / "train.ipynb"), parameters=parameters,
+    pm.execute_notebook(str(TRAIN_NOTEBOOK), str(run_dir / NOTEBOOK), parameters=parameters,
                         cwd=str(TRAIN_NOTEBOOK.parent), log_output=log_output, progress_bar=False,
                         kernel_name="python3")
 
@@ -55,20 +83,86 @@ def plan(profile: Profile, runs_root=None, reuse: bool = False,
     """Each run with its directory and what will happen to it; raises before any work if a run is in the way."""
     out, blocked = [], []
     for p in profile.runs():
-        d = profile_dir(profile.name, runs_root) / p.run_name
-        status = run_status(d)
+        run = Run(profile_dir(profile.name, runs_root) / p.run_name)
+        status = run.status
         if status == "finished" and not force:
-            same = p.same_as(read_json(d / "params.json"))
+            same = p.same_as(run.params())
             if reuse and same:
-                out.append((p, d, "reuse"))
+                out.append((p, run.path, "reuse"))
                 continue
-            blocked.append(f"{d}" + ("" if same else " (different parameters)"))
-        out.append((p, d, "resume" if status == "incomplete" and not force else "train"))
+            blocked.append(f"{run.path}" + ("" if same else " (different parameters)"))
+        out.append((p, run.path, "resume" if status == "incomplete" and not force else "train"))
     if blocked:
         raise RunExistsError("finished runs are in the way:\n  " + "\n  ".join(blocked) +
                              "\nPass --reuse to keep them (make report does), --force to retrain them, "
                              "or remove the folders.")
     return out
+
+
+class Progress:
+    """The study's one progress display: a line when a run starts, ends or fails, and one per finished epoch
+    of every run in flight (read from its ``history.csv``, so it works for notebooks run by papermill)."""
+
+    def __init__(self, total: int, poll: float = 2.0, printer=print) -> None:
+        self.total, self.poll, self.print = total, poll, printer
+        self.done = 0
+        self.active: dict[str, tuple[RunParams, Path, int]] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="wbc-study-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            self.print(text, flush=True)
+
+    def start(self, i: int, params: RunParams, run_dir: Path, action: str) -> None:
+        seen = len(self._history(run_dir)) if action == "resume" else 0
+        with self.lock:
+            self.active[params.run_name] = (params, run_dir, seen)
+        self.say(f"[{i}/{self.total}] {params.run_name}: {action}" +
+                 (f" after epoch {seen} of {params.epochs}" if action == "resume" and seen else ""))
+
+    def end(self, params: RunParams, seconds: float, error: str | None = None) -> None:
+        self._check(params.run_name)
+        with self.lock:
+            self.active.pop(params.run_name, None)
+            self.done += 1
+            done = self.done
+        status = f"FAILED: {error}" if error else f"finished in {seconds:.0f} s"
+        self.say(f"    {params.run_name} {status} ({done}/{self.total} runs done)")
+
+    @staticmethod
+    def _history(run_dir: Path) -> list[dict]:
+        try:
+            return read_history(run_dir).to_dict("records")
+        except (OSError, ValueError):  # not written yet, or being replaced
+            return []
+
+    def _check(self, name: str) -> None:
+        with self.lock:
+            item = self.active.get(name)
+        if item is None:
+            return
+        params, run_dir, seen = item
+        hist = self._history(run_dir)
+        for row in hist[seen:]:
+            self.say(f"    {params.run_name}  {epoch_line(row, params.epochs, hist[: int(row['epoch'])])}")
+        with self.lock:
+            if name in self.active:
+                self.active[name] = (params, run_dir, max(seen, len(hist)))
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.poll):
+            for name in list(self.active):
+                self._check(name)
 
 
 def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = False, force: bool = False,
@@ -78,19 +172,14 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     ``jobs`` runs that many notebooks at once (default: the profile's); each
     then gets ``cpu_count // jobs`` TensorFlow threads.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    _absolute_env()  # the notebooks run with notebooks/ as their working directory
+    absolute_env()  # the notebooks run with notebooks/ as their working directory
     runs_root = Path(runs_root).resolve() if runs_root else None
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     pdir = profile_dir(profile.name, runs_root)
     pdir.mkdir(parents=True, exist_ok=True)
     steps = plan(profile, runs_root, reuse, force)
-    stale = [d for _, d, action in steps if action == "reuse" and _stale(d)]
+    stale = [d for _, d, action in steps if action == "reuse" and is_stale(d)]
     if stale:  # a reused run is counted with today's definitions, never yesterday's
-        from .data import build_manifest
-        from .reevaluate import reevaluate_run
-
         manifest = build_manifest(data_dir)
         for d in stale:
             print(f"re-evaluating {d.name} (its metrics predate evaluation version {EVALUATION_VERSION})", flush=True)
@@ -98,31 +187,40 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     jobs = max(1, int(jobs or profile.jobs))
     record = {"profile": profile.name, "profile_settings": _profile_dict(profile), "jobs": jobs, "runs": [],
               "failed": []}
-    prev = read_json(pdir / "study.json") if (pdir / "study.json").exists() else None
-    write_json(pdir / "study.json", {**record, "in_progress": True})
+    prev = study_record(profile.name, runs_root)
+    write_study_record(profile.name, {**record, "in_progress": True}, runs_root)
     t0 = time.time()
     if jobs > 1:
-        os.environ["WBC_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        os.environ[THREADS] = str(max(1, (os.cpu_count() or 1) // jobs))
+    reused = sum(action == "reuse" for _, _, action in steps)
+    if reused:
+        print(f"{reused} of {len(steps)} runs already finished with the same parameters: reused", flush=True)
 
-    def one(i_step):
+    def one(i_step, progress: Progress):
         i, (p, d, action) = i_step
-        print(f"[{i}/{len(steps)}] {p.run_name}: {action}", flush=True)
-        t = time.time()
         entry = {"run_name": p.run_name, "action": action}
-        if action != "reuse":
-            try:
-                execute_run(p, d, data_dir, reuse=False, force=force, log_output=jobs == 1)
-            except Exception as e:  # a failing run must not stop the others
-                entry["error"] = _short_error(e)
-                print(f"    {p.run_name} FAILED: {entry['error']}", flush=True)
+        if action == "reuse":
+            entry["seconds"] = 0.0
+            with progress.lock:
+                progress.done += 1
+            return entry
+        progress.start(i, p, d, action)
+        t = time.time()
+        try:
+            execute_run(p, d, data_dir, reuse=False, force=force)
+        except Exception as e:  # a failing run must not stop the others
+            entry["error"] = _short_error(e)
+            progress.say(f"    {p.run_name}: the training notebook failed ({d / NOTEBOOK} holds its output):\n"
+                         + _indent(str(e)))
         entry["seconds"] = round(time.time() - t, 1)
+        progress.end(p, entry["seconds"], entry.get("error"))
         return entry
 
     try:
-        with ThreadPoolExecutor(jobs) as ex:
-            record["runs"] = list(ex.map(one, enumerate(steps, 1)))
+        with Progress(len(steps)) as progress, ThreadPoolExecutor(jobs) as ex:
+            record["runs"] = list(ex.map(lambda step: one(step, progress), enumerate(steps, 1)))
     finally:
-        os.environ.pop("WBC_THREADS", None) if jobs > 1 else None
+        os.environ.pop(THREADS, None) if jobs > 1 else None
     record["failed"] = [e["run_name"] for e in record["runs"] if "error" in e]
     record["train_wall_seconds"] = round(time.time() - t0, 1)
     if rescore:
@@ -135,28 +233,15 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     summarize(profile.name, runs_root, failed={r["run_name"]: r.get("error") for r in record["runs"] if "error" in r})
     if prev and not prev.get("in_progress"):
         record["previous"] = {k: v for k, v in prev.items() if k != "previous"}
-    write_json(pdir / "study.json", record)
+    write_study_record(profile.name, record, runs_root)
     return record
 
 
-def _stale(run_dir: Path) -> bool:
-    return read_json(run_dir / "metrics.json").get("evaluation_version") != EVALUATION_VERSION
-
-
-PATH_VARIABLES = ("WBC_DATA_DIR", "WBC_RUNS_DIR", "WBC_CACHE_DIR", "WBC_OUTPUT_DIR", "WBC_ORIGINAL_DIR")
-
-
-def _absolute_env() -> None:
-    """Make relative path settings absolute, as the user meant them from their working directory."""
-    for name in PATH_VARIABLES:
-        v = os.environ.get(name)
-        if v and not os.path.isabs(os.path.expanduser(v)):
-            os.environ[name] = str(Path(v).expanduser().resolve())
+def _indent(text: str, pad: str = "      ") -> str:
+    return "\n".join(pad + line for line in text.strip().splitlines())
 
 
 def _profile_dict(profile: Profile) -> dict:
-    import dataclasses
-
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(profile).items()}
 
 
@@ -168,93 +253,18 @@ def _short_error(e: BaseException) -> str:
     return f"{name}: {lines[-1] if lines else ''}"[:500]
 
 
-#: Per-run figures copied from metrics.json into summary.csv (intervals as <key>_lo, <key>_hi).
-SUMMARY_INTERVALS = ("unseen_accuracy", "test_accuracy", "unseen_cell_accuracy", "test_cell_accuracy",
-                     "test_simple_accuracy")
-SUMMARY_VALUES = ("paper_metric_test", "test_regression_accuracy", "final_train_accuracy", "final_train_paper_metric",
-                  "final_val_accuracy", "final_val_paper_metric", "final_train_loss", "constant_loss",
-                  "train_loss_vs_constant", "output_spread", "collapsed", "top_class_share", "held_from_epoch", "ece",
-                  "train_seconds", "images_per_second", "evaluation_version")
-SUMMARY_COLUMNS = (
-    ["run_name", "status", "role", "loss", "target_encoding", "seed", "arch", "input_scaling", "learning_rate",
-     "validation", "image_size", "epochs", "train_subset"]
-    + [f"{k}{x}" for k in SUMMARY_INTERVALS for x in ("", "_lo", "_hi")] + list(SUMMARY_VALUES)
-    + [f"recall_{c}" for c in CLASSES] + [f"cells_{c}" for c in CLASSES] + ["error", "run_dir"])
-
-
-def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
-    status = run_status(run_dir)
-    row = {"run_name": run_dir.name, "status": "failed" if error else status, "error": error or "",
-           "run_dir": str(run_dir), "role": "main"}
-    if (run_dir / "params.json").exists():
-        p = read_json(run_dir / "params.json")
-        if profile is not None and not profile.is_main(p):
-            row["role"] = "control"
-        row.update({k: p.get(k) for k in ("loss", "target_encoding", "seed", "arch", "input_scaling",
-                                           "learning_rate", "validation", "epochs", "train_subset")})
-        row["image_size"] = "x".join(str(v) for v in p.get("image_size", []))
-    if status == "finished":
-        m = read_json(run_dir / "metrics.json")
-        for k in SUMMARY_INTERVALS:
-            row[k] = m.get(k)
-            row[f"{k}_lo"], row[f"{k}_hi"] = m.get(f"{k}_ci") or [None, None]
-        for k in SUMMARY_VALUES:
-            row[k] = m.get(k)
-        for c, v in m.get("per_class", {}).items():
-            row[f"recall_{c}"] = v.get("recall")
-            row[f"cells_{c}"] = v.get("cells")
-    return row
-
-
-def summary_frame(profile: str, runs_root=None, failed: dict | None = None):
-    """One row per run directory of a study (finished, failed or incomplete), read from its artifacts."""
-    import pandas as pd
-
-    pdir = profile_dir(profile, runs_root)
-    failed = failed or {}
-    study = read_json(pdir / "study.json") if (pdir / "study.json").exists() else {}
-    if not failed:
-        failed = {r["run_name"]: r["error"] for r in study.get("runs", []) if r.get("error")}
-    prof = _profile_of(profile, study)
-    rows = [summary_row(d, failed.get(d.name), prof) for d in sorted(pdir.iterdir())
-            if d.is_dir() and (d / "params.json").exists() or (d.is_dir() and d.name in failed)]
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
 def summarize(profile: str, runs_root=None, failed: dict | None = None):
     """Write runs/<profile>/summary.csv from every run directory there; returns the DataFrame."""
     frame = summary_frame(profile, runs_root, failed)
-    write_csv(profile_dir(profile, runs_root) / "summary.csv", frame)
+    write_csv(summary_path(profile, runs_root), frame)
     return frame
-
-
-def _profile_of(name: str, study: dict) -> Profile | None:
-    """The profile a study ran with: as recorded in study.json, else the named built-in one."""
-    import dataclasses
-
-    from .params import PROFILES
-
-    settings = study.get("profile_settings")
-    if settings:
-        fields = {f.name for f in dataclasses.fields(Profile)}
-        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") else v)
-              for k, v in settings.items() if k in fields}
-        return Profile(**kw)
-    return PROFILES.get(name)
 
 
 def rescore_original(profile: Profile, runs_root=None, data_dir=None, original_dir=None) -> dict:
     """Re-score the 2020 weights on ``profile.rescore_split`` at 240x320; cached in original-2020.json."""
-    from .data import build_manifest, load_split
-    from .original import find_original, parse_log, rescore
-
-    pdir = profile_dir(profile.name, runs_root)
-    out_path = pdir / "original-2020.json"
     found = find_original(original_dir)
-    if out_path.exists():
-        from .evaluation import EVALUATION_VERSION
-
-        cached = read_json(out_path)
+    cached = original_record(profile.name, runs_root)
+    if cached is not None:
         if cached.get("split") == profile.rescore_split and all(
                 (l in cached["models"]) == (found[l]["checkpoint"] is not None) for l in found) and all(
                 m.get("evaluation_version") == EVALUATION_VERSION for m in cached["models"].values()):
@@ -268,8 +278,6 @@ def rescore_original(profile: Profile, runs_root=None, data_dir=None, original_d
         if f["checkpoint"] is None:
             result["missing"].append(loss)
     if any(f["checkpoint"] for f in found.values()):
-        import numpy as np
-
         manifest = build_manifest(data_dir)
         split = load_split(manifest, profile.rescore_split, (240, 320))
         counts = np.bincount(manifest.split("TRAIN")["label"], minlength=4).tolist()
@@ -281,28 +289,5 @@ def rescore_original(profile: Profile, runs_root=None, data_dir=None, original_d
                 print(f"re-scoring the 2020 {loss} model on {profile.rescore_split}", flush=True)
                 result["models"][loss] = rescore(loss, f["checkpoint"], split, simple, log=logs.get(loss),
                                                  train_class_counts=counts)
-    write_json(out_path, result)
+    write_json(original_path(profile.name, runs_root), result)
     return result
-
-
-def load_runs(profile: str, runs_root=None):
-    """(summary DataFrame, {run_name: metrics}, {run_name: history DataFrame}) for the analysis."""
-    import pandas as pd
-
-    pdir = profile_dir(profile, runs_root)
-    if not pdir.exists():
-        raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
-    summary = summary_frame(profile, runs_root)
-    stale = [r.run_name for r in summary.itertuples()
-             if r.status == "finished" and r.evaluation_version != EVALUATION_VERSION]
-    if stale:
-        raise WBCError(f"{len(stale)} run(s) of {pdir} were evaluated with an older definition (e.g. {stale[0]}): "
-                       f"run `python -m wbc_utils reevaluate --profile {profile}` (or `make report`, which does).")
-    metrics, histories = {}, {}
-    for row in summary.itertuples():
-        d = Path(row.run_dir)
-        if row.status == "finished":
-            metrics[row.run_name] = read_json(d / "metrics.json")
-        if (d / "history.csv").exists():
-            histories[row.run_name] = pd.read_csv(d / "history.csv")
-    return summary, metrics, histories

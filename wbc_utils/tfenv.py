@@ -8,9 +8,117 @@ unless the user set the variable.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import threading
+from pathlib import Path
+
+from .config import threads as default_threads
 
 _CONFIGURED = False
+
+#: Set to 1 to see TensorFlow's C++ start-up lines on the console again.
+TF_VERBOSE = "WBC_TF_VERBOSE"
+
+#: What TensorFlow's C++ side writes straight to file descriptor 2 on every start, whatever
+#: ``TF_CPP_MIN_LOG_LEVEL`` says (absl logs before it is initialised): informational lines, not problems.
+NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] "
+    r"|.*(oneDNN custom operations are on|This TensorFlow binary is optimized|To enable the following instructions"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|TF-TRT Warning"
+    r"|Could not find cuda drivers|failed call to cuInit|rebuild TensorFlow with the appropriate compiler flags))")
+
+
+class _StderrFilter:
+    """File descriptor 2 through a pipe: TensorFlow's noise lines go to a log file, every other line goes on
+    to the real standard error unchanged (in a terminal, a papermill kernel or a Jupyter notebook alike)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.log_path: Path | None = None
+        self.pending: list[bytes] = []
+        self.real = os.dup(2)
+        r, w = os.pipe()
+        os.dup2(w, 2)
+        os.close(w)
+        self.reader = os.fdopen(r, "rb", buffering=0)
+        self.thread = threading.Thread(target=self._pump, name="wbc-stderr-filter", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def _pump(self) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = self.reader.read(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                self._line(line + b"\n")
+        if buf:
+            self._line(buf)
+
+    def _line(self, line: bytes) -> None:
+        if NOISE.match(line.decode("utf-8", "replace")):
+            with self.lock:
+                if self.log_path is None:
+                    self.pending = (self.pending + [line])[-500:]
+                    return
+                try:
+                    with open(self.log_path, "ab") as f:
+                        f.write(line)
+                    return
+                except OSError:
+                    return
+        try:
+            os.write(self.real, line)
+        except OSError:
+            pass
+
+    def set_log(self, path: Path | None) -> None:
+        with self.lock:
+            self.log_path = path
+            if path is not None and self.pending:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "ab") as f:
+                        f.writelines(self.pending)
+                except OSError:
+                    pass
+                self.pending = []
+
+    def close(self) -> None:
+        """Give file descriptor 2 back and let the pump forward what is still in the pipe (a traceback)."""
+        try:
+            os.dup2(self.real, 2)
+        except OSError:
+            return
+        self.thread.join(timeout=2)
+
+
+_FILTER: _StderrFilter | None = None
+
+
+def quiet_tensorflow(log_path: str | os.PathLike | None = None) -> None:
+    """Keep TensorFlow's C++ start-up lines off the console (and out of notebooks): they go to ``log_path``
+    (a run's ``train.log``) once one is given, held until then. Every other line of standard error passes
+    unchanged. ``WBC_TF_VERBOSE=1`` turns the filter off."""
+    global _FILTER
+    if os.environ.get(TF_VERBOSE, "") not in ("", "0"):
+        return
+    if _FILTER is None:
+        try:
+            _FILTER = _StderrFilter()
+        except OSError:  # no file descriptor 2 to filter (an embedded interpreter): leave it
+            return
+    if log_path is not None:
+        _FILTER.set_log(Path(log_path))
 
 
 def import_tf(threads: int | None = None):
@@ -18,11 +126,12 @@ def import_tf(threads: int | None = None):
     global _CONFIGURED
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     import tensorflow as tf
 
     if not _CONFIGURED:
         tf.get_logger().setLevel("ERROR")  # retracing notices etc.; errors still show
-        n = threads or int(os.environ.get("WBC_THREADS", 0)) or (os.cpu_count() or 1)
+        n = threads or default_threads()
         try:
             tf.config.threading.set_intra_op_parallelism_threads(n)
             tf.config.threading.set_inter_op_parallelism_threads(min(2, n))

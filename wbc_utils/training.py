@@ -1,16 +1,7 @@
 """One training run, start to finish, with its artifacts.
 
-``train_run(params, run_dir)`` writes, in ``run_dir``:
-
-=====================  ====================================================
-``params.json``        the run's parameters (written first)
-``history.csv``        one row per finished epoch (rewritten atomically)
-``checkpoint/``        model + optimizer state after the last finished epoch
-``diagnostics.json``   dead-ReLU fractions and gradient norms (collapse study)
-``model.keras``        the trained model
-``predictions.csv``    scores for every TEST and TEST_SIMPLE image
-``metrics.json``       written last: a run without it is *incomplete*
-=====================  ====================================================
+``train_run(params, run_dir)`` fills the run folder that :mod:`wbc_utils.runs`
+describes (parameters first, metrics last), printing one line per epoch.
 
 A run killed part-way is resumed from its last finished epoch when started
 again with the same parameters. A finished run is never overwritten silently:
@@ -24,25 +15,24 @@ import logging
 import math
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import CLASSES, __version__
-from .artifacts import atomic_path, read_json, write_csv, write_json
+from .augment import augment_batch, dihedral, valid_views
 from .data import Manifest, SplitData, build_manifest, grouped_split, load_split, stratified_subset
+from .diagnostics import Diagnostics
 from .errors import ParameterError, RunExistsError
-from .evaluation import evaluate_predictions, held_from_epoch, validation_metrics
+from .evaluation import evaluate_predictions, held_from_epoch, softmax, validation_metrics
+from .model import build_model
 from .params import RunParams
-from .runs import PREDICTION_COLUMNS, run_status  # noqa: F401  (run_status: re-exported)
+from .runs import HISTORY, HISTORY_COLUMNS, PARAMS, VAL_PREDICTIONS, Run, predictions_frame
+from .tfenv import import_tf, quiet_tensorflow, seed_everything, set_precision
 
 log = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "paper_metric", "val_loss", "val_accuracy", "val_paper_metric",
-                   "train_seconds", "epoch_seconds"]
-
 
 @dataclasses.dataclass
 class RunData:
@@ -86,9 +76,6 @@ def make_dataset(split: SplitData, batch_size: int, seed: int | None = None, epo
     draws from (seed, epoch, batch). ``view`` (0-7) applies one fixed flip/rotation
     to every image, for test-time augmentation.
     """
-    from .augment import augment_batch, dihedral
-    from .tfenv import import_tf
-
     tf = import_tf()
     n = len(split)
     order = np.arange(n) if seed is None else np.random.default_rng([seed, epoch]).permutation(n)
@@ -113,9 +100,9 @@ def make_dataset(split: SplitData, batch_size: int, seed: int | None = None, epo
 
 
 def compile_model(model, params: RunParams, steps_per_epoch: int = 1):
-    import keras
+    import keras  # TensorFlow stays out of `import wbc_utils.training` (the CLI's --help, papermill's start)
 
-    from .losses import PaperMetric, make_loss, true_accuracy_metric
+    from .losses import PaperMetric, make_loss, true_accuracy_metric  # imports TensorFlow
 
     lr = params.learning_rate
     if params.lr_schedule == "cosine":
@@ -127,35 +114,28 @@ def compile_model(model, params: RunParams, steps_per_epoch: int = 1):
     return model
 
 
-def _check_existing(run_dir: Path, params: RunParams, reuse: bool, force: bool) -> str:
+def _check_existing(run: Run, params: RunParams, reuse: bool, force: bool) -> str:
     """Decide what to do with an existing run directory: 'new', 'reuse' or 'resume'."""
-    pfile, mfile = run_dir / "params.json", run_dir / "metrics.json"
-    if not pfile.exists():
+    if not run.has(PARAMS):
         return "new"
-    same = params.same_as(read_json(pfile))
+    same = params.same_as(run.params())
     if force:
-        for p in run_dir.iterdir():
-            if p.name == "train.ipynb":  # papermill's output notebook for *this* execution
-                continue
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        run.clear()
         return "new"
-    if mfile.exists():
+    if run.status == "finished":
         if reuse and same:
             return "reuse"
         why = "with the same parameters" if same else "with different parameters"
-        raise RunExistsError(f"{run_dir} already holds a finished run {why}. Pass --reuse (reuse=True) to use it, "
+        raise RunExistsError(f"{run.path} already holds a finished run {why}. Pass --reuse (reuse=True) to use it, "
                              f"--force (force=True) to replace it, or choose another output directory.")
     if not same:
-        raise RunExistsError(f"{run_dir} holds an unfinished run with different parameters. Pass --force "
+        raise RunExistsError(f"{run.path} holds an unfinished run with different parameters. Pass --force "
                              f"(force=True) to discard it, or choose another output directory.")
     return "resume"
 
 
-def _predict(model, split: SplitData, batch_size: int, tta: bool = False) -> np.ndarray:
+def predict_scores(model, split: SplitData, batch_size: int, tta: bool = False) -> np.ndarray:
     """Raw scores (N, 4); with ``tta``, the log of the softmax averaged over the image's flips/rotations."""
-    from .augment import valid_views
-    from .evaluation import softmax
-
     if split is None or len(split) == 0:
         return np.zeros((0, len(CLASSES)), np.float32)
     bs = max(batch_size, 64)
@@ -179,84 +159,84 @@ def software_versions() -> dict:
     return out
 
 
-class _EpochLogger:
-    """Keras callback: time each epoch, write history and checkpoint atomically after it."""
-
-    def __new__(cls, *a, **kw):
-        import keras
-
-        class Impl(keras.callbacks.Callback):
-            def __init__(self, run_dir: Path, history: list, diag_fn):
-                super().__init__()
-                self.run_dir, self.history, self.diag_fn = run_dir, history, diag_fn
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.perf_counter()
-                self.t_test = None
-
-            def on_test_begin(self, logs=None):
-                if self.t_test is None:
-                    self.t_test = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                t1 = time.perf_counter()
-                logs = logs or {}
-                row = {"epoch": epoch + 1, **{k: float(logs.get(k, math.nan)) for k in HISTORY_COLUMNS[1:7]},
-                       "train_seconds": (self.t_test or t1) - self.t0, "epoch_seconds": t1 - self.t0}
-                self.history.append(row)
-                _save_state(self.model, self.run_dir, self.history)
-                if self.diag_fn is not None and epoch == 0:
-                    self.diag_fn("after_epoch_1")
-
-        return Impl(*a, **kw)
+def epoch_line(row: dict, epochs: int, history: list[dict]) -> str:
+    """One line per finished epoch: where the run is, its loss and accuracies, elapsed and remaining time."""
+    done = int(row["epoch"])
+    elapsed = sum(h["epoch_seconds"] for h in history)
+    left = elapsed / len(history) * (epochs - done) if history else math.nan
+    parts = [f"epoch {done}/{epochs}", f"loss {row['loss']:.4f}", f"accuracy {row['accuracy']:.3f}"]
+    if math.isfinite(row.get("val_accuracy", math.nan)):
+        parts.append(f"val_accuracy {row['val_accuracy']:.3f}")
+    parts.append(f"{row['epoch_seconds']:.0f} s")
+    parts.append(f"elapsed {format_seconds(elapsed)}, about {format_seconds(left)} left")
+    return "  ".join(parts)
 
 
-def _save_state(model, run_dir: Path, history: list) -> None:
-    import pandas as pd
+def format_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
-    ck = run_dir / "checkpoint"
-    ck.mkdir(exist_ok=True)
-    with atomic_path(ck / "model.keras") as tmp:
-        model.save(tmp)
-    write_csv(run_dir / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS))
-    write_json(ck / "state.json", {"completed_epochs": len(history)})
+
+def _epoch_logger(run: Run, history: list, epochs: int, diag_fn, verbose: bool):
+    """Keras callback: time each epoch, checkpoint it atomically, print its line."""
+    import keras  # TensorFlow stays out of `import wbc_utils.training`
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+            self.t_test = None
+
+        def on_test_begin(self, logs=None):
+            if self.t_test is None:
+                self.t_test = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            t1 = time.perf_counter()
+            logs = logs or {}
+            row = {"epoch": epoch + 1, **{k: float(logs.get(k, math.nan)) for k in HISTORY_COLUMNS[1:7]},
+                   "train_seconds": (self.t_test or t1) - self.t0, "epoch_seconds": t1 - self.t0}
+            history.append(row)
+            run.write_checkpoint(self.model, history)
+            if verbose:
+                print(epoch_line(row, epochs, history), flush=True)
+            if diag_fn is not None and epoch == 0:
+                diag_fn("after_epoch_1")
+
+    return EpochLogger()
 
 
 def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cache_dir=None, reuse: bool = False,
-              force: bool = False, verbose: int = 2, data: RunData | None = None) -> dict:
-    """Train one run and write its artifacts; returns its metrics (see module doc)."""
-    import pandas as pd
+              force: bool = False, verbose: int = 1, data: RunData | None = None) -> dict:
+    """Train one run and write its artifacts; returns its metrics (see module doc).
 
-    from .diagnostics import Diagnostics
-    from .model import build_model
-    from .tfenv import import_tf, seed_everything, set_precision
-
+    ``verbose``: 1 prints one line per epoch (what the study's progress shows), 0 nothing.
+    """
     params.validate()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mode = _check_existing(run_dir, params, reuse, force)
+    run = Run(Path(run_dir))
+    run.path.mkdir(parents=True, exist_ok=True)
+    quiet_tensorflow(run.log_path)  # TensorFlow's own start-up lines go to the run's train.log
+    mode = _check_existing(run, params, reuse, force)
     if mode == "reuse":
-        log.info("reusing finished run %s", run_dir)
-        return read_json(run_dir / "metrics.json")
-    write_json(run_dir / "params.json", params.to_dict())
+        log.info("reusing finished run %s", run.path)
+        return run.metrics()
+    run.write_params(params.to_dict())
 
     import_tf()
-    import keras
-
     policy = set_precision(params.precision)
     seed_everything(params.seed)
     data = data or prepare_data(params, data_dir, cache_dir)
     history: list[dict] = []
     start_epoch = 0
-    ck = run_dir / "checkpoint" / "model.keras"
-    if mode == "resume" and ck.exists() and (run_dir / "history.csv").exists():
-        from . import losses  # noqa: F401  (registers the custom loss and metric for loading)
+    if mode == "resume" and run.checkpoint_model.exists() and run.has(HISTORY):
+        from .losses import load_keras_model  # imports TensorFlow
 
-        model = keras.models.load_model(ck)
-        history = pd.read_csv(run_dir / "history.csv").to_dict("records")
+        model = load_keras_model(run.checkpoint_model, compile=True)
+        history = run.history().to_dict("records")
         start_epoch = len(history)
-        log.info("resuming %s after epoch %d", run_dir, start_epoch)
-        print(f"Resuming {run_dir.name} after epoch {start_epoch} of {params.epochs}.")
+        log.info("resuming %s after epoch %d", run.path, start_epoch)
+        print(f"Resuming {run.name} after epoch {start_epoch} of {params.epochs}.", flush=True)
     else:
         steps = -(-len(data.train) // params.batch_size)
         model = compile_model(build_model(params.image_size, params.arch, params.input_scaling, width=params.width),
@@ -264,17 +244,17 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
 
     probe_idx = stratified_subset(data.train.frame, min(64, len(data.train)), 12345)
     probe, probe_y = np.asarray(data.train.images[probe_idx]), data.train.labels[probe_idx]
-    diag = Diagnostics(run_dir / "diagnostics.json", model, params, probe, probe_y)
+    diag = Diagnostics(run.diagnostics_path, model, params, probe, probe_y)
     if start_epoch == 0:
         diag("init")
-    logger = _EpochLogger(run_dir, history, diag)
+    logger = _epoch_logger(run, history, params.epochs, diag, bool(verbose))
     val_ds = make_dataset(data.val, max(params.batch_size, 64)) if data.val is not None else None
     best = {"val_loss": math.inf, "epoch": 0, "weights": None}
     stopped_early = False
     for epoch in range(start_epoch, params.epochs):
         model.fit(make_dataset(data.train, params.batch_size, params.seed, epoch, params.augment),
                   validation_data=val_ds,
-                  epochs=epoch + 1, initial_epoch=epoch, verbose=verbose, callbacks=[logger], shuffle=False)
+                  epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[logger], shuffle=False)
         if params.early_stopping_patience:
             vl = history[-1]["val_loss"]
             if vl < best["val_loss"]:
@@ -285,16 +265,14 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     if params.early_stopping_patience and best["weights"] is not None:
         model.set_weights(best["weights"])
 
-    with atomic_path(run_dir / "model.keras") as tmp:
-        model.save(tmp)
+    run.save_model(model)
     train_eval_loss = inference_loss(model, data.train, params)
-    test_scores = _predict(model, data.test, params.batch_size, params.tta)
-    simple_scores = (_predict(model, data.test_simple, params.batch_size, params.tta)
+    test_scores = predict_scores(model, data.test, params.batch_size, params.tta)
+    simple_scores = (predict_scores(model, data.test_simple, params.batch_size, params.tta)
                      if data.test_simple is not None else None)
-    test_pred = predictions_frame(data.test, test_scores)
-    simple_pred = predictions_frame(data.test_simple, simple_scores) if simple_scores is not None else None
-    write_csv(run_dir / "predictions.csv", pd.concat([f for f in (test_pred, simple_pred) if f is not None],
-                                                      ignore_index=True))
+    test_pred = predictions_frame(data.test.frame, test_scores)
+    simple_pred = predictions_frame(data.test_simple.frame, simple_scores) if simple_scores is not None else None
+    run.write_predictions(pd.concat([f for f in (test_pred, simple_pred) if f is not None], ignore_index=True))
 
     hist = pd.DataFrame(history)
     train_seconds = float(hist["train_seconds"].sum())
@@ -302,7 +280,7 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     class_counts = np.bincount(data.train.labels, minlength=len(CLASSES)).tolist()
     metrics = {
         **{k: v for k, v in params.to_dict().items()},
-        "run_name": params.run_name, "run_dir": str(run_dir), "precision_policy": policy,
+        "run_name": params.run_name, "run_dir": str(run.path), "precision_policy": policy,
         "validation_label": {"paper": "TEST used as validation (paper mode)",
                              "grouped": f"grouped: {params.val_fraction:.0%} of TRAIN's same-cell clusters held out",
                              "none": "none: trained on all of TRAIN; TEST scored once at the end"}[params.validation],
@@ -328,14 +306,14 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
         label_smoothing=params.label_smoothing))
     metrics["held_from_epoch"] = held_from_epoch(hist["loss"], metrics["constant_loss"])
     if params.validation == "grouped":  # both ways, so the lab can decide on test-time augmentation on validation
-        plain = predictions_frame(data.val, _predict(model, data.val, params.batch_size, False))
-        tta = predictions_frame(data.val, _predict(model, data.val, params.batch_size, True))
+        plain = predictions_frame(data.val.frame, predict_scores(model, data.val, params.batch_size, False))
+        tta = predictions_frame(data.val.frame, predict_scores(model, data.val, params.batch_size, True))
         metrics.update(validation_metrics(plain))
         metrics.update({f"{k}_tta": v for k, v in validation_metrics(tta).items() if k.startswith("val_accuracy")
                         or k.startswith("val_cell_accuracy")})
-        write_csv(run_dir / "val_predictions.csv", tta if params.tta else plain)
-    write_json(run_dir / "metrics.json", metrics)
-    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        run.write_predictions(tta if params.tta else plain, VAL_PREDICTIONS)
+    run.write_metrics(metrics)
+    run.remove_checkpoint()
     return metrics
 
 
@@ -349,11 +327,11 @@ def inference_loss(model, train: SplitData, params: RunParams) -> float:
     augmentation: what the collapse definition compares with a constant prediction's. The epoch's running
     training loss is measured in training mode (BatchNorm on batch statistics, dropout on), where a model can
     look fine and still give one output for every image at inference."""
-    from .losses import make_loss
+    from .losses import make_loss  # imports TensorFlow
 
     idx = stratified_subset(train.frame, min(INFERENCE_LOSS_IMAGES, len(train)), 4242)
     sample = train.subset(idx)
-    scores = _predict(model, sample, params.batch_size)
+    scores = predict_scores(model, sample, params.batch_size)
     loss = make_loss(params.loss, params.target_encoding, params.label_smoothing)
     return float(np.mean(np.asarray(loss.call(sample.labels, scores))))
 
@@ -361,15 +339,3 @@ def inference_loss(model, train: SplitData, params: RunParams) -> float:
 def _finite(v) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None
-
-
-def predictions_frame(split: SplitData, scores) -> object:
-    """One row per image of ``split``: its source (slide, same-cell cluster, shared with TRAIN), label,
-    predicted class and the four raw scores."""
-    f = split.frame[PREDICTION_COLUMNS].copy()
-    f["pred"] = np.asarray(scores).argmax(1)
-    for i, c in enumerate(CLASSES):
-        f[f"score_{c}"] = np.asarray(scores)[:, i]
-    return f
-
-

@@ -1,25 +1,86 @@
-"""Figures about where the images come from: original slides, their augmented copies, overlapping fields.
+"""The data's figures (notebook 01, report section 2): classes, copies per cell, and where images come from:
+original slides, their augmented copies, overlapping fields.
 
-Each function returns a matplotlib Figure drawn from the slide mapping (:func:`wbc_utils.slides.load_mapping`),
-the pairs table (:func:`wbc_utils.slides.load_pairs`) and the image files; sized to stay readable at A4 width
-(about 7 inches).
+Drawn from the manifest (:func:`wbc_utils.data.build_manifest`), the slide mapping
+(:func:`wbc_utils.slides.load_mapping`), the pairs table (:func:`wbc_utils.slides.load_pairs`) and the image files;
+sized to stay readable at A4 width.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import cv2
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.patches import Circle
+from PIL import Image
 
-#: Width of a figure that fills an A4 page between margins (inches).
-A4_WIDTH = 7.2
+from .. import CLASSES
+from ..cellcrop import locate_cell
+from ..slides import read_image, slide_files
+from .common import A4_WIDTH, image_panel, style
+
 _K_RE = re.compile(r"^_(\d+)_\d+\.")
 
 
-def _style() -> None:
-    import seaborn as sns
+def class_balance_figure(manifest):
+    """Images and source cells per class and split: balanced images, very unbalanced cells."""
+    style()
 
-    sns.set_theme(style="white")
+    f = manifest.frame
+    files = f.groupby(["split", "class"]).size().rename("images").reset_index()
+    cells = f.groupby(["split", "class"])["cell"].nunique().rename("source cells").reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    sns.barplot(files, x="class", y="images", hue="split", ax=axes[0])
+    sns.barplot(cells, x="class", y="source cells", hue="split", ax=axes[1])
+    axes[0].set_title("images per class (augmented copies)", fontsize=10)
+    axes[1].set_title("independent source cells per class", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("")
+        for c in ax.containers:
+            ax.bar_label(c, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid_figure(manifest, split: str = "TRAIN", per_class: int = 6, seed: int = 0):
+    """A few images of each class, with their source cell."""
+    style()
+
+    f = manifest.split(split)
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(per_class * 1.8, len(CLASSES) * 1.5))
+    for i, cls in enumerate(CLASSES):
+        rows = f[f["class"] == cls]
+        pick = rows.iloc[rng.choice(len(rows), size=min(per_class, len(rows)), replace=False)]
+        for j, r in enumerate(pick.itertuples()):
+            ax = axes[i][j]
+            with Image.open(r.path) as im:
+                ax.imshow(im.convert("RGB"))
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"cell {r.cell}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(cls, fontsize=8)
+    fig.suptitle(f"{split}: {per_class} random images per class (title: source cell)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def copies_per_cell_figure(manifest):
+    """How many augmented copies each source cell has, per split and class."""
+    style()
+
+    f = manifest.frame[manifest.frame["split"].isin(["TRAIN", "TEST"])]
+    per = f.groupby(["split", "class", "cell"]).size().rename("copies").reset_index()
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    sns.stripplot(per, x="class", y="copies", hue="split", dodge=True, ax=ax, size=3, jitter=0.25)
+    ax.set_ylabel("augmented images per source cell")
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
 
 
 def _k(file: str) -> int | None:
@@ -29,11 +90,9 @@ def _k(file: str) -> int | None:
 
 def _rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """An image file as RGB uint8 (a grey placeholder when it cannot be read), optionally resized (w, h)."""
-    import cv2
 
-    from .slides import _read
 
-    bgr = _read(path, color=True)
+    bgr = read_image(path, color=True)
     if bgr is None:
         return np.full((240, 320, 3), 200, np.uint8)
     if size is not None and (bgr.shape[1], bgr.shape[0]) != size:
@@ -42,16 +101,8 @@ def _rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def _slide_path(originals_dir: Path, slide: int) -> Path:
-    from .slides import _slide_files
 
-    return dict(_slide_files(originals_dir))[int(slide)]
-
-
-def _show(ax, img: np.ndarray, title: str, fontsize: float = 7) -> None:
-    ax.imshow(img)
-    ax.set_title(title, fontsize=fontsize, pad=2)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return dict(slide_files(originals_dir))[int(slide)]
 
 
 def slide_and_copies_figure(mapping, images_root: Path, originals_dir: Path, slide: int | None = None,
@@ -61,8 +112,7 @@ def slide_and_copies_figure(mapping, images_root: Path, originals_dir: Path, sli
     ``slide`` defaults to the slide with the most copies (ties: the lowest number). The copies are spread
     evenly over the slide's files in (split, class, file) order, so the choice is reproducible.
     """
-    _style()
-    import matplotlib.pyplot as plt
+    style(grid=False)
 
     m = mapping.dropna(subset=["slide"])
     if slide is None:
@@ -77,12 +127,12 @@ def slide_and_copies_figure(mapping, images_root: Path, originals_dir: Path, sli
     grid = fig.add_gridspec(2, 2 + ncol, wspace=0.06, hspace=0.22)
     ax = fig.add_subplot(grid[:, :2])
     splits = ", ".join(f"{n} {s}" for s, n in rows.groupby("split").size().items())
-    _show(ax, _rgb(_slide_path(originals_dir, slide), (320, 240)),
-          f"original slide {slide} (640x480, shown at 320x240)\n{len(rows)} images: {splits}", 8)
+    image_panel(ax, _rgb(_slide_path(originals_dir, slide), (320, 240)),
+                f"original slide {slide} (640x480, shown at 320x240)\n{len(rows)} images: {splits}", 8)
     for i, (split, cls, file, score) in enumerate(zip(pick["split"], pick["class"], pick["file"], pick["score"])):
         a = fig.add_subplot(grid[i // ncol, 2 + i % ncol])
-        _show(a, _rgb(Path(images_root) / split / cls / file), f"{split} {cls.lower()}\nk={_k(file)}, NCC {score:.3f}",
-              6.5)
+        image_panel(a, _rgb(Path(images_root) / split / cls / file),
+                    f"{split} {cls.lower()}\nk={_k(file)}, NCC {score:.3f}", 6.5)
     fig.suptitle(f"Every image is an augmented copy of one original slide: slide {slide} and {len(pick)} of "
                  f"its {len(rows)} copies", fontsize=9)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.80, bottom=0.02)
@@ -92,9 +142,7 @@ def slide_and_copies_figure(mapping, images_root: Path, originals_dir: Path, sli
 def kgroup_figure(mapping, images_root: Path, split: str = "TRAIN", cls: str = "NEUTROPHIL", k: int = 0,
                   n: int = 8):
     """The first ``n`` images of one ``(class, k)`` group, each titled with its slide: ``k`` is not a cell."""
-    _style()
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    style(grid=False)
 
     g = mapping[(mapping["split"] == split) & (mapping["class"] == cls)]
     g = g[[_k(f) == k for f in g["file"]]].sort_values("file")
@@ -109,7 +157,7 @@ def kgroup_figure(mapping, images_root: Path, split: str = "TRAIN", cls: str = "
     for ax, r in zip(axes.flat, pick.itertuples()):
         ax.axis("on")
         slide = "no slide" if pd.isna(r.slide) else f"slide {int(r.slide)}"
-        _show(ax, _rgb(Path(images_root) / split / cls / r.file), f"{r.file}: {slide}", 7)
+        image_panel(ax, _rgb(Path(images_root) / split / cls / r.file), f"{r.file}: {slide}", 7)
     n_slides = int(g["slide"].nunique())
     fig.suptitle(f"{split} {cls}, k = {k}: {len(g)} images from {n_slides} different slides "
                  f"(the first {len(pick)} shown)", fontsize=9)
@@ -118,7 +166,6 @@ def kgroup_figure(mapping, images_root: Path, split: str = "TRAIN", cls: str = "
 
 
 def _pick_pairs(pairs, n: int):
-    import pandas as pd
 
     same = pairs[pairs["same_cell"]].sort_values(["ncc", "slide_a"], ascending=[False, True])
     other = pairs[~pairs["same_cell"]].sort_values(["ncc", "slide_a"], ascending=[False, True])
@@ -132,11 +179,8 @@ def overlap_figure(pairs, originals_dir: Path, n: int = 4):
     Half are same-cell pairs and half not (when there are), each the best-correlated of its kind. The ring
     is where :func:`wbc_utils.cellcrop.locate_cell` finds the cell (on the slide shrunk to 240x320).
     """
-    _style()
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle
+    style(grid=False)
 
-    from .cellcrop import locate_cell
 
     chosen = _pick_pairs(pairs, n)
     per_row = 2  # two pairs (four slides) per row keeps each slide readable at A4 width
@@ -150,7 +194,7 @@ def overlap_figure(pairs, originals_dir: Path, n: int = 4):
         for ax, s in zip(axes, (p.slide_a, p.slide_b)):
             img = _rgb(_slide_path(originals_dir, s), (320, 240))
             cy, cx, _ = locate_cell(img)
-            _show(ax, img, f"slide {s}", 7.5)
+            image_panel(ax, img, f"slide {s}", 7.5)
             ax.add_patch(Circle((cx, cy), 45, fill=False, lw=1.5, color="#ffd400"))
         verdict = "the SAME white cell" if p.same_cell else "different white cells"
         sub.suptitle(f"slides {p.slide_a} and {p.slide_b}: {verdict}\n(overlap {p.overlap_frac:.0%}, "
@@ -165,7 +209,6 @@ def provenance_table(mapping):
     TRAIN's "other split" is TEST; TEST's and TEST_SIMPLE's is TRAIN. ``shared_files`` counts the split's
     files whose cell is in the other split too.
     """
-    import pandas as pd
 
     m = mapping.dropna(subset=["slide"])
     cells = {s: set(m.loc[m["split"] == s, "cell"].astype(int)) for s in m["split"].unique()}

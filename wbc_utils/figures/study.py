@@ -1,26 +1,27 @@
-"""Figures of a study, drawn from its run artifacts only; saved as PNG and SVG.
+"""A study's figures (notebooks 03-04, report sections 3-5), drawn from its run artifacts only.
 
-Every function takes what :func:`wbc_utils.study.load_runs` returns and gives a
-matplotlib Figure; :func:`save_all` writes them to ``figures/<profile>/``.
+Every function takes what :func:`wbc_utils.runs.load_runs` returns and gives a matplotlib Figure;
+:func:`build_all` writes them to ``figures/<profile>/`` as PNG and SVG.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-from . import CLASSES
-from .data import output_root
-from .params import ENCODING_TITLES, LOSS_TITLES, LOSSES
-
-PALETTE = {"crossentropy": "#1b9e77", "mse": "#d95f02", "huber": "#7570b3"}
-
-
-def _style():
-    import seaborn as sns
-
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
+from .. import CLASSES
+from ..analysis import runs_for, setting_name
+from ..config import figures_dir
+from ..evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
+from ..params import ENCODING_TITLES, LOSS_TITLES, LOSSES
+from ..runs import Run, load_runs, original_record
+from .common import PALETTE, save_all, style
+from .final import build_beyond
 
 
 def _runs_of(summary, loss: str, encoding: str, finished_only: bool = True):
@@ -40,8 +41,7 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
     a DataFrame) is overlaid dashed on the left panel. (With one-hot targets the two panels would be
     identical: the 2020 metric is then the true accuracy; see :func:`comparison_figure`.)
     """
-    _style()
-    import matplotlib.pyplot as plt
+    style()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     runs = _runs_of(summary, loss, encoding, finished_only=False)
@@ -84,10 +84,8 @@ def comparison_figure(summary, histories):
     """True validation (TEST) accuracy per epoch across losses, one panel per target encoding: the mean over
     seeds (line) and the range from the lowest to the highest seed (band). Cross-entropy is the same function
     under both encodings; its one-hot panel shows its integer-label runs."""
-    _style()
-    import matplotlib.pyplot as plt
+    style()
 
-    from .analysis import runs_for
 
     encs = [e for e in ("paper", "onehot") if (summary["target_encoding"] == e).any()]
     fig, axes = plt.subplots(1, max(1, len(encs)), figsize=(5 * max(1, len(encs)), 3.5), sharey=True, squeeze=False)
@@ -121,9 +119,7 @@ RECIPES = (("crossentropy", "paper"), ("mse", "paper"), ("huber", "paper"), ("ms
 def confusion_figure(metrics: dict, summary):
     """Confusion matrices on TEST's unseen cells, summed over seeds, each row divided by the number of images
     of its true class (rows sum to 1): one panel per recipe."""
-    _style()
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    style()
 
     recipes = [(l, e) for l, e in RECIPES if not _runs_of(summary, l, e).empty]
     cols = 3
@@ -154,11 +150,8 @@ def collapse_figure(summary, histories, diagnostics: dict):
     """Cross-entropy runs with integer labels. Left: training loss against ln 4 (the loss of a constant
     output), one colour per setting, with how many runs collapsed. Right: share of zero ReLU outputs per
     layer, at initialisation and after epoch 1, for the runs that collapsed and the rest."""
-    _style()
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    style()
 
-    from .analysis import setting_name
 
     ce = summary[(summary["loss"] == "crossentropy") & (summary["target_encoding"] == "paper")].copy()
     ce["setting"] = [setting_name(r) for r in ce.itertuples()]
@@ -176,7 +169,6 @@ def collapse_figure(summary, histories, diagnostics: dict):
         sel = ce["setting"] == st
         ax.plot([], [], color=colors[st], label=f"{st}: {int(collapsed[sel].sum())}/{int(sel.sum())} collapsed")
     ax.axhline(math.log(4), color="black", ls="--", lw=1, label="ln 4 = 1.386 (a constant output)")
-    from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -211,13 +203,8 @@ def collapse_map_figure(summary):
     relative to the best constant prediction's (up: no better than a constant) against the spread of its
     outputs across TEST images relative to the targets' (left: near-constant). Collapsed runs fall in the
     shaded corner."""
-    _style()
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
+    style()
 
-    from .analysis import setting_name
-    from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 
     fin = summary[summary["status"] == "finished"].copy()
     fin["setting"] = [setting_name(r) for r in fin.itertuples()]
@@ -244,45 +231,14 @@ def collapse_map_figure(summary):
     return fig
 
 
-def save(fig, name: str, out_dir: Path) -> list[Path]:
-    from .artifacts import atomic_path
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        p = out_dir / f"{name}.{ext}"
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=130, bbox_inches="tight", format=ext)
-        paths.append(p)
-    return paths
-
-
-def figures_dir(profile: str) -> Path:
-    return output_root() / "figures" / profile
-
-
-def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict:
-    """Draw and save every figure of a study; returns {name: Figure}."""
-    import matplotlib
-
-    if "inline" not in matplotlib.get_backend():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .artifacts import read_json
-    from .study import load_runs, profile_dir
-
+def build_all(profile: str, runs_root=None, out_dir: Path | None = None, data_dir=None) -> dict:
+    """Draw and save every figure of a study into ``figures/<profile>/``; returns {name: Figure}."""
     allruns, metrics, histories = load_runs(profile, runs_root)
     summary = allruns[allruns["role"] == "main"]  # control runs appear in the collapse figure only
     if (summary["arch"] == "wbcnet").any():  # a beyond-the-paper study: its own figures
-        from .figures_inside import build_beyond
-
-        return build_beyond(profile, runs_root, out_dir)
+        return build_beyond(profile, runs_root, out_dir, data_dir)
     out_dir = out_dir or figures_dir(profile)
-    orig = profile_dir(profile, runs_root) / "original-2020.json"
-    logs = read_json(orig).get("logs", {}) if orig.exists() else {}
-    import pandas as pd
-
+    logs = (original_record(profile, runs_root) or {}).get("logs", {})
     figs = {}
     for n, loss in enumerate(LOSSES, 1):
         if _runs_of(summary, loss, "paper", finished_only=False).empty:
@@ -292,79 +248,7 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None) -> dict
     figs["validation_comparison"] = comparison_figure(summary, histories)
     if metrics:
         figs["confusion_matrices"] = confusion_figure(metrics, summary)
-    diags = {}
-    for r in allruns.itertuples():
-        p = Path(r.run_dir) / "diagnostics.json"
-        if p.exists():
-            diags[r.run_name] = read_json(p)
+    diags = {r.run_name: d for r in allruns.itertuples() if (d := Run(Path(r.run_dir)).diagnostics())}
     figs["collapse"] = collapse_figure(allruns, histories, diags)
     figs["collapse_map"] = collapse_map_figure(allruns)
-    for name, fig in figs.items():
-        save(fig, name, out_dir)
-        plt.close(fig)
-    return figs
-
-
-# ----------------------------------------------------------------------------- the data (notebook 01)
-
-def class_balance_figure(manifest):
-    """Images and source cells per class and split: balanced images, very unbalanced cells."""
-    _style()
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    f = manifest.frame
-    files = f.groupby(["split", "class"]).size().rename("images").reset_index()
-    cells = f.groupby(["split", "class"])["cell"].nunique().rename("source cells").reset_index()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    sns.barplot(files, x="class", y="images", hue="split", ax=axes[0])
-    sns.barplot(cells, x="class", y="source cells", hue="split", ax=axes[1])
-    axes[0].set_title("images per class (augmented copies)", fontsize=10)
-    axes[1].set_title("independent source cells per class", fontsize=10)
-    for ax in axes:
-        ax.set_xlabel("")
-        for c in ax.containers:
-            ax.bar_label(c, fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def sample_grid_figure(manifest, split: str = "TRAIN", per_class: int = 6, seed: int = 0):
-    """A few images of each class, with their source cell."""
-    _style()
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    f = manifest.split(split)
-    rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(per_class * 1.8, len(CLASSES) * 1.5))
-    for i, cls in enumerate(CLASSES):
-        rows = f[f["class"] == cls]
-        pick = rows.iloc[rng.choice(len(rows), size=min(per_class, len(rows)), replace=False)]
-        for j, r in enumerate(pick.itertuples()):
-            ax = axes[i][j]
-            with Image.open(r.path) as im:
-                ax.imshow(im.convert("RGB"))
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"cell {r.cell}", fontsize=7)
-            if j == 0:
-                ax.set_ylabel(cls, fontsize=8)
-    fig.suptitle(f"{split}: {per_class} random images per class (title: source cell)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def copies_per_cell_figure(manifest):
-    """How many augmented copies each source cell has, per split and class."""
-    _style()
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    f = manifest.frame[manifest.frame["split"].isin(["TRAIN", "TEST"])]
-    per = f.groupby(["split", "class", "cell"]).size().rename("copies").reset_index()
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    sns.stripplot(per, x="class", y="copies", hue="split", dodge=True, ax=ax, size=3, jitter=0.25)
-    ax.set_ylabel("augmented images per source cell")
-    ax.set_xlabel("")
-    fig.tight_layout()
-    return fig
+    return save_all(figs, out_dir)
