@@ -10,7 +10,7 @@ ARGS ?=
 SYSTEM_PACKAGES := chromium fonts-dejavu-core poppler-utils
 
 .DEFAULT_GOAL := help
-.PHONY: help setup report study figures test test-fast lint bench bench-fast ship-model readme slides notebooks-check clean-cache clean-runs
+.PHONY: help setup lab report study figures test test-fast lint bench bench-fast ship-model readme slides notebooks-check clean-cache clean-runs
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,9 +21,15 @@ setup: ## create .venv, install the package and its dependencies, and the system
 	@$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -e .
 	@bash tools/install_system_packages.sh $(SYSTEM_PACKAGES)
+	@$(PY) -m ipykernel install --sys-prefix --name wbc --display-name "Python (wbc)" >/dev/null
+	@echo "Jupyter kernel 'Python (wbc)' registered in $(VENV) (make lab opens the notebooks with it)"
 	@$(PY) -c "import wbc_utils, tensorflow; print('wbc_utils', wbc_utils.__version__, '| tensorflow', tensorflow.__version__, '| ready')"
 
-report: ## run the study of PROFILE (reusing finished runs), draw its figures, export report/report.{html,pdf}
+lab: ## open the notebooks in JupyterLab with the project's kernel, Python (wbc) (after make setup)
+	@test -x $(VENV)/bin/jupyter-lab || { echo "JupyterLab is not installed in $(VENV): run make setup first"; exit 1; }
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
+
+report: ## run the study of PROFILE (reusing finished runs), draw its figures, export report/PROFILE/report.{html,pdf}
 	$(PY) -m wbc_utils all --profile $(PROFILE) --reuse $(ARGS)
 
 study: ## run the study of PROFILE only (reusing finished runs)
@@ -39,7 +45,7 @@ test-fast: lint ## lint, then run the tests that train nothing
 	$(PY) -m pytest -q -m "not slow and not e2e" $(ARGS)
 
 lint: ## ruff (configured in pyproject.toml) over the package, the tests and the benchmarks
-	$(PY) -m ruff check wbc_utils tests benchmarks
+	$(PY) -m ruff check wbc_utils tests benchmarks tools
 
 bench: ## measure speed, memory, data loading, bfloat16, parallel runs and the quick profile side by side (about an hour)
 	$(PY) benchmarks/run.py --quick --bf16-study --parallel-runs $(ARGS)
@@ -50,7 +56,7 @@ bench-fast: ## the same without the memory runs and the quick profile (a few min
 ship-model: ## copy the best profile's seed-0 model to models/best/ (what `predict` uses by default)
 	$(PY) -m wbc_utils ship --profile best --seed 0 $(ARGS)
 
-readme: ## rewrite the README's findings block from report/quick/results.json (the shipped report's numbers)
+readme: ## rewrite the README's findings block from report/shipped/quick/results.json (the shipped report's numbers)
 	$(PY) -m wbc_utils readme
 
 slides: ## check the shipped slide mapping against the dataset (rebuild it with: python -m wbc_utils slides --force)

@@ -16,8 +16,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "wbc_utils"
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    rel = path.relative_to(package.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -38,7 +38,7 @@ def _resolve(current: str, is_pkg: bool, node: ast.ImportFrom) -> list[str]:
 
 def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """{module: {package modules it imports}}, submodules of wbc_utils only (the package itself excluded)."""
-    files = {module_name(p): p for p in package.rglob("*.py")}
+    files = {module_name(p, package): p for p in package.rglob("*.py")}
     out: dict[str, set[str]] = {}
     for name, path in files.items():
         deps: set[str] = set()

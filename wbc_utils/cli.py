@@ -36,6 +36,7 @@ import pandas as pd
 from . import slides
 from .artifacts import write_csv
 from .config import SHIPPED_RESULTS, figures_dir, profile_dir
+from .config import data_dir as default_data_dir
 from .data import build_manifest, find_images_root, load_split
 from .download import download
 from .errors import DataError, WBCError
@@ -365,9 +366,7 @@ def cmd_all(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .config import data_dir
-
-    target = Path(args.data_dir) if args.data_dir else data_dir()
+    target = Path(args.data_dir) if args.data_dir else default_data_dir()
     print(f"downloading into {target} ({args.url or args.source}); nothing else is ever downloaded")
     images = download(target, args.source, url=args.url, archive=Path(args.archive) if args.archive else None,
                       digest=args.sha256, keep_archive=args.keep_archive)

@@ -37,12 +37,14 @@ from .artifacts import atomic_path, write_json, write_text
 from .config import README, REPORT_NOTEBOOK, SHIPPED_RESULTS, TEMPLATES, chromium, output_root, report_dir
 from .errors import WBCError
 from .sections import findings
+from .tfenv import quiet_tensorflow
 
 
 def execute_report(profile: str, runs_root=None, out_dir: Path | None = None) -> Path:
     """Run the report notebook with papermill for ``profile``; returns the executed notebook's path."""
     out_dir = out_dir or report_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
+    quiet_tensorflow(out_dir / "kernel.log")  # the kernel's start-up lines stay off the console
     out = out_dir / "report.ipynb"
     with atomic_path(out) as tmp:
         pm.execute_notebook(str(REPORT_NOTEBOOK), str(tmp), cwd=str(REPORT_NOTEBOOK.parent), progress_bar=False,

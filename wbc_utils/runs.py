@@ -17,7 +17,7 @@
 
 ``<runs>/<profile>/`` (a study) holds ``summary.csv`` (one row per run; written by
 :mod:`wbc_utils.study` only), ``study.json`` (the profile, timings, failures) and
-``original-2020.json`` (the 2020 weights re-scored). A shipped model
+``original-2020.json`` (the 2020 weights re-scored) and ``study.log`` (the kernels' start-up lines). A shipped model
 (``models/best/``) holds ``model.keras`` and ``model.json``.
 
 Everything here reads or writes files; nothing trains. TensorFlow is imported
@@ -57,6 +57,8 @@ SHIPPED_META = "model.json"
 SUMMARY = "summary.csv"
 STUDY = "study.json"
 ORIGINAL = "original-2020.json"
+#: The kernels' own start-up lines, kept off the console while a study runs.
+STUDY_LOG = "study.log"
 
 #: The columns of ``predictions.csv`` before the scores: where each image comes from, and its label.
 PREDICTION_COLUMNS = ["split", "relpath", "class", "label", "slide", "cell", "shared"]

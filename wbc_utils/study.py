@@ -31,6 +31,7 @@ from .params import Profile, RunParams
 from .reevaluate import reevaluate_run
 from .runs import (
     NOTEBOOK,
+    STUDY_LOG,
     Run,
     is_stale,
     load_runs,  # noqa: F401,E402,I001  TEMPORARY for notebook.py (helper); remove
@@ -42,24 +43,10 @@ from .runs import (
     summary_path,
     write_study_record,
 )
+from .tfenv import quiet_tensorflow
 from .training import epoch_line
 
 log = logging.getLogger(__name__)
-
-
-class _KernelNoise(logging.Filter):
-    """jupyter_client's start-up warnings (a local kernel over TCP without encryption, per run): not news."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "without encryption" not in record.getMessage()
-
-
-def _quiet_papermill() -> None:
-    for name in ("papermill", "traitlets", "jupyter_client", "nbclient", "NotebookClient"):
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, _KernelNoise) for f in lg.filters):
-            lg.addFilter(_KernelNoise())
-    logging.getLogger("papermill").setLevel(logging.WARNING)
 
 
 def execute_run(params: RunParams, run_dir: Path, data_dir=None, reuse: bool = False, force: bool = False,
@@ -69,7 +56,7 @@ def execute_run(params: RunParams, run_dir: Path, data_dir=None, reuse: bool = F
     ``log_output`` streams the notebook's own output; by default the study's progress display reports the
     run instead, and a failure's full output is raised (and printed by :func:`run_study`).
     """
-    _quiet_papermill()
+    logging.getLogger("papermill").setLevel(logging.WARNING)
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = {**params.to_dict(), "output_dir": str(run_dir), "data_dir": str(data_dir or ""),
                   "reuse": reuse, "force": force}
@@ -174,6 +161,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     """
     absolute_env()  # the notebooks run with notebooks/ as their working directory
     runs_root = Path(runs_root).resolve() if runs_root else None
+    quiet_tensorflow(profile_dir(profile.name, runs_root) / STUDY_LOG)  # kernels' start-up lines: to study.log
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     pdir = profile_dir(profile.name, runs_root)
     pdir.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,11 @@ _CONFIGURED = False
 TF_VERBOSE = "WBC_TF_VERBOSE"
 
 #: What TensorFlow's C++ side writes straight to file descriptor 2 on every start, whatever
-#: ``TF_CPP_MIN_LOG_LEVEL`` says (absl logs before it is initialised): informational lines, not problems.
+#: ``TF_CPP_MIN_LOG_LEVEL`` says (absl logs before it is initialised), and the warning every local Jupyter kernel
+#: prints when papermill starts it (local TCP, no encryption): informational lines, not problems.
 NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"^(\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] "
     r"|.*(oneDNN custom operations are on|This TensorFlow binary is optimized|To enable the following instructions"
     r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|TF-TRT Warning"
@@ -33,7 +35,8 @@ NOISE = re.compile(
 
 class _StderrFilter:
     """File descriptor 2 through a pipe: TensorFlow's noise lines go to a log file, every other line goes on
-    to the real standard error unchanged (in a terminal, a papermill kernel or a Jupyter notebook alike)."""
+    to the real standard error unchanged (in a terminal, a papermill kernel or a Jupyter notebook alike).
+    Child processes (the kernels a study starts) inherit the pipe, so their start-up lines are filtered too."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
