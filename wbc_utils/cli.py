@@ -45,7 +45,7 @@ from .params import ARCHS, ENCODINGS, INPUT_SCALINGS, LOSSES, PRECISIONS, PROFIL
 from .predict import DISCLAIMER, format_table, predict_files, ship_model
 from .reevaluate import reevaluate_profile
 from .report import build_report, update_readme
-from .runs import is_model_path, summary_frame
+from .runs import is_model_path, resource_message, summary_frame
 from .study import run_study, summarize
 from .training import train_run
 
@@ -325,17 +325,24 @@ def _profile_from(args):
 
 
 def cmd_study(args) -> int:
-
     profile = _profile_from(args)
     t = time.time()
     rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs)
     print(f"study {profile.name}: {len(rec['runs'])} runs in {time.time() - t:.0f} s")
+    elsewhere = [e["run_name"] for e in rec["runs"] if e.get("was_held_by") and e["action"] == "reuse"]
+    if elsewhere:
+        print(f"{len(elsewhere)} run(s) were trained by another process on the same runs folder: "
+              f"{', '.join(elsewhere)}")
     if rec.get("rescore_error"):
         print(f"note: the 2020 models were not re-scored: {rec['rescore_error']}")
+    status = 0
     if rec["failed"]:
         print(f"{len(rec['failed'])} run(s) FAILED: {', '.join(rec['failed'])}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    if rec.get("write_error"):
+        print(f"error: the study's summary was not written: {rec['write_error']}", file=sys.stderr)
+        status = 1
+    return status
 
 
 def cmd_figures(args) -> int:
@@ -448,6 +455,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or unwritable folder: one line, what to do
+        print(f"error: {resource_message(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; unfinished ones resume when started again", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@
 ``train.log``            TensorFlow's own start-up and warning lines (kept out of the console)
 ``metrics.json``         written last: a run without it is *incomplete*
 ``train.ipynb``          the executed training notebook (studies run through papermill)
+``lock.json``            while a process trains the run: its host, pid and heartbeat (:mod:`wbc_utils.locks`)
 =======================  ===================================================
 
 ``<runs>/<profile>/`` (a study) holds ``summary.csv`` (one row per run; written by
@@ -26,6 +27,7 @@ only inside :func:`load_run`, which needs Keras to open a model.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
@@ -39,6 +41,7 @@ from .artifacts import atomic_path, read_json, write_csv, write_json
 from .config import profile_dir
 from .errors import DataError, WBCError
 from .evaluation import EVALUATION_VERSION, SCORE_COLUMNS
+from .locks import FolderLock, read_owner
 from .params import PROFILES, Profile
 
 PARAMS = "params.json"
@@ -52,6 +55,10 @@ VAL_PREDICTIONS = "val_predictions.csv"
 METRICS = "metrics.json"
 NOTEBOOK = "train.ipynb"
 LOG = "train.log"
+LOCK = "lock.json"
+#: What one run's folder takes on disk, for the free-space check before a study: a quick-profile run measured
+#: 1.4 MB, a best-profile one 3.5 MB; a checkpoint doubles the model while the run trains.
+RUN_BYTES = 8 * 2**20
 #: A shipped model's description (parameters and headline metrics), beside its model.keras.
 SHIPPED_META = "model.json"
 SUMMARY = "summary.csv"
@@ -173,10 +180,17 @@ class Run:
     def remove_checkpoint(self) -> None:
         shutil.rmtree(self.path / CHECKPOINT, ignore_errors=True)
 
+    def lock(self, owner: str | None = None) -> FolderLock:
+        """The run's lock (``with run.lock(): ...``); see :mod:`wbc_utils.locks`."""
+        return FolderLock(self.path / LOCK, owner)
+
+    def lock_owner(self) -> dict | None:
+        return read_owner(self.path / LOCK)
+
     def clear(self) -> None:
-        """Remove everything but the executed notebook papermill is writing for *this* execution."""
+        """Remove everything but the executed notebook papermill is writing for *this* execution, and the lock."""
         for p in self.path.iterdir():
-            if p.name == NOTEBOOK:
+            if p.name in (NOTEBOOK, LOCK):
                 continue
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -293,6 +307,57 @@ def write_shipped(dest: Path, model, meta: dict) -> Path:
 def read_shipped(dest: Path) -> dict | None:
     p = dest / SHIPPED_META
     return read_json(p) if p.exists() else None
+
+
+# ----------------------------------------------------------------------------- disk faults, said plainly
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
+
+
+def resource_message(e: OSError, folder: Path | None = None) -> str:
+    """One line for a disk fault: what happened, where, what a run needs, what to do."""
+    where = Path(e.filename).parent if e.filename else folder
+    if e.errno == errno.ENOSPC:
+        free = _free_bytes(where) if where else None
+        return (f"no space left on the device of {where}" + (f" ({_mb(free)} free)" if free is not None else "")
+                + f": a run's folder needs about {_mb(RUN_BYTES)}. Free some space, or point --runs-dir "
+                f"(WBC_RUNS_DIR) at a disk with room; the runs that could not finish are listed as incomplete "
+                f"and resume when started again.")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "is read-only" if e.errno == errno.EROFS else "is not writable by this user"
+        return (f"the runs folder {where} {why} ({e.strerror}): point --runs-dir (WBC_RUNS_DIR) at a folder you "
+                f"can write, or fix its permissions.")
+    return f"{e.strerror or e} ({e.filename or where}): check that the folder exists and can be written."
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for f in (folder, *folder.parents):
+        if f.exists():
+            try:
+                return shutil.disk_usage(f).free
+            except OSError:
+                return None
+    return None
+
+
+def check_runs_folder(folder: Path, runs_to_train: int) -> str | None:
+    """Make ``folder`` (a study's) and prove it can be written; raise a :class:`WBCError` that says what to do
+    when it cannot. Returns a warning when its disk looks too small for ``runs_to_train`` runs."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise WBCError(resource_message(e, folder)) from None
+    free = _free_bytes(folder)
+    need = runs_to_train * RUN_BYTES
+    if free is not None and runs_to_train and free < need:
+        return (f"warning: {folder} has {_mb(free)} free; {runs_to_train} run(s) need about {_mb(need)} "
+                f"({_mb(RUN_BYTES)} each). Runs that run out of space stop without metrics.json (incomplete) "
+                f"and resume later.")
+    return None
 
 
 # ----------------------------------------------------------------------------- the study folder

@@ -11,6 +11,7 @@ which run, its epoch, loss and accuracy, and the time elapsed and left.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import threading
@@ -26,6 +27,8 @@ from .config import THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
 from .data import build_manifest, load_split
 from .errors import RunExistsError
 from .evaluation import EVALUATION_VERSION
+from .locks import OWNER_VARIABLE, RunLockedError, describe, identity
+from .locks import is_stale as lock_is_stale
 from .original import find_original, parse_log, rescore
 from .params import Profile, RunParams
 from .reevaluate import reevaluate_run
@@ -33,11 +36,13 @@ from .runs import (
     NOTEBOOK,
     STUDY_LOG,
     Run,
+    check_runs_folder,
     is_stale,
     load_runs,  # noqa: F401,E402,I001  TEMPORARY for notebook.py (helper); remove
     original_path,
     original_record,
     read_history,
+    resource_message,
     study_record,
     summary_frame,
     summary_path,
@@ -164,8 +169,11 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     quiet_tensorflow(profile_dir(profile.name, runs_root) / STUDY_LOG)  # kernels' start-up lines: to study.log
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     pdir = profile_dir(profile.name, runs_root)
-    pdir.mkdir(parents=True, exist_ok=True)
+    check_runs_folder(pdir, 0)
     steps = plan(profile, runs_root, reuse, force)
+    warning = check_runs_folder(pdir, sum(action != "reuse" for _, _, action in steps))
+    if warning:
+        print(warning, flush=True)
     stale = [d for _, d, action in steps if action == "reuse" and is_stale(d)]
     if stale:  # a reused run is counted with today's definitions, never yesterday's
         manifest = build_manifest(data_dir)
@@ -192,23 +200,52 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
             with progress.lock:
                 progress.done += 1
             return entry
-        progress.start(i, p, d, action)
-        t = time.time()
         try:
-            execute_run(p, d, data_dir, reuse=False, force=force)
-        except Exception as e:  # a failing run must not stop the others
-            entry["error"] = _short_error(e)
-            progress.say(f"    {p.run_name}: the training notebook failed ({d / NOTEBOOK} holds its output):\n"
-                         + _indent(str(e)))
-        entry["seconds"] = round(time.time() - t, 1)
-        progress.end(p, entry["seconds"], entry.get("error"))
-        return entry
+            lock = Run(d).lock().acquire()
+        except RunLockedError as e:  # another study or worker trains it now: leave it, look again at the end
+            entry.update(action="held", held_by=describe(e.owner))
+            progress.say(f"[{i}/{len(steps)}] {p.run_name}: held by {describe(e.owner)}; left to it for now")
+            return entry
+        try:
+            if lock.taken_over:
+                progress.say(f"    {p.run_name}: took over the lock of {describe(lock.taken_over)} (stale)")
+            if Run(d).status == "finished" and not force:  # finished by another process meanwhile
+                entry["action"] = "reuse"
+                return entry
+            progress.start(i, p, d, action)
+            t = time.time()
+            try:
+                execute_run(p, d, data_dir, reuse=False, force=force)
+            except Exception as e:  # a failing run must not stop the others
+                entry["error"] = _short_error(e)
+                progress.say(f"    {p.run_name}: the training notebook failed ({d / NOTEBOOK} holds its output):\n"
+                             + _indent(str(e)))
+                if "No space left on device" in str(e):
+                    entry["error"] = resource_message(OSError(errno.ENOSPC, "No space left on device"), d)
+                    progress.say(f"    {p.run_name}: {entry['error']}")
+            entry["seconds"] = round(time.time() - t, 1)
+            progress.end(p, entry["seconds"], entry.get("error"))
+            return entry
+        finally:
+            lock.release()
 
+    os.environ[OWNER_VARIABLE] = identity()  # the kernels train under this study's locks
     try:
         with Progress(len(steps)) as progress, ThreadPoolExecutor(jobs) as ex:
             record["runs"] = list(ex.map(lambda step: one(step, progress), enumerate(steps, 1)))
+            held = [(i, e) for i, e in enumerate(record["runs"]) if e["action"] == "held"]
+            if held:
+                progress.say(f"waiting for {len(held)} run(s) that another process is training")
+            for i, e in held:  # when the other process lets go: finished there (kept), or ours to train
+                p, d, _ = steps[i]
+                _wait_for_lock(Run(d))
+                record["runs"][i] = {**one((i + 1, (p, d, "resume" if Run(d).status == "incomplete" else "train")),
+                                            progress), "was_held_by": e["held_by"]}
+                if record["runs"][i]["action"] == "reuse":
+                    progress.say(f"    {p.run_name}: finished by the other process; kept")
     finally:
         os.environ.pop(THREADS, None) if jobs > 1 else None
+        os.environ.pop(OWNER_VARIABLE, None)
     record["failed"] = [e["run_name"] for e in record["runs"] if "error" in e]
     record["train_wall_seconds"] = round(time.time() - t0, 1)
     if rescore:
@@ -218,11 +255,21 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
         except Exception as e:  # the 2020 files are optional; say so and go on
             record["rescore_error"] = _short_error(e)
         record["rescore_seconds"] = round(time.time() - t, 1)
-    summarize(profile.name, runs_root, failed={r["run_name"]: r.get("error") for r in record["runs"] if "error" in r})
-    if prev and not prev.get("in_progress"):
-        record["previous"] = {k: v for k, v in prev.items() if k != "previous"}
-    write_study_record(profile.name, record, runs_root)
+    try:
+        summarize(profile.name, runs_root,
+                  failed={r["run_name"]: r.get("error") for r in record["runs"] if "error" in r})
+        if prev and not prev.get("in_progress"):
+            record["previous"] = {k: v for k, v in prev.items() if k != "previous"}
+        write_study_record(profile.name, record, runs_root)
+    except OSError as e:  # a full or read-only disk: say so in one line; the runs' own state is already safe
+        record["write_error"] = resource_message(e, pdir)
     return record
+
+
+def _wait_for_lock(run: Run, poll: float = 2.0) -> None:
+    """Until no live process holds the run's lock (a stale lock counts as free: it will be taken over)."""
+    while (owner := run.lock_owner()) is not None and not lock_is_stale(owner):
+        time.sleep(poll)
 
 
 def _indent(text: str, pad: str = "      ") -> str:

@@ -27,6 +27,7 @@ from .data import Manifest, SplitData, build_manifest, grouped_split, load_split
 from .diagnostics import Diagnostics
 from .errors import ParameterError, RunExistsError
 from .evaluation import evaluate_predictions, held_from_epoch, softmax, validation_metrics
+from .locks import OWNER_VARIABLE
 from .model import build_model
 from .params import RunParams
 from .runs import HISTORY, HISTORY_COLUMNS, PARAMS, VAL_PREDICTIONS, Run, predictions_frame
@@ -217,6 +218,13 @@ def train_run(params: RunParams, run_dir: str | os.PathLike, data_dir=None, cach
     run = Run(Path(run_dir))
     run.path.mkdir(parents=True, exist_ok=True)
     quiet_tensorflow(run.log_path)  # TensorFlow's own start-up lines go to the run's train.log
+    # a study holds the lock for the kernels it starts (WBC_LOCK_OWNER); run alone, this process takes it
+    with run.lock(owner=os.environ.get(OWNER_VARIABLE)):
+        return _train(params, run, data_dir, cache_dir, reuse, force, verbose, data)
+
+
+def _train(params: RunParams, run: Run, data_dir, cache_dir, reuse: bool, force: bool, verbose: int,
+           data: RunData | None) -> dict:
     mode = _check_existing(run, params, reuse, force)
     if mode == "reuse":
         log.info("reusing finished run %s", run.path)
