@@ -28,3 +28,9 @@ def test_environment_yml_comments_every_pin():
     for line in (ROOT / "environment.yml").read_text().splitlines():
         if "==" in line:
             assert "#" in line, f"pin without a comment: {line.strip()}"
+
+
+def test_students_get_jupyterlab_and_the_kernel_package():
+    """`make lab` needs JupyterLab and ipykernel from the pinned requirements (not from a system Jupyter)."""
+    req = _pins((ROOT / "requirements.txt").read_text())
+    assert "jupyterlab" in req and "ipykernel" in req
