@@ -1,9 +1,24 @@
-"""Small helpers that keep the notebooks thin and friendly to students."""
+"""Small helpers that keep the notebooks thin and friendly to students.
+
+Every notebook cell that uses what an earlier cell made starts with ``need(globals(), ..., cell="...")``, imported
+in that same cell: run out of order, it says which cell to run first instead of a bare ``NameError``
+(``tests/test_notebook_guards.py`` checks every cell).
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 
+from .config import profile_dir
 from .errors import WBCError
+from .explorer import explorer as _explorer
+from .params import RunParams
+from .runs import load_runs
+
+#: What a solution cell prints while its answer is hidden.
+HIDDEN_ANSWER = ("(The answer is hidden. Try the exercise first; then set SHOW_SOLUTIONS = True in the cell under "
+                 "'Exercises', run that cell, and run this one again. Click the ... above to see the code.)")
 
 
 class CellOrderError(WBCError, NameError):
@@ -18,10 +33,28 @@ def need(namespace: dict, *names: str, cell: str) -> None:
                              f"(or Run All from the top).")
 
 
+@contextlib.contextmanager
+def solution(namespace: dict):
+    """Run a solution cell's code, but show what it prints only when the notebook's ``SHOW_SOLUTIONS`` is True
+    (or the environment's ``WBC_SHOW_SOLUTIONS`` is 1): *Run All* checks that every solution works without
+    giving its answer away. Output is shown anyway when the solution fails."""
+    from IPython.utils.capture import capture_output
+
+    show = bool(namespace.get("SHOW_SOLUTIONS")) or os.environ.get("WBC_SHOW_SOLUTIONS") == "1"
+    captured, ok = None, False
+    try:
+        with capture_output() as captured:
+            yield
+        ok = True
+    finally:
+        if captured is not None and (show or not ok):
+            captured.show()
+        elif ok:
+            print(HIDDEN_ANSWER)
+
+
 def params_from(namespace: dict):
     """Build and validate RunParams from the notebook's parameter variables."""
-    from .params import RunParams
-
     fields = [f.name for f in dataclasses.fields(RunParams)]
     need(namespace, *fields, cell="Parameters")
     return RunParams.from_dict({f: namespace[f] for f in fields})
@@ -50,41 +83,99 @@ def show(fig):
         plt.close(fig)
 
 
-def explorer(summary, split: str = "TEST", data_dir=None):
-    """Notebook 04's 'explore one prediction' cell: a static figure always (so exported HTML shows it), and,
-    when ipywidgets is installed, a run picker and an image slider that redraw it."""
-    from IPython.display import display
+# ----------------------------------------------------------------------------- the runs the report shows
 
-    from .figures_inside import explore, run_split
-    from .saliency import load_run
+@dataclasses.dataclass
+class Study:
+    """A study's runs as the report reads them: ``summary`` holds the main runs only (role "main" in
+    summary.csv), ``controls`` the control runs (the quick profile's lr 0.001 runs), which the report keeps
+    to a section of their own; ``metrics`` and ``histories`` are those of the main runs."""
 
-    fin = summary[summary["status"] == "finished"]
-    if fin.empty:
-        print("No finished run to explore yet: run a study first (make report PROFILE=smoke).")
-        return
-    cache: dict = {}
+    summary: object
+    controls: object
+    metrics: dict
+    histories: dict
+    all_runs: object
 
-    def get(run_dir):
-        if run_dir not in cache:
-            run = load_run(run_dir)
-            cache[run_dir] = (run, run_split(run, split, data_dir))
-        return cache[run_dir]
 
-    first = fin.iloc[0]["run_dir"]
-    run, data = get(first)
-    show(explore(run, data, None, 0))
-    try:
-        import ipywidgets as w
-    except ImportError:
-        print("(ipywidgets is not installed: `pip install ipywidgets` for the interactive version)")
-        return
-    pick = w.Dropdown(options=list(zip(fin["run_name"], fin["run_dir"])), value=first, description="run")
-    index = w.IntSlider(value=0, min=0, max=len(data) - 1, description="image", continuous_update=False)
+def run_dir_for(params, output_dir: str = ""):
+    """Notebook 03's run folder: ``output_dir`` when given, else ``runs/<profile>/<run name>/``."""
+    from pathlib import Path
 
-    def draw(run_dir, i):
-        r, d = get(run_dir)
-        show(explore(r, d, None, i))
+    return Path(output_dir) if output_dir else profile_dir(params.profile) / params.run_name
 
-    out = w.interactive_output(draw, {"run_dir": pick, "i": index})
-    print("Interactive version (in a live notebook; exported pages keep the static figure above):")
-    display(w.VBox([w.HBox([pick, index]), out]))
+
+def study_runs(profile: str, runs_root=None) -> Study:
+    """Load a study and select the runs the report selects (see :class:`Study`)."""
+    allruns, metrics, histories = load_runs(profile, runs_root)
+    main = allruns[allruns["role"] == "main"].reset_index(drop=True)
+    controls = allruns[allruns["role"] == "control"].reset_index(drop=True)
+    names = set(main["run_name"])
+    return Study(main, controls, {k: v for k, v in metrics.items() if k in names},
+                 {k: v for k, v in histories.items() if k in names}, allruns)
+
+
+def paper_model_run(profile: str, runs_root=None):
+    """The study's run of the 2020 recipe, for notebook 05: a finished main run of cross-entropy on integer
+    labels with the paper architecture, lowest seed first. Returns its summary row, or None."""
+    if not profile or not profile_dir(profile, runs_root).exists():
+        return None
+    runs = study_runs(profile, runs_root).summary
+    pick = runs[(runs["status"] == "finished") & (runs["loss"] == "crossentropy")
+                & (runs["target_encoding"] == "paper") & (runs["arch"] == "paper")]
+    return None if pick.empty else pick.sort_values("seed").iloc[0]
+
+
+# ----------------------------------------------------------------------------- the data's surprises
+
+def identical_files(frame):
+    """Groups of byte-identical files among ``frame``'s rows (a manifest frame): one row per file that has a
+    twin, with ``group`` numbering the sets of identical files."""
+    import hashlib
+
+    digests = []
+    for path in frame["path"]:
+        with open(path, "rb") as f:
+            digests.append(hashlib.sha256(f.read()).hexdigest())
+    f = frame.assign(sha256=digests)
+    twins = f[f.duplicated("sha256", keep=False)].sort_values(["sha256", "relpath"])
+    twins = twins.assign(group=twins.groupby("sha256", sort=False).ngroup() + 1)
+    return twins[["group", "relpath", "class", "slide", "cell"]].reset_index(drop=True)
+
+
+def overlapping_fields(manifest, pairs):
+    """Pairs of original slides that photograph overlapping fields of one smear (``slides.load_pairs()``),
+    with each slide's label and splits; ``same_cell`` says whether the white cell in both is the same one.
+    Slides no image of this dataset comes from are left out."""
+    import pandas as pd
+
+    f = manifest.frame if hasattr(manifest, "frame") else manifest
+    f = f[f["slide"].notna()]
+    per_slide = f.groupby("slide").agg(label=("class", "first"),
+                                       splits=("split", lambda s: "+".join(sorted(set(s)))))
+    out = pairs.join(per_slide.add_suffix("_a"), on="slide_a").join(per_slide.add_suffix("_b"), on="slide_b")
+    out = out.dropna(subset=["label_a", "label_b"])
+    return pd.DataFrame(out[["slide_a", "label_a", "splits_a", "slide_b", "label_b", "splits_b", "same_cell",
+                             "overlap_frac"]]).reset_index(drop=True)
+
+
+def overlap_note(rows, manifest, pairs) -> list:
+    """For each predictions row (with ``slide`` and ``predicted``): the overlapping slides labelled with the
+    class the model predicted, as text ("" when none): the model may be reading the other cell in the field."""
+    fields = overlapping_fields(manifest, pairs)
+    notes = []
+    for r in rows.itertuples():
+        hits = []
+        for a, b in (("a", "b"), ("b", "a")):
+            m = fields[(fields[f"slide_{a}"] == r.slide) & (fields[f"label_{b}"] == r.predicted)]
+            hits += [f"slide {int(s)} ({sp}) labelled {r.predicted}" for s, sp in zip(m[f"slide_{b}"],
+                                                                                      m[f"splits_{b}"])]
+        notes.append("; ".join(hits))
+    return notes
+
+
+# ----------------------------------------------------------------------------- notebook 04's explorer
+
+def explorer(summary, split: str = "TEST", data_dir=None, **choice):
+    """Notebook 04's 'explore one prediction' cell: see :func:`wbc_utils.explorer.explorer`."""
+    return _explorer(summary, split, data_dir, **choice)
