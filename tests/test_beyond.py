@@ -93,7 +93,9 @@ def test_new_parameters_are_validated():
 def test_run_name_names_the_design():
     p = RunParams(arch="wbcnet", view="cell", augment="geometric+color", lr_schedule="cosine",
                   label_smoothing=0.1, tta=True, validation="none", target_encoding="onehot")
-    assert p.run_name == "crossentropy_onehot_wbcnet16_cell_augc_cosine_ls0.1_tta_lr0.001_noval_s0"
+    assert p.run_name == "crossentropy_onehot_wbcnet16e100_cell_augc_cosine_ls0.1_tta_lr0.001_noval_s0"
+    q = RunParams(arch="wbcnet", view="cell96", validation="grouped", folds=5, fold=3, epochs=16)
+    assert q.run_name == "crossentropy_paper_wbcnet16e16_cell96_cv3of5_lr0.001_gval_s0"
 
 
 def test_params_written_before_new_parameters_still_match():
@@ -146,3 +148,54 @@ def test_best_profile_settings_are_json_serialisable():
     import dataclasses
 
     json.dumps(dataclasses.asdict(get_profile("best")))
+
+
+# ----------------------------------------------------------------------------- the k-fold lab
+
+def test_fold_parameters_are_validated():
+    with pytest.raises(ParameterError, match="folds=5 needs validation='grouped'"):
+        RunParams(folds=5)
+    with pytest.raises(ParameterError, match="fold=5 must be below folds=5"):
+        RunParams(validation="grouped", folds=5, fold=5)
+    with pytest.raises(ParameterError, match="view='cell20'"):
+        RunParams(view="cell20")
+    assert RunParams(view="cell96").view == "cell96"
+
+
+def test_kfold_holds_each_cell_out_exactly_once_and_never_on_both_sides(tiny_dataset):
+    from wbc_utils.data import build_manifest, kfold_split
+
+    train = build_manifest(tiny_dataset).split("TRAIN")
+    held = []
+    for f in range(2):
+        tr, va = kfold_split(train, 2, f)
+        assert not set(train.iloc[tr]["cell"]) & set(train.iloc[va]["cell"])
+        assert set(train.iloc[va]["class"]) == set(train["class"])  # stratified: every class in every fold
+        held += sorted(set(train.iloc[va]["cell"]))
+    assert sorted(held) == sorted(set(train["cell"]))
+    assert (kfold_split(train, 2, 0)[1] == kfold_split(train, 2, 0)[1]).all()  # the same folds every time
+    with pytest.raises(ParameterError, match="too few for 9 folds"):
+        kfold_split(train, 9, 0)
+
+
+def test_best_profile_lab_is_every_candidate_on_every_fold():
+    lab = [r for r in get_profile("best").runs() if r.validation == "grouped"]
+    by_design = {}
+    for r in lab:
+        by_design.setdefault((r.view, r.epochs, r.augment), []).append(r.fold)
+    assert len(by_design) >= 2 and all(sorted(f) == list(range(5)) for f in by_design.values())
+
+
+def test_candidates_whose_folds_overlap_are_tied_not_ranked():
+    import pandas as pd
+
+    from wbc_utils.beyond import choose_design, mark_ties
+
+    lab = mark_ties(pd.DataFrame([
+        {"design": "a", "val_accuracy": 0.80, "val_min": 0.74, "val_max": 0.86, "params": {"view": "cell"}},
+        {"design": "b", "val_accuracy": 0.83, "val_min": 0.79, "val_max": 0.88, "params": {"view": "cell96"}},
+        {"design": "c", "val_accuracy": 0.70, "val_min": 0.66, "val_max": 0.78, "params": {"view": "full"}},
+    ]))
+    assert list(lab["design"]) == ["b", "a", "c"]
+    assert list(lab["tied"]) == [False, True, False]  # a overlaps b's folds; c's best fold is below b's worst
+    assert choose_design(lab) == {"view": "cell96"}

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from .evaluation import (
     slide_means,
     softmax,
 )
+from .params import cell_window
 from .runs import PARAMS, Run, load_runs, read_metrics, read_params, read_predictions
 from .stats import Clusters, mean_interval
 
@@ -46,31 +48,78 @@ def _params(row) -> dict:
 
 
 def describe(params: dict) -> str:
-    """A short description of a design: 'cell crops 64x64, geometric+color aug, cosine, smoothing 0.1'."""
+    """A short description of a design: 'cell crops (128 px) 64x64, geometric+color aug, cosine lr, 10 epochs'."""
     size = "x".join(str(v) for v in params.get("image_size", []))
-    view = "cell crops" if params.get("view") == "cell" else "whole field"
+    view = params.get("view", "full")
+    window = cell_window(view)
+    view = f"cell crops ({window} px)" if window else "whole field"
     parts = [f"{view} {size}", f"{params.get('augment', 'none')} aug", params.get("lr_schedule", "constant") + " lr"]
     if params.get("label_smoothing"):
         parts.append(f"smoothing {params['label_smoothing']:g}")
+    parts.append(f"{params.get('epochs')} epochs")
     return ", ".join(parts)
 
 
-def lab_table(summary):
-    """One row per lab candidate (grouped-validation runs), best validation first."""
+def design_key(params: dict) -> tuple:
+    """What makes two runs the same candidate design (not the seed, fold or validation)."""
+    return tuple((k, json.dumps(params.get(k), sort_keys=True)) for k in (*DESIGN_KEYS, "tta"))
 
+
+def lab_runs(summary) -> pd.DataFrame:
+    """One row per lab run (a candidate on one fold of held-out TRAIN cells)."""
     rows = []
     lab = summary[(summary["validation"] == "grouped") & (summary["status"] == "finished")]
     for r in lab.itertuples():
         m = read_metrics(r.run_dir)
         p = _params(r)
-        rows.append({"run_name": r.run_name, "design": describe(p), "seed": p["seed"], "epochs": p["epochs"],
+        rows.append({"run_name": r.run_name, "design": describe(p), "key": design_key(p), "seed": p["seed"],
+                     "fold": p.get("fold", 0), "folds": p.get("folds", 0), "epochs": p["epochs"],
                      "val_accuracy": m["val_accuracy"], "val_lo": m["val_accuracy_ci"][0],
                      "val_hi": m["val_accuracy_ci"][1], "val_cell_accuracy": m["val_cell_accuracy"],
-                     "val_cell_lo": m["val_cell_accuracy_ci"][0], "val_cell_hi": m["val_cell_accuracy_ci"][1],
                      "val_accuracy_tta": m.get("val_accuracy_tta"), "val_cells": m["val_cells"],
                      "train_minutes": m["train_seconds"] / 60, "params": p})
-    out = pd.DataFrame(rows)
-    return out.sort_values("val_accuracy", ascending=False).reset_index(drop=True) if len(out) else out
+    return pd.DataFrame(rows)
+
+
+def lab_table(summary) -> pd.DataFrame:
+    """One row per candidate design: its validation accuracy on each fold, their mean, SD and range; best mean
+    first. ``tied`` marks the candidates whose fold range overlaps the best one's: the lab cannot rank those."""
+    runs = lab_runs(summary)
+    if runs.empty:
+        return runs
+    rows = []
+    for _, g in runs.groupby("key", sort=False):
+        g = g.sort_values("fold")
+        acc = g["val_accuracy"].to_numpy(float)
+        p = {k: v for k, v in g["params"].iloc[0].items() if k not in ("fold", "seed")}
+        rows.append({"design": g["design"].iloc[0], "key": g["key"].iloc[0], "folds_run": len(g),
+                     "folds": int(g["folds"].iloc[0]), "fold_accuracies": acc.tolist(),
+                     "val_accuracy": float(acc.mean()), "val_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                     "val_min": float(acc.min()), "val_max": float(acc.max()),
+                     "val_cell_accuracy": float(g["val_cell_accuracy"].mean()),
+                     "val_accuracy_tta": float(g["val_accuracy_tta"].mean()) if g["val_accuracy_tta"].notna().all()
+                     else None,
+                     "val_cells": int(g["val_cells"].sum()), "epochs": int(g["epochs"].iloc[0]),
+                     "train_minutes": float(g["train_minutes"].mean()), "params": p})
+    return mark_ties(pd.DataFrame(rows))
+
+
+def mark_ties(lab: pd.DataFrame) -> pd.DataFrame:
+    """Sort candidates by mean validation accuracy and mark ``tied`` those whose fold range [min, max] overlaps
+    the best one's: their folds do not separate them, so they are called tied, not ranked."""
+    out = lab.sort_values("val_accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    best = out.iloc[0]
+    out["tied"] = [bool(i > 0 and r.val_max >= best.val_min and r.val_min <= best.val_max)
+                   for i, r in enumerate(out.itertuples())]
+    return out
+
+
+def choose_design(lab: pd.DataFrame) -> dict | None:
+    """The rule fixed before the lab ran: the candidate with the highest mean validation accuracy over the folds
+    (the same folds for every candidate). Candidates whose fold range overlaps it are reported as tied with it."""
+    if lab is None or len(lab) == 0:
+        return None
+    return dict(lab.iloc[0]["params"])
 
 
 def chosen_design(summary) -> dict | None:
@@ -81,40 +130,45 @@ def chosen_design(summary) -> dict | None:
     return _params(main.iloc[0])
 
 
+def _same_design(a: dict, b: dict) -> bool:
+    return design_key(a) == design_key(b)
+
+
 def decisions(lab, chosen: dict | None) -> list[str]:
     """Why each candidate was kept or dropped, in words computed from the lab table."""
-    if lab is None or len(lab) == 0 or chosen is None:
+    if lab is None or len(lab) == 0:
         return []
-    keys = [k for k in DESIGN_KEYS if k not in ("epochs",)]
-    match = [all(row.params.get(k) == chosen.get(k) for k in keys) for row in lab.itertuples()]
-    kept = lab[match]
-    ref = kept.iloc[0] if len(kept) else lab.iloc[0]
+    pick = choose_design(lab)
     out = []
-    for row, is_kept in zip(lab.itertuples(), match):
-        gap = 100 * (row.val_accuracy - ref.val_accuracy)
-        if is_kept:
-            verdict = "**kept**: the final runs use this design"
-        elif row.val_lo <= ref.val_accuracy <= row.val_hi:
-            verdict = f"dropped: {gap:+.1f} points against the kept design, within this candidate's interval"
+    for row in lab.itertuples():
+        is_pick = _same_design(row.params, pick)
+        folds = ", ".join(f"{100 * v:.1f}" for v in row.fold_accuracies)
+        gap = 100 * (row.val_accuracy - lab.iloc[0].val_accuracy)
+        if is_pick:
+            verdict = "**the rule's pick**: the highest mean"
+        elif row.tied:
+            verdict = (f"tied with the pick ({gap:+.1f} points on average; the fold ranges overlap, so the lab "
+                       "cannot rank them)")
         else:
-            verdict = f"dropped: {gap:+.1f} points against the kept design"
-        out.append(f"{row.design}: validation {100 * row.val_accuracy:.1f}% "
-                   f"[{100 * row.val_lo:.1f}, {100 * row.val_hi:.1f}], cells {100 * row.val_cell_accuracy:.1f}% "
-                   f"- {verdict}")
+            verdict = f"dropped: {gap:+.1f} points on average, its best fold below the pick's worst"
+        out.append(f"{row.design}: mean {100 * row.val_accuracy:.1f}% ± {100 * row.val_sd:.1f} over "
+                   f"{row.folds_run} folds (folds: {folds}) - {verdict}")
+    if chosen is not None and pick is not None and not _same_design(chosen, pick):
+        out.append(f"**The final runs do not use the rule's pick** (they use {describe(chosen)}): the profile "
+                   "must be updated to the pick and the final runs trained again.")
     return out
 
 
 def tta_effect(lab, chosen: dict | None = None) -> dict | None:
-    """Test-time augmentation on validation: its gain per candidate, and for the kept design."""
+    """Test-time augmentation on validation: its mean gain over the folds per candidate, and for the kept design."""
     if lab is None or len(lab) == 0 or lab["val_accuracy_tta"].isna().all():
         return None
-    d = (lab["val_accuracy_tta"] - lab["val_accuracy"]).to_numpy(float)
+    d = (lab["val_accuracy_tta"].astype(float) - lab["val_accuracy"]).to_numpy(float)
     out = {"gains": dict(zip(lab["design"], d)), "raised": int((d > 0).sum()), "candidates": int(len(d)),
            "kept_gain": None}
     if chosen is not None:
-        keys = [k for k in DESIGN_KEYS if k != "epochs"]
         for row, g in zip(lab.itertuples(), d):
-            if all(row.params.get(k) == chosen.get(k) for k in keys):
+            if _same_design(row.params, chosen):
                 out["kept_gain"] = float(g)
     return out
 
@@ -279,18 +333,16 @@ def methods_markdown(res: dict) -> str:
     """Section 6's methods paragraph, from the chosen design's parameters."""
     p = res["chosen"] or {}
     lab = res["lab"]
-    n_val = int(lab["val_cells"].iloc[0]) if len(lab) else 0
     h, w = (p.get("image_size") or ["?", "?"])[:2]
-    crop = ("a 128x128 window of the 240x320 field around the white cell, resized: the nucleus is found by its stain "
-            "(blue well above green), smoothed with a nucleus-sized box; nothing is learned or tuned on any split, "
-            "and `predict` crops new images the same way")
-    tried_crop = any(q.get("view") == "cell" for q in lab["params"]) if len(lab) else False
-    if p.get("view") == "cell":
+    window = cell_window(p.get("view", "full"))
+    crop = (f"a {window}x{window} window of the 240x320 field around the white cell, resized: the nucleus is found "
+            "by its stain (blue well above green), smoothed with a nucleus-sized box; nothing is learned or tuned on "
+            "any split, and `predict` crops new images the same way")
+    if window:
         inp = f"**Input.** Instead of the whole field shrunk, a {h}x{w} crop: {crop}."
     else:
-        inp = (f"**Input.** The whole field at {h}x{w}, as in the quick profile, scaled to 0-1."
-               + (f" The lab also tried {crop}; on validation it did not beat the whole field (7.1)." if tried_crop
-                  else ""))
+        inp = f"**Input.** The whole field at {h}x{w}, as in the quick profile, scaled to 0-1."
+    k = int(lab["folds"].iloc[0]) if len(lab) else 5
     width = p.get("width", 16)
     n_tta = 8 if h == w else 4
     smoothing = f" with label smoothing {p['label_smoothing']:g}" if p.get("label_smoothing") else ""
@@ -308,27 +360,32 @@ def methods_markdown(res: dict) -> str:
         f"{', per-channel stain jitter' if 'color' in str(p.get('augment')) else ''}); TRAIN's classes hold "
         "equal numbers of images, so no class weights. "
         f"{tta}\n\n"
-        "**How the design was chosen: the lab.** Each candidate was trained once on 80% of TRAIN's same-cell "
-        f"clusters and scored on the other 20% ({n_val} cells; every image of every slide that shows a held-out cell "
-        "is held out with it, and intervals resample those cells). The rule, fixed in advance: keep the candidate "
-        "with the highest "
-        "validation accuracy. TEST played no part: the final runs train the kept design on all of TRAIN with no "
-        "validation at all, then score TEST once. (The pipeline scores TEST for every run, lab runs included; those "
-        "numbers are in their `metrics.json` and were not used for any choice.)")
+        f"**How the design was chosen: the lab.** Each candidate was trained on {k} - 1 of {k} folds of TRAIN's "
+        "same-cell clusters and scored on the remaining fold, once per fold: every TRAIN cell is held out exactly "
+        "once, every image of every slide that shows a held-out cell is held out with it, and every candidate sees "
+        "the same folds (stratified by class, drawn once, independent of the seed). The rule, fixed in advance: "
+        "keep the candidate with the highest mean validation accuracy over the folds; a candidate whose fold range "
+        "overlaps the pick's is reported as *tied* with it, since the lab cannot rank the two. TEST played no part: "
+        "the final runs train the kept design on all of TRAIN (the 6 cells TRAIN shares with TEST included; the "
+        "headline leaves them out of TEST instead) with no validation at all, then score TEST once. (The pipeline "
+        "scores TEST for every run, lab runs included; those numbers are in their `metrics.json` and were not used "
+        "for any choice.)")
 
 
 def lab_frame(res: dict):
-    """The lab notebook as a display table."""
-
+    """The lab notebook as a display table: one row per candidate, its folds beside their mean."""
     lab = res["lab"]
     if lab is None or len(lab) == 0:
         return pd.DataFrame()
     return pd.DataFrame({
         "candidate design": lab["design"],
-        "validation accuracy [95% CI]": [_ci(r.val_accuracy, r.val_lo, r.val_hi) for r in lab.itertuples()],
+        "validation accuracy, mean ± SD over folds": [f"{_pct(r.val_accuracy)} ± {100 * r.val_sd:.1f}"
+                                                     for r in lab.itertuples()],
+        "each fold": [", ".join(f"{100 * v:.1f}" for v in r.fold_accuracies) for r in lab.itertuples()],
         "with TTA": [_pct(v) for v in lab["val_accuracy_tta"]],
-        "cell accuracy [95% CI]": [_ci(r.val_cell_accuracy, r.val_cell_lo, r.val_cell_hi) for r in lab.itertuples()],
-        "epochs": lab["epochs"], "train min": [f"{v:.1f}" for v in lab["train_minutes"]]})
+        "cells (mean)": [_pct(v) for v in lab["val_cell_accuracy"]],
+        "vs the pick": ["pick" if i == 0 else ("tied" if r.tied else "below") for i, r in enumerate(lab.itertuples())],
+        "train min": [f"{v:.1f}" for v in lab["train_minutes"]]})
 
 
 def final_frame(res: dict):

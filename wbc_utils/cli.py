@@ -169,11 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="classify image files or folders with a trained model",
-                       description="Classify JPEG/PNG files or folders (searched recursively). MODEL, when given "
-                       "first, is a run folder (runs/<profile>/<run>/), a shipped-model folder or a .keras file; "
-                       "without it the best shipped model (models/best/) is used. Unreadable files are reported "
-                       "on their own row; the others are still classified. Exit status 1 when any file failed. "
-                       "Not a diagnostic tool: the models have only seen one lab's BCCD smears.")
+                       description="Classify image files (any format Pillow reads: JPEG, PNG, BMP, TIFF, ...) or "
+                       "folders of them (searched recursively). MODEL, when given first, is a run folder "
+                       "(runs/<profile>/<run>/), a shipped-model folder or a .keras file; without it the best shipped "
+                       "model (models/best/) is used. Each image is also checked against TRAIN: the 'unlike TRAIN' "
+                       "column (CSV: ood, ood_reason) flags images whose statistics or whose scores are unlike the "
+                       "training images'; do not trust those answers. Unreadable files are reported on their own "
+                       "row; the others are still classified. Exit status 1 when any file failed. Not a diagnostic "
+                       "tool: the models have only seen one lab's BCCD smears.")
+    p.add_argument("--data-dir", default=None, help="the dataset, to fit the out-of-distribution check for a run "
+                   "folder the first time (shipped models carry theirs)")
     p.add_argument("paths", nargs="+", metavar="[MODEL] IMAGES", help="optional model, then images or folders")
     p.add_argument("--model", help="the model (instead of giving it first)")
     p.add_argument("--csv", nargs="?", const="-", metavar="FILE",
@@ -393,7 +398,7 @@ def cmd_predict(args) -> int:
     model = args.model
     if model is None and len(paths) > 1 and is_model_path(paths[0]):
         model, paths = paths[0], paths[1:]
-    frame = predict_files(paths, model)
+    frame = predict_files(paths, model, data_dir=args.data_dir)
     failed = frame[frame["error"] != ""]
     if args.csv == "-":
         frame.to_csv(sys.stdout, index=False, float_format="%.6f")
@@ -419,7 +424,7 @@ def cmd_ship(args) -> int:
             raise DataError(f"no finished main run with seed {args.seed} in profile {args.profile}: run "
                             f"`make report PROFILE={args.profile}` first, or pass --run.")
         run = Path(main.iloc[0]["run_dir"])
-    dest = ship_model(run, force=args.force)
+    dest = ship_model(run, force=args.force, data_dir=args.data_dir)
     print(f"shipped {run} -> {dest}")
     return 0
 

@@ -48,12 +48,12 @@ from tqdm.auto import tqdm
 
 from . import CLASSES, NATIVE_SIZE, SPLITS, slides
 from .artifacts import atomic_path, read_json, write_csv, write_json
-from .cellcrop import CROP, crop_cell
+from .cellcrop import crop_cell
 from .config import cache_dir as default_cache_dir
 from .config import data_dir as default_data_dir
 from .config import data_dir_source
 from .errors import DataError, ParameterError
-from .params import check_image_size, check_view
+from .params import cell_window, check_image_size, check_view
 
 log = logging.getLogger(__name__)
 
@@ -306,10 +306,10 @@ def decode_image(path: str, size: tuple[int, int], view: str = "full") -> np.nda
     resizes the crop to ``size`` (see :mod:`wbc_utils.cellcrop`).
     """
 
-    if view == "cell":
+    if view != "full":
 
         field = decode_image(path, NATIVE_SIZE)
-        return field if isinstance(field, str) else crop_cell(field, size)
+        return field if isinstance(field, str) else crop_cell(field, size, cell_window(view))
     h, w = size
     try:
         if os.path.getsize(path) == 0:
@@ -356,7 +356,7 @@ def decode_images(paths: Sequence[str], size: tuple[int, int], workers: int | No
         ex = None
         it = map(_decode_chunk, jobs)
     if progress:
-        what = f"{size[0]}x{size[1]}" + (" (cell crops)" if view == "cell" else "")
+        what = f"{size[0]}x{size[1]}" + (f" (cell crops, {cell_window(view)} px)" if view != "full" else "")
         it = tqdm(it, total=len(jobs), desc=f"decoding {len(paths)} images at {what}", unit="chunk")
     try:
         for j, (arr, errs) in enumerate(it):
@@ -489,7 +489,7 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
         raise DataError(f"split {split} is not in the dataset at {manifest.images_root}.")
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     key = manifest.fingerprint()
-    tag = f"_cell{CROP}" if view == "cell" else ""
+    tag = f"_cell{cell_window(view)}" if view != "full" else ""
     base = cache_root / key / f"{split}{tag}_{size[0]}x{size[1]}"
     npy, meta_path = base.with_suffix(".npy"), base.with_suffix(".json")
     if npy.exists() and meta_path.exists():
@@ -541,6 +541,31 @@ def stratified_subset(frame, n: int, seed: int) -> np.ndarray:
         rest = np.setdiff1d(np.arange(len(frame)), out)
         out = np.concatenate([out, rng.choice(rest, size=short, replace=False)])
     return np.sort(out)
+
+
+#: Fold assignment does not depend on the run's seed: every candidate and seed of a lab sees the same folds.
+FOLD_SEED = 20201126
+
+
+def kfold_split(frame, folds: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) for fold ``fold`` of ``folds`` over same-cell clusters, stratified by class.
+
+    Each class's cells are shuffled once (:data:`FOLD_SEED`) and dealt round-robin to the folds, so every fold
+    holds about 1/``folds`` of each class's cells, every cell is held out exactly once across the folds, and no
+    cell (so no slide) is on both sides.
+    """
+    if not 2 <= folds or not 0 <= fold < folds:
+        raise ParameterError(f"fold={fold} of folds={folds}: need folds >= 2 and 0 <= fold < folds")
+    rng = np.random.default_rng(FOLD_SEED)
+    held = set()
+    for cls in CLASSES:
+        cells = np.array(sorted(frame.loc[frame["class"] == cls, "cell"].unique()))
+        if len(cells) < folds:
+            raise ParameterError(f"class {cls} has {len(cells)} source cell(s) in TRAIN: too few for {folds} folds.")
+        order = cells[rng.permutation(len(cells))]
+        held.update(order[fold::folds].tolist())
+    is_val = frame["cell"].isin(held).to_numpy()
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def grouped_split(frame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

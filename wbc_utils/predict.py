@@ -1,10 +1,12 @@
 """Classify new images with a trained model: ``python -m wbc_utils predict [MODEL] IMAGES... [--csv [FILE]]``.
 
-Images (JPEG or PNG, any size, or folders of them, searched recursively) are
+Images (any format Pillow reads: JPEG, PNG, BMP, TIFF, ...; any size; or folders of them, searched
+recursively) are
 prepared exactly as the model's training images were: resized to the 320x240
 field, then, for a model trained on cell crops, cropped around the white cell;
 or resized to the model's input size. A file that cannot be read is reported
-on its own row and the others are still classified.
+on its own row and the others are still classified. Every image is also checked against TRAIN
+(:mod:`wbc_utils.ood`): the ``ood`` column flags one unlike the training images, and ``ood_reason`` says why.
 
 Without a model, the best shipped model (``models/best/``) is used.
 
@@ -22,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from . import CLASSES
+from . import CLASSES, NATIVE_SIZE, ood
+from .artifacts import read_json, write_json
 from .augment import dihedral, valid_views
-from .config import SHIPPED_MODEL
-from .data import IMAGE_EXTENSIONS, decode_image
+from .config import SHIPPED_MODEL, cache_dir
+from .data import build_manifest, decode_image, decode_images, stratified_subset
 from .errors import DataError, RunExistsError
 from .evaluation import softmax
-from .runs import MODEL, Run, load_run, read_shipped, write_shipped
+from .runs import MODEL, PARAMS, LoadedRun, Run, load_run, read_shipped, write_shipped
 
 DISCLAIMER = ("Research code, not a diagnostic tool: trained on one lab's BCCD smears (320x240, four classes); "
               "its output on other images means nothing.")
@@ -42,16 +46,22 @@ def default_model() -> Path:
                     f"(runs/<profile>/<run>/) or a .keras file, or train one with `make report PROFILE=best`.")
 
 
+#: What predict reads: every extension Pillow can open (the dataset itself is JPEG only).
+PREDICT_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+#: TRAIN images the out-of-distribution reference is fitted on (a class-balanced sample).
+OOD_SAMPLE = 2000
+
+
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
     """Files to classify, in order: (path, error or None). Folders are searched recursively for images."""
     out: list[tuple[str, str | None]] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in PREDICT_EXTENSIONS
                            and not f.name.startswith("."))
             if not found:
-                out.append((str(p), "folder holds no .jpg, .jpeg or .png files"))
+                out.append((str(p), "folder holds no image file Pillow can read (.jpg, .png, .bmp, .tif, ...)"))
             out.extend((str(f), None) for f in found)
         elif p.is_file():
             out.append((str(p), None))
@@ -63,6 +73,55 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | 
 def prepare(path: str, image_size: Sequence[int], view: str) -> np.ndarray | str:
     """One file as the model's input (uint8 H x W x 3), or the reason it cannot be read."""
     return decode_image(path, tuple(int(v) for v in image_size), view)
+
+
+def logits_of(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Raw scores (N, 4) of prepared uint8 images, as given (no test-time augmentation)."""
+    images = np.asarray(images, np.uint8)
+    if len(images) == 0:
+        return np.zeros((0, len(CLASSES)), np.float64)
+    return np.concatenate([np.asarray(run.model(images[i:i + batch_size], training=False), np.float64)
+                           for i in range(0, len(images), batch_size)])
+
+
+def ood_reference(run: LoadedRun, data_dir=None) -> dict | None:
+    """The model's out-of-distribution thresholds: from a shipped model's ``model.json``, a run folder's
+    ``ood.json``, or fitted now on TRAIN when the dataset is there (cached in the run folder, or for a model file
+    elsewhere in the cache folder under its SHA-256); None when there is none and no dataset to fit one."""
+    shipped = read_shipped(run.path)
+    if shipped and shipped.get("ood"):
+        return shipped["ood"]
+    run_folder = Run(run.path)
+    cached = run_folder.ood()
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256((run.path / MODEL).read_bytes()).hexdigest()[:16] if (run.path / MODEL).exists() \
+        else None
+    other = cache_dir() / "ood" / f"{digest}.json" if digest else None
+    if other is not None and other.exists():
+        return read_json(other)
+    try:
+        ref = fit_ood_reference(run, data_dir)
+    except DataError:
+        return None
+    if run_folder.has(PARAMS):
+        run_folder.write_ood(ref)
+    elif other is not None:
+        write_json(other, ref)
+    return ref
+
+
+def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE) -> dict:
+    """Fit :func:`wbc_utils.ood.fit_reference` on a class-balanced sample of TRAIN, prepared as the model's inputs
+    and as 240x320 fields."""
+    train = build_manifest(data_dir).split("TRAIN")
+    idx = stratified_subset(train, min(n, len(train)), 0)
+    paths = train["path"].iloc[idx].tolist()
+    fields, bad = decode_images(paths, NATIVE_SIZE, view="full")
+    inputs, bad2 = decode_images(paths, run.image_size, view=run.view)
+    keep = np.array([i not in bad and i not in bad2 for i in range(len(paths))])
+    feats = np.stack([ood.image_features(f) for f in fields[keep]])
+    return ood.fit_reference(feats, logits_of(run, inputs[keep]))
 
 
 def predict_arrays(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -81,48 +140,77 @@ def predict_arrays(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return probs.astype(np.float32)
 
 
-def predict_files(inputs: Iterable[str | os.PathLike], model: str | os.PathLike | None = None, run=None):
+def predict_files(inputs: Iterable[str | os.PathLike], model: str | os.PathLike | None = None, run=None,
+                  data_dir=None):
     """Classify image files and folders; returns a DataFrame, one row per file.
 
     Columns: ``file``, ``predicted``, ``confidence``, ``p_<CLASS>`` for each
-    class, and ``error`` (empty when the file was classified).
+    class, ``ood`` (True when the image looks unlike TRAIN; empty without a reference), ``ood_reason``, and
+    ``error`` (empty when the file was classified).
     """
     run = run or load_run(model or default_model())
+    reference = ood_reference(run, data_dir)
     items = expand_inputs(list(inputs))
-    rows, batch, where = [], [], []
+    rows, batch, fields, where = [], [], [], []
     for path, err in items:
         row = {"file": path, "predicted": "", "confidence": np.nan,
-               **{f"p_{c}": np.nan for c in CLASSES}, "error": err or ""}
+               **{f"p_{c}": np.nan for c in CLASSES}, "ood": None, "ood_reason": "", "error": err or ""}
         if not err:
             arr = prepare(path, run.image_size, run.view)
             if isinstance(arr, str):
                 row["error"] = arr
             else:
                 batch.append(arr)
+                fields.append(ood.image_features(decode_image(path, NATIVE_SIZE, "full")))
                 where.append(len(rows))
         rows.append(row)
     if batch:
-        probs = predict_arrays(run, np.stack(batch))
-        for i, pr in zip(where, probs):
+        x = np.stack(batch)
+        probs = predict_arrays(run, x)
+        flags, reasons = (ood.flag(reference, np.stack(fields), logits_of(run, x)) if reference is not None
+                          else ([None] * len(x), ["no reference: the dataset was not found to fit one"] * len(x)))
+        for i, pr, fl, why in zip(where, probs, flags, reasons):
             rows[i].update({f"p_{c}": float(v) for c, v in zip(CLASSES, pr)})
             rows[i]["predicted"] = CLASSES[int(pr.argmax())]
             rows[i]["confidence"] = float(pr.max())
-    frame = pd.DataFrame(rows, columns=["file", "predicted", "confidence", *[f"p_{c}" for c in CLASSES], "error"])
+            rows[i]["ood"], rows[i]["ood_reason"] = (None if fl is None else bool(fl)), why
+    frame = pd.DataFrame(rows, columns=["file", "predicted", "confidence", *[f"p_{c}" for c in CLASSES], "ood",
+                                        "ood_reason", "error"])
     frame.attrs["model"] = str(run.path)
     return frame
 
 
 def format_table(frame) -> str:
-    """A plain-text table for the terminal."""
+    """A plain-text table for the terminal: paths relative to the folder the files share, probabilities to three
+    places, and the reasons for each out-of-distribution flag as numbered notes below the table."""
     shown = frame.copy()
+    files = [Path(f) for f in shown["file"]]
+    try:
+        base = Path(os.path.commonpath([f.parent for f in files])) if files else Path(".")
+    except ValueError:
+        base = Path(".")
+    shown["file"] = [str(f.relative_to(base)) if f.is_relative_to(base) and f != base else str(f) for f in files]
     for c in ["confidence", *[f"p_{c}" for c in CLASSES]]:
         shown[c] = shown[c].map(lambda v: "" if v != v else f"{v:.3f}")
-    shown.columns = [c.replace("p_", "") for c in shown.columns]
-    return shown.to_string(index=False)
+    notes = []
+    flags = []
+    for r in shown.itertuples():
+        if r.ood:
+            notes.append(f"  [{len(notes) + 1}] {r.file}: {r.ood_reason}")
+            flags.append(f"yes [{len(notes)}]")
+        else:
+            flags.append("" if r.ood is None or r.ood != r.ood else "no")
+    shown["unlike TRAIN"] = flags
+    shown = shown.drop(columns=["ood", "ood_reason"])
+    shown.columns = [c.replace("p_", "")[:4] if c.startswith("p_") else c for c in shown.columns]
+    text = (f"files in {base}\n" if str(base) not in ("", ".") else "") + shown.to_string(index=False)
+    if notes:
+        text += "\nunlike the training images (do not trust these answers):\n" + "\n".join(notes)
+    return text
 
 
 def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MODEL, force: bool = False,
-               max_bytes: int = 5 * 1024 * 1024) -> Path:
+               max_bytes: int = 5 * 1024 * 1024, data_dir=None) -> Path:
     """Copy a finished run's model to ``dest`` (``models/best/`` by default) with ``model.json``: its
     parameters, its TEST figures and where it came from. Refuses to replace a different model without ``force``."""
     run, dest = Run(Path(run_dir)), Path(dest)
@@ -149,6 +237,8 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     meta = {"params": run.params(), "metrics": {k: m.get(k) for k in keep},
             "source_run": f"{run.path.parent.name}/{run.name}", "source_sha256": digest,
             "shipped": datetime.date.today().isoformat(), "classes": list(CLASSES), "disclaimer": DISCLAIMER}
+    loaded = load_run(run.path)
+    meta["ood"] = fit_ood_reference(loaded, data_dir)  # what predict calls unlike TRAIN, fitted on TRAIN now
     # without the optimizer's state: a third of the size, the same predictions
-    write_shipped(dest, load_run(run.path).model, meta)
+    write_shipped(dest, loaded.model, meta)
     return dest

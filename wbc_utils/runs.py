@@ -14,6 +14,7 @@
 ``metrics.json``         written last: a run without it is *incomplete*
 ``train.ipynb``          the executed training notebook (studies run through papermill)
 ``lock.json``            while a process trains the run: its host, pid and heartbeat (:mod:`wbc_utils.locks`)
+``ood.json``             what ``predict`` calls unlike TRAIN for this model (:mod:`wbc_utils.ood`), once used
 =======================  ===================================================
 
 ``<runs>/<profile>/`` (a study) holds ``summary.csv`` (one row per run; written by
@@ -56,6 +57,8 @@ METRICS = "metrics.json"
 NOTEBOOK = "train.ipynb"
 LOG = "train.log"
 LOCK = "lock.json"
+#: The model's out-of-distribution thresholds, fitted on TRAIN the first time ``predict`` uses the run.
+OOD = "ood.json"
 #: What one run's folder takes on disk, for the free-space check before a study: a quick-profile run measured
 #: 1.4 MB, a best-profile one 3.5 MB; a checkpoint doubles the model while the run trains.
 RUN_BYTES = 8 * 2**20
@@ -143,6 +146,13 @@ class Run:
         if split is not None:
             f = f[f["split"] == split].sort_values("relpath").reset_index(drop=True)
         return f
+
+    def ood(self) -> dict | None:
+        p = self.path / OOD
+        return read_json(p) if p.exists() else None
+
+    def write_ood(self, reference: dict) -> Path:
+        return write_json(self.path / OOD, reference)
 
     def completed_epochs(self) -> int:
         """Epochs saved in the checkpoint (0 when there is none)."""

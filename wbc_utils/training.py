@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import CLASSES, __version__
 from .augment import augment_batch, dihedral, valid_views
-from .data import Manifest, SplitData, build_manifest, grouped_split, load_split, stratified_subset
+from .data import Manifest, SplitData, build_manifest, grouped_split, kfold_split, load_split, stratified_subset
 from .diagnostics import Diagnostics
 from .errors import ParameterError, RunExistsError
 from .evaluation import evaluate_predictions, held_from_epoch, softmax, validation_metrics
@@ -54,7 +54,8 @@ def prepare_data(params: RunParams, data_dir=None, cache_dir=None, progress: boo
     if (manifest.frame["split"] == "TEST_SIMPLE").any():
         simple = load_split(manifest, "TEST_SIMPLE", size, cache_dir, progress, view=view)
     if params.validation == "grouped":
-        tr_idx, va_idx = grouped_split(train_all.frame, params.val_fraction, params.seed)
+        tr_idx, va_idx = (kfold_split(train_all.frame, params.folds, params.fold) if params.folds else
+                          grouped_split(train_all.frame, params.val_fraction, params.seed))
         train, val = train_all.subset(tr_idx), train_all.subset(va_idx)
     elif params.validation == "none":
         train, val = train_all, None
@@ -290,7 +291,9 @@ def _train(params: RunParams, run: Run, data_dir, cache_dir, reuse: bool, force:
         **{k: v for k, v in params.to_dict().items()},
         "run_name": params.run_name, "run_dir": str(run.path), "precision_policy": policy,
         "validation_label": {"paper": "TEST used as validation (paper mode)",
-                             "grouped": f"grouped: {params.val_fraction:.0%} of TRAIN's same-cell clusters held out",
+                             "grouped": (f"grouped: fold {params.fold} of {params.folds} of TRAIN's same-cell clusters "
+                                         f"held out" if params.folds else
+                                         f"grouped: {params.val_fraction:.0%} of TRAIN's same-cell clusters held out"),
                              "none": "none: trained on all of TRAIN; TEST scored once at the end"}[params.validation],
         "train_images": len(data.train), "val_images": len(data.val) if data.val is not None else 0,
         "train_cells": int(data.train.frame["cell"].nunique()),

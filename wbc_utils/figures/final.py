@@ -14,6 +14,7 @@ from ..cellcrop import crop_cell
 from ..config import figures_dir
 from ..data import build_manifest
 from ..evaluation import calibration
+from ..params import cell_window
 from ..runs import load_runs, read_params
 from .common import save_all, style
 
@@ -119,8 +120,8 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
         a0.imshow(field)
         a0.set_title(f"cell {r['cell']} ({r['class'][:3]})" + (", also in TRAIN" if r.get("shared") else ""),
                      fontsize=8)
-        if view == "cell":
-            a1.imshow(crop_cell(field, input_size))
+        if view != "full":
+            a1.imshow(crop_cell(field, input_size, cell_window(view)))
         else:
             a1.imshow(np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR)))
         a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=8, color="#c62828")
