@@ -73,7 +73,12 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-scaling", choices=list(INPUT_SCALINGS), help=_param_help("input_scaling"))
     p.add_argument("--learning-rate", type=float, help=_param_help("learning_rate"))
     p.add_argument("--precision", choices=list(PRECISIONS), help=_param_help("precision"))
-    p.add_argument("--jobs", type=int, help="notebooks run at once (default: the profile's)")
+    p.add_argument("--jobs", type=int, help="notebooks run at once on this machine (default: the profile's)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a Dask cluster instead of this machine, e.g. tcp://host:8786 (the runs folder and "
+                   "the dataset must be at the same paths on every worker; see the README)")
+    p.add_argument("--gpus-per-run", type=int, default=0,
+                   help="with --scheduler: GPUs each run takes from a worker started with --resources GPU=N")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--reuse", action="store_true", help="keep finished runs with the same parameters")
     g.add_argument("--force", action="store_true", help="retrain runs that already finished")
@@ -332,7 +337,8 @@ def _profile_from(args):
 def cmd_study(args) -> int:
     profile = _profile_from(args)
     t = time.time()
-    rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs)
+    rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs,
+                    scheduler=args.scheduler, gpus_per_run=args.gpus_per_run)
     print(f"study {profile.name}: {len(rec['runs'])} runs in {time.time() - t:.0f} s")
     elsewhere = [e["run_name"] for e in rec["runs"] if e.get("was_held_by") and e["action"] == "reuse"]
     if elsewhere:

@@ -14,16 +14,19 @@ import dataclasses
 import errno
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import papermill as pm
+from distributed import Client, as_completed
 
 from .artifacts import write_csv, write_json
-from .config import THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
+from .config import DATA_DIR, PATH_VARIABLES, THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
 from .data import build_manifest, load_split
 from .errors import RunExistsError
 from .evaluation import EVALUATION_VERSION
@@ -122,6 +125,12 @@ class Progress:
         self.say(f"[{i}/{self.total}] {params.run_name}: {action}" +
                  (f" after epoch {seen} of {params.epochs}" if action == "resume" and seen else ""))
 
+    def finish(self, params: RunParams) -> None:
+        """Count a run that needed no training (reused, or finished by another process)."""
+        with self.lock:
+            self.active.pop(params.run_name, None)
+            self.done += 1
+
     def end(self, params: RunParams, seconds: float, error: str | None = None) -> None:
         self._check(params.run_name)
         with self.lock:
@@ -158,11 +167,15 @@ class Progress:
 
 
 def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = False, force: bool = False,
-              rescore: bool = True, jobs: int | None = None) -> dict:
+              rescore: bool = True, jobs: int | None = None, scheduler: str | None = None,
+              gpus_per_run: int = 0) -> dict:
     """Run (or reuse) every run of ``profile``; write summary.csv and study.json. Returns the study record.
 
-    ``jobs`` runs that many notebooks at once (default: the profile's); each
-    then gets ``cpu_count // jobs`` TensorFlow threads.
+    ``jobs`` runs that many notebooks at once here (default: the profile's); each
+    then gets ``cpu_count // jobs`` TensorFlow threads. With ``scheduler`` (a Dask
+    scheduler's address, e.g. ``tcp://host:8786``) the runs execute on that cluster's
+    workers instead, ``gpus_per_run`` of a worker's ``GPU`` resource each; the runs
+    folder and the dataset must be at the same paths on every worker.
     """
     absolute_env()  # the notebooks run with notebooks/ as their working directory
     runs_root = Path(runs_root).resolve() if runs_root else None
@@ -182,7 +195,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
             reevaluate_run(d, manifest)
     jobs = max(1, int(jobs or profile.jobs))
     record = {"profile": profile.name, "profile_settings": _profile_dict(profile), "jobs": jobs, "runs": [],
-              "failed": []}
+              "failed": [], "scheduler": scheduler}
     prev = study_record(profile.name, runs_root)
     write_study_record(profile.name, {**record, "in_progress": True}, runs_root)
     t0 = time.time()
@@ -192,60 +205,29 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     if reused:
         print(f"{reused} of {len(steps)} runs already finished with the same parameters: reused", flush=True)
 
-    def one(i_step, progress: Progress):
-        i, (p, d, action) = i_step
-        entry = {"run_name": p.run_name, "action": action}
-        if action == "reuse":
-            entry["seconds"] = 0.0
-            with progress.lock:
-                progress.done += 1
-            return entry
-        try:
-            lock = Run(d).lock().acquire()
-        except RunLockedError as e:  # another study or worker trains it now: leave it, look again at the end
-            entry.update(action="held", held_by=describe(e.owner))
-            progress.say(f"[{i}/{len(steps)}] {p.run_name}: held by {describe(e.owner)}; left to it for now")
-            return entry
-        try:
-            if lock.taken_over:
-                progress.say(f"    {p.run_name}: took over the lock of {describe(lock.taken_over)} (stale)")
-            if Run(d).status == "finished" and not force:  # finished by another process meanwhile
-                entry["action"] = "reuse"
-                return entry
-            progress.start(i, p, d, action)
-            t = time.time()
-            try:
-                execute_run(p, d, data_dir, reuse=False, force=force)
-            except Exception as e:  # a failing run must not stop the others
-                entry["error"] = _short_error(e)
-                progress.say(f"    {p.run_name}: the training notebook failed ({d / NOTEBOOK} holds its output):\n"
-                             + _indent(str(e)))
-                if "No space left on device" in str(e):
-                    entry["error"] = resource_message(OSError(errno.ENOSPC, "No space left on device"), d)
-                    progress.say(f"    {p.run_name}: {entry['error']}")
-            entry["seconds"] = round(time.time() - t, 1)
-            progress.end(p, entry["seconds"], entry.get("error"))
-            return entry
-        finally:
-            lock.release()
-
-    os.environ[OWNER_VARIABLE] = identity()  # the kernels train under this study's locks
+    env = {k: os.environ[k] for k in (*PATH_VARIABLES, DATA_DIR) if os.environ.get(k)}
+    if data_dir is not None:
+        env[DATA_DIR] = str(data_dir)
     try:
-        with Progress(len(steps)) as progress, ThreadPoolExecutor(jobs) as ex:
-            record["runs"] = list(ex.map(lambda step: one(step, progress), enumerate(steps, 1)))
+        with Progress(len(steps)) as progress:
+            if scheduler:
+                record["runs"] = _run_on_cluster(steps, scheduler, env, force, progress, gpus_per_run)
+            else:
+                with ThreadPoolExecutor(jobs) as ex:
+                    record["runs"] = list(ex.map(lambda step: _run_here(step, env, force, progress),
+                                                 enumerate(steps, 1)))
             held = [(i, e) for i, e in enumerate(record["runs"]) if e["action"] == "held"]
             if held:
                 progress.say(f"waiting for {len(held)} run(s) that another process is training")
             for i, e in held:  # when the other process lets go: finished there (kept), or ours to train
                 p, d, _ = steps[i]
                 _wait_for_lock(Run(d))
-                record["runs"][i] = {**one((i + 1, (p, d, "resume" if Run(d).status == "incomplete" else "train")),
-                                            progress), "was_held_by": e["held_by"]}
+                record["runs"][i] = {**_run_here((i + 1, (p, d, "train")), env, force, progress),
+                                     "was_held_by": e["held_by"]}
                 if record["runs"][i]["action"] == "reuse":
                     progress.say(f"    {p.run_name}: finished by the other process; kept")
     finally:
         os.environ.pop(THREADS, None) if jobs > 1 else None
-        os.environ.pop(OWNER_VARIABLE, None)
     record["failed"] = [e["run_name"] for e in record["runs"] if "error" in e]
     record["train_wall_seconds"] = round(time.time() - t0, 1)
     if rescore:
@@ -264,6 +246,101 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     except OSError as e:  # a full or read-only disk: say so in one line; the runs' own state is already safe
         record["write_error"] = resource_message(e, pdir)
     return record
+
+
+def train_one(params: dict, run_dir: str, data_dir: str | None, force: bool, env: dict, announce=None) -> dict:
+    """One run, wherever it executes (a thread of the study, or a Dask worker): take the run's lock, leave the
+    run to a live process that holds it, keep it if it finished meanwhile, else execute the training notebook
+    (resuming from the last epoch a killed attempt saved). Returns the run's entry for study.json.
+    ``announce(action)`` is called once the lock is held, before training starts (the local progress display)."""
+    os.environ.update(env)  # the study's folders (absolute), for a worker started elsewhere
+    os.environ[OWNER_VARIABLE] = identity()  # the kernel trains under this process's lock
+    p = RunParams.from_dict(params)
+    run = Run(Path(run_dir))
+    entry = {"run_name": p.run_name, "host": socket.gethostname()}
+    try:
+        lock = run.lock().acquire()
+    except RunLockedError as e:
+        return {**entry, "action": "held", "held_by": describe(e.owner)}
+    try:
+        if lock.taken_over:
+            entry["took_over"] = describe(lock.taken_over)
+        if run.status == "finished" and not force:
+            return {**entry, "action": "reuse", "seconds": 0.0}
+        entry["action"] = "resume" if run.status == "incomplete" and run.completed_epochs() else "train"
+        if announce is not None:
+            announce(entry["action"])
+        t = time.time()
+        try:
+            execute_run(p, run.path, data_dir, reuse=False, force=force)
+        except Exception as e:  # a failing run must not stop the others
+            entry["error"] = _short_error(e)
+            entry["output"] = str(e)
+            if "No space left on device" in str(e):
+                entry["error"] = resource_message(OSError(errno.ENOSPC, "No space left on device"), run.path)
+        entry["seconds"] = round(time.time() - t, 1)
+        return entry
+    finally:
+        lock.release()
+
+
+def _report(i: int, total: int, p: RunParams, d: Path, entry: dict, progress: Progress) -> dict:
+    """Say what happened to one run (the study's console), and keep its entry without the full output."""
+    if entry["action"] == "held":
+        progress.say(f"[{i}/{total}] {p.run_name}: held by {entry['held_by']}; left to it for now")
+        return entry
+    if entry.get("took_over"):
+        progress.say(f"    {p.run_name}: took over the lock of {entry['took_over']} (stale)")
+    if entry["action"] == "reuse":
+        progress.finish(p)
+        return entry
+    if "output" in entry:
+        progress.say(f"    {p.run_name}: the training notebook failed ({d / NOTEBOOK} holds its output):\n"
+                     + _indent(entry.pop("output")))
+    progress.end(p, entry.get("seconds", 0.0), entry.get("error"))
+    return entry
+
+
+def _run_here(i_step, env: dict, force: bool, progress: Progress) -> dict:
+    i, (p, d, action) = i_step
+    if action == "reuse":
+        progress.finish(p)
+        return {"run_name": p.run_name, "action": "reuse", "seconds": 0.0}
+    entry = train_one(p.to_dict(), str(d), env.get(DATA_DIR), force, env,
+                      announce=lambda what: progress.start(i, p, d, what))
+    return _report(i, progress.total, p, d, entry, progress)
+
+
+def _run_on_cluster(steps, scheduler: str, env: dict, force: bool, progress: Progress,
+                    gpus_per_run: int = 0) -> list[dict]:
+    """Submit every run to a Dask cluster (one task per run; a worker started with ``--resources GPU=1``
+    takes one GPU run at a time) and collect the entries as they finish. A worker that dies mid-run is
+    replaced by Dask's own retry on another worker, which takes over the dead worker's lock and resumes the
+    run from its last saved epoch. Progress is read from the runs folder, which every worker shares."""
+    entries: list[dict | None] = [None] * len(steps)
+    resources = {"GPU": gpus_per_run} if gpus_per_run else None
+    with Client(scheduler, timeout="30s") as client:
+        progress.say(f"cluster {scheduler}: {len(client.scheduler_info().get('workers', {}))} worker(s)")
+        futures = {}
+        for i, (p, d, action) in enumerate(steps):
+            if action == "reuse":
+                progress.finish(p)
+                entries[i] = {"run_name": p.run_name, "action": "reuse", "seconds": 0.0}
+                continue
+            progress.start(i + 1, p, d, "submitted")
+            fut = client.submit(train_one, p.to_dict(), str(d), env.get(DATA_DIR), force, env,
+                                key=f"wbc-run-{p.run_name}-{uuid.uuid4().hex[:6]}", pure=False, retries=2,
+                                resources=resources)
+            futures[fut] = i
+        for fut in as_completed(list(futures)):
+            i = futures[fut]
+            p, d, _ = steps[i]
+            try:
+                entry = fut.result()
+            except Exception as e:  # the task itself failed on every attempt (not the notebook)
+                entry = {"run_name": p.run_name, "action": "train", "error": _short_error(e)}
+            entries[i] = _report(i + 1, len(steps), p, d, entry, progress)
+    return entries
 
 
 def _wait_for_lock(run: Run, poll: float = 2.0) -> None:
