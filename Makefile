@@ -1,5 +1,6 @@
 # The study's entry points. Every target calls `python -m wbc_utils` (see `python -m wbc_utils --help`).
-# Variables: PROFILE (smoke | quick | collapse | best | paper, default quick), PYTHON (default python3), ARGS (extra CLI flags).
+# Variables: PROFILE (smoke | quick | collapse | best | paper, default quick), PYTHON (default python3), ARGS (extra CLI flags),
+# GPU (1: install TensorFlow's CUDA build; default: 1 when nvidia-smi sees a GPU).
 SHELL := /bin/bash
 PROFILE ?= quick
 PYTHON ?= python3
@@ -8,6 +9,9 @@ PY := $(VENV)/bin/python
 ARGS ?=
 # Debian packages that PDF export needs (Chromium drives nbconvert's webpdf exporter; fonts for its text).
 SYSTEM_PACKAGES := chromium fonts-dejavu-core poppler-utils
+# GPU=1 installs TensorFlow's CUDA build (same version as the CPU pin); by default it is chosen when nvidia-smi sees a GPU.
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+TF_VERSION := $(shell sed -n 's/^tensorflow-cpu==//p' requirements.txt)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup lab report study figures test test-fast lint bench bench-fast ship-model readme slides notebooks-check clean-cache clean-runs
@@ -20,10 +24,14 @@ setup: ## create .venv, install the package and its dependencies, and the system
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
 	@$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -e .
+	@if [ "$(GPU)" = "1" ]; then \
+	  echo "NVIDIA GPU: replacing tensorflow-cpu with tensorflow[and-cuda]==$(TF_VERSION) (GPU=0 keeps the CPU build)"; \
+	  $(PY) -m pip uninstall --quiet -y tensorflow-cpu && \
+	  $(PY) -m pip install --quiet "tensorflow[and-cuda]==$(TF_VERSION)"; fi
 	@bash tools/install_system_packages.sh $(SYSTEM_PACKAGES)
 	@$(PY) -m ipykernel install --sys-prefix --name wbc --display-name "Python (wbc)" >/dev/null
 	@echo "Jupyter kernel 'Python (wbc)' registered in $(VENV) (make lab opens the notebooks with it)"
-	@$(PY) -c "import wbc_utils, tensorflow; print('wbc_utils', wbc_utils.__version__, '| tensorflow', tensorflow.__version__, '| ready')"
+	@$(PY) -c "from wbc_utils.tfenv import import_tf; tf = import_tf(); import wbc_utils; print('wbc_utils', wbc_utils.__version__, '| tensorflow', tf.__version__, '| GPUs:', len(tf.config.list_physical_devices('GPU')), '| ready')"
 
 lab: ## open the notebooks in JupyterLab with the project's kernel, Python (wbc) (after make setup)
 	@test -x $(VENV)/bin/jupyter-lab || { echo "JupyterLab is not installed in $(VENV): run make setup first"; exit 1; }

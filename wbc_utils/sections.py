@@ -360,7 +360,8 @@ class Report:
                      f"{c['TEST']['slides']} slides ({c['TEST']['cells']} cells, {c['shared_cells']} of them also in "
                      f"TRAIN)" + (f"; TEST_SIMPLE {c['TEST_SIMPLE']['files']} images of {c['TEST_SIMPLE']['slides']} "
                                   f"slides" if "TEST_SIMPLE" in c else "") + ".")
-        device = sw.get("device") or "CPU"
+        devices = sorted({m.get("software", {}).get("device") for m in (d.get("metrics") or {}).values()} - {None})
+        device = "; ".join(devices) if devices else (sw.get("device") or "a CPU (not recorded by these runs)")
         lines.append("**Software**: " + ", ".join(f"{k} {v}" for k, v in sw.items() if k not in ("platform", "device"))
                      + f"; trained on: {device}. Generated {datetime.date.today().isoformat()}.")
         lines.append("*Scope: these models have seen one lab's images only (the BCCD smears, 640x480, resized to "

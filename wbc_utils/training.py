@@ -31,7 +31,7 @@ from .locks import OWNER_VARIABLE
 from .model import build_model
 from .params import RunParams
 from .runs import HISTORY, HISTORY_COLUMNS, PARAMS, VAL_PREDICTIONS, Run, predictions_frame
-from .tfenv import import_tf, quiet_tensorflow, seed_everything, set_precision
+from .tfenv import device_description, import_tf, quiet_tensorflow, seed_everything, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def _train(params: RunParams, run: Run, data_dir, cache_dir, reuse: bool, force:
         "final_val_accuracy": _finite(hist["val_accuracy"].iloc[-1]),
         "final_val_paper_metric": _finite(hist["val_paper_metric"].iloc[-1]),
         "skipped_files": len(data.manifest.skipped), "sources": data.manifest.sources,
-        "software": software_versions(),
+        "software": {**software_versions(), "device": device_description()},
     }
     metrics.update(evaluate_predictions(
         test_pred, simple_pred, loss=params.loss, encoding=params.target_encoding,
