@@ -14,6 +14,7 @@ Commands, in the order data flows:
   all        study + figures + report (what make report runs)
   predict    classify image files or folders with a trained model (default: the shipped one)
   ship       copy a finished run's model to models/best/ for predict
+  export     copy a study's small artifacts (no models) to results/, tracked, to build its report anywhere
   readme     rewrite the README's findings block from the shipped report's results.json
   download   fetch the dataset, only when asked (verified, extracted safely)
 
@@ -35,7 +36,7 @@ import pandas as pd
 
 from . import slides
 from .artifacts import write_csv
-from .config import SHIPPED_RESULTS, figures_dir, profile_dir
+from .config import RESULTS, SHIPPED_RESULTS, figures_dir, profile_dir
 from .config import data_dir as default_data_dir
 from .data import build_manifest, find_images_root, load_split
 from .download import download
@@ -45,7 +46,7 @@ from .params import ARCHS, ENCODINGS, INPUT_SCALINGS, LOSSES, PRECISIONS, PROFIL
 from .predict import DISCLAIMER, format_table, predict_files, ship_model
 from .reevaluate import reevaluate_profile
 from .report import build_report, update_readme
-from .runs import is_model_path, resource_message, summary_frame
+from .runs import export_study, is_model_path, resource_message, summary_frame
 from .study import run_study, summarize
 from .training import train_run
 
@@ -197,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="a run folder, instead of --profile/--seed")
     p.add_argument("--force", action="store_true", help="replace a different shipped model")
     p.set_defaults(func=cmd_ship)
+
+    p = sub.add_parser("export", help="copy a study's small artifacts (no models) to results/ (tracked)",
+                       description="Copy every finished run's params, history, metrics and predictions, and the "
+                       "study's summary, to results/PROFILE/ (or --to), where they are tracked in git and read as a "
+                       "runs folder: python -m wbc_utils report --profile paper --runs-dir results.")
+    _common(p)
+    p.add_argument("--profile", default="paper")
+    p.add_argument("--to", default=None, help=f"destination root (default: {RESULTS})")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("readme", help="rewrite the README's findings block from the shipped report's results.json")
     p.add_argument("--results", default=None, help=f"results.json to read (default: {SHIPPED_RESULTS})")
@@ -432,6 +442,14 @@ def cmd_ship(args) -> int:
         run = Path(main.iloc[0]["run_dir"])
     dest = ship_model(run, force=args.force, data_dir=args.data_dir)
     print(f"shipped {run} -> {dest}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    dest = Path(args.to) if args.to else RESULTS
+    written = export_study(args.profile, dest, args.runs_dir)
+    print(f"{len(written)} file(s) exported to {dest / args.profile} "
+          f"({sum(p.stat().st_size for p in written) / 2**20:.1f} MB)")
     return 0
 
 

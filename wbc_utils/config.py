@@ -34,6 +34,9 @@ README = REPO_ROOT / "README.md"
 #: The reports shipped with the package (tracked): ``report/shipped/<profile>/``. ``make report`` never writes here.
 SHIPPED_REPORTS = REPO_ROOT / "report" / "shipped"
 SHIPPED_RESULTS = SHIPPED_REPORTS / "quick" / "results.json"
+#: Small artifacts of studies too long to rerun here (the paper profile, trained on a GPU): tracked, read as a runs
+#: folder (``--runs-dir results``), written by ``python -m wbc_utils export``.
+RESULTS = REPO_ROOT / "results"
 #: The model ``predict`` uses when none is given (``make ship-model`` writes it, on purpose).
 SHIPPED_MODEL = REPO_ROOT / "models" / "best"
 

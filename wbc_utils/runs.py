@@ -205,6 +205,38 @@ class Run:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+#: What ``export`` keeps of a finished run: everything the report reads, not the models (``model.keras`` is
+#: megabytes; the paper model at 240x320 with its optimizer state, about 1.8 MB a run).
+EXPORTED = (PARAMS, HISTORY, METRICS, PREDICTIONS, VAL_PREDICTIONS, DIAGNOSTICS)
+EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL)
+
+
+def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
+    """Copy a study's small artifacts (:data:`EXPORTED` of each finished run, and the study's own files) to
+    ``dest_root/<profile>/``, atomically, file by file; returns what was written. ``dest_root`` then reads as a
+    runs folder: the report builds from it without the models."""
+    src = profile_dir(profile, runs_root)
+    if not src.is_dir():
+        raise WBCError(f"no study at {src}: nothing to export.")
+    out = []
+    dest = Path(dest_root) / profile
+    for d in sorted(x for x in src.iterdir() if x.is_dir() and Run(x).status == "finished"):
+        for name in EXPORTED:
+            if (d / name).exists():
+                out.append(_copy_atomic(d / name, dest / d.name / name))
+    for name in EXPORTED_STUDY:
+        if (src / name).exists():
+            out.append(_copy_atomic(src / name, dest / name))
+    return out
+
+
+def _copy_atomic(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
 def run_status(run_dir: str | os.PathLike) -> str:
     """'finished' (metrics.json), 'incomplete' (started, no metrics) or 'missing'."""
     return Run(Path(run_dir)).status

@@ -9,13 +9,13 @@ import seaborn as sns
 from PIL import Image
 
 from .. import CLASSES
-from ..beyond import describe, lab_and_final
+from ..beyond import lab_and_final, lab_runs
 from ..cellcrop import crop_cell
 from ..config import figures_dir
 from ..data import build_manifest
 from ..evaluation import calibration
 from ..params import cell_window
-from ..runs import load_runs, read_params
+from ..runs import load_runs
 from .common import save_all, style
 
 
@@ -132,25 +132,27 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
 
 
 def lab_curves_figure(summary, histories):
-    """Validation accuracy per epoch of each lab candidate (held-out TRAIN cells), and training accuracy."""
+    """Each lab candidate's accuracy per epoch, the mean over its folds with their range shaded: on the training
+    images (augmented) and on the held-out TRAIN cells."""
     style()
-
-
-
-    lab = summary[(summary["validation"] == "grouped")]
+    runs = lab_runs(summary)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for r in lab.itertuples():
-        h = histories.get(r.run_name)
-        if h is None:
+    for _, g in runs.groupby("key", sort=False):
+        hs = [histories[n] for n in g["run_name"] if n in histories]
+        if not hs:
             continue
-        label = describe(read_params(r.run_dir))
-        axes[0].plot(h["epoch"], h["accuracy"], marker="o", ms=3, label=label)
-        axes[1].plot(h["epoch"], h["val_accuracy"], marker="o", ms=3, label=label)
+        epochs = min(len(h) for h in hs)
+        label = f"{g['design'].iloc[0]} ({len(hs)} folds)"
+        for ax, col in zip(axes, ("accuracy", "val_accuracy")):
+            v = np.stack([h[col].to_numpy(float)[:epochs] for h in hs])
+            x = np.arange(1, epochs + 1)
+            line, = ax.plot(x, v.mean(0), marker="o", ms=3, label=label)
+            ax.fill_between(x, v.min(0), v.max(0), color=line.get_color(), alpha=0.15, lw=0)
     axes[0].set_title("training accuracy (augmented images)", fontsize=9)
-    axes[1].set_title("validation accuracy (held-out TRAIN cells)", fontsize=9)
+    axes[1].set_title("validation accuracy (the held-out fold's TRAIN cells)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
-    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylabel("accuracy (mean over folds; shaded: their range)")
     axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
