@@ -41,7 +41,6 @@ from .runs import (
     Run,
     check_runs_folder,
     is_stale,
-    load_runs,  # noqa: F401,E402,I001  TEMPORARY for notebook.py (helper); remove
     original_path,
     original_record,
     read_history,
