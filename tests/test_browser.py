@@ -155,8 +155,18 @@ def _run_all(page, url: str, name: str, shots: Path | None) -> tuple[dict, float
     page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?reset")  # a fresh layout: this notebook only
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
     _wait_for(page, lambda s: s["status"] == "idle", 90, f"{name}'s kernel to start")
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    for attempt in range(3):  # on a loaded machine the first click can land before the notebook has focus
+        page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            _wait_for(page, lambda s: s["status"] != "idle" or any(c["count"] for c in s["cells"]), 20,
+                      f"{name} to start running")
+            break
+        except AssertionError:
+            page.keyboard.press("Escape")
+            if attempt == 2:
+                raise
     state = _wait_for(page, lambda s: s["status"] == "idle" and all(c["count"] for c in s["cells"]), 120,
                       f"{name} to run all its cells")
     if shots is not None:  # the first figure, then the exercises at the end
