@@ -8,12 +8,11 @@ from conftest import make_dataset
 
 from wbc_utils import analysis as an
 from wbc_utils.artifacts import write_json
+from wbc_utils.config import profile_dir
 from wbc_utils.data import build_manifest
 from wbc_utils.evaluation import EVALUATION_VERSION, evaluate_predictions
 from wbc_utils.params import RunParams
-from wbc_utils.runs import PREDICTION_COLUMNS
-from wbc_utils.config import profile_dir
-from wbc_utils.runs import load_runs, summary_frame
+from wbc_utils.runs import PREDICTION_COLUMNS, load_runs, summary_frame
 
 
 def _fake_run(root, profile, manifest, loss, enc, seed, skill, collapsed=False, simple=True, lr=3e-4):

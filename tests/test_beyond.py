@@ -172,10 +172,31 @@ def test_kfold_holds_each_cell_out_exactly_once_and_never_on_both_sides(tiny_dat
         assert not set(train.iloc[tr]["cell"]) & set(train.iloc[va]["cell"])
         assert set(train.iloc[va]["class"]) == set(train["class"])  # stratified: every class in every fold
         held += sorted(set(train.iloc[va]["cell"]))
-    assert sorted(held) == sorted(set(train["cell"]))
+    assert sorted(held) == sorted(set(train["cell"]))  # the tiny dataset's cells each carry one class
     assert (kfold_split(train, 2, 0)[1] == kfold_split(train, 2, 0)[1]).all()  # the same folds every time
     with pytest.raises(ParameterError, match="too few for 9 folds"):
         kfold_split(train, 9, 0)
+
+
+def test_kfold_never_puts_a_cell_labelled_with_two_classes_on_both_sides():
+    """A cell whose images carry two class labels is dealt with each class: it may be held out in two folds (the
+    lab counts and reports such cells), but it is never in training and validation at once."""
+    import pandas as pd
+
+    from wbc_utils.data import kfold_split
+
+    rows = [{"cell": f"{c}{i}", "class": c} for c in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
+            for i in range(6) for _ in range(3)]
+    rows += [{"cell": "mixed", "class": "LYMPHOCYTE"}] * 2 + [{"cell": "mixed", "class": "MONOCYTE"}] * 5
+    frame = pd.DataFrame(rows)
+    for k in (2, 3):
+        held = []
+        for f in range(k):
+            tr, va = kfold_split(frame, k, f)
+            assert not set(frame.iloc[tr]["cell"]) & set(frame.iloc[va]["cell"])
+            held += sorted(set(frame.iloc[va]["cell"]))
+        assert set(held) == set(frame["cell"])
+        assert all(held.count(c) == 1 for c in set(frame["cell"]) - {"mixed"}) and 1 <= held.count("mixed") <= 2
 
 
 def test_best_profile_lab_is_every_candidate_on_every_fold():

@@ -28,7 +28,7 @@ def _kill_a_worker_mid_run(runs_dir, killed: dict, stop: threading.Event, min_ep
                 owner = json.loads(lock.read_text())["owner"]
             except (OSError, ValueError, KeyError):
                 continue
-            pid = int(owner.rpartition(":")[2])
+            pid = int(owner.split(":")[1])
             killed.update(run=lock.parent.name, pid=pid, epochs=run.completed_epochs())
             os.kill(pid, signal.SIGKILL)
             return

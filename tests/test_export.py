@@ -34,5 +34,9 @@ def test_export_keeps_what_the_report_reads_and_not_the_models(tmp_path):
     assert (out / "study.json") in written
     s = summary_frame("paper", tmp_path / "results")
     assert s["status"].tolist() == ["finished"]  # the unfinished run is not exported
+    # an exported run that is no longer finished does not linger in a later export
+    (done.path / "metrics.json").unlink()
+    export_study("paper", tmp_path / "results", runs)
+    assert not (out / done.name).exists() and (out / "study.json").exists()
     with pytest.raises(WBCError, match="no study at"):
         export_study("nothing", tmp_path / "results", runs)

@@ -185,3 +185,38 @@ def test_a_full_disk_ends_with_a_clear_message_and_no_finished_looking_run(train
     assert "no space left on the device of" in err.err and "--runs-dir" in err.err
     assert "During handling" not in err.err
     assert not list((tmp_path / "runs" / "smoke").glob("*/metrics.json"))  # nothing passes for finished
+
+
+def test_an_empty_lock_file_goes_stale_with_its_age(tmp_path):
+    path = tmp_path / "lock.json"
+    path.write_text("")  # a process killed between creating the lock and writing it
+    with pytest.raises(RunLockedError):
+        FolderLock(path, stale_after=60).acquire()  # fresh: maybe being written right now
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    with FolderLock(path, stale_after=60) as lock:
+        assert lock.taken_over["owner"] == "?"
+
+
+def test_breaking_a_stale_lock_never_moves_a_fresh_one(tmp_path, monkeypatch):
+    """Two processes find the same stale lock; the first breaks it and takes the run; the second, renaming what
+    it believes is the stale file, finds the first one's fresh lock instead: it puts it back and stays out."""
+    from wbc_utils import locks
+
+    path = tmp_path / "lock.json"
+    _write_lock(path, "elsewhere:1", time.time() - 3600)
+    stale = json.loads(path.read_text())
+    real_rename = os.rename
+
+    def first_wins(src, dst):  # just before our rename, the other process replaces the stale lock with its own
+        _write_lock(path, "other:2", time.time())
+        monkeypatch.setattr(locks.os, "rename", real_rename)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(locks, "read_owner", lambda p, _r=locks.read_owner: stale if p == path else _r(p))
+    monkeypatch.setattr(locks.os, "rename", first_wins)
+    with pytest.raises(RunLockedError, match="other:2"):
+        FolderLock(path, owner="me:3", stale_after=60).acquire()
+    monkeypatch.undo()
+    assert json.loads(path.read_text())["owner"] == "other:2"
+    assert not list(tmp_path.glob("lock.json.stale-*"))

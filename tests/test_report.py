@@ -26,7 +26,8 @@ def test_readme_findings_match_the_shipped_report(tmp_path):
     """The README quotes the shipped report's numbers, generated from its results.json, never typed by hand."""
     assert SHIPPED_RESULTS.exists(), "report/shipped/quick/results.json is shipped with the report"
     assert update_readme(_committed_results(tmp_path), ROOT / "README.md", check=True), \
-        "README's findings block is out of date: run `make readme` (and commit report/shipped/quick/results.json with it)"
+        "README's findings block is out of date: run `make readme` (and commit report/shipped/quick/results.json " \
+        "with it)"
 
 
 def _results():

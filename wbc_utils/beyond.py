@@ -34,7 +34,7 @@ from .evaluation import (
     softmax,
 )
 from .params import cell_window
-from .runs import PARAMS, Run, load_runs, read_metrics, read_params, read_predictions
+from .runs import PARAMS, VAL_PREDICTIONS, Run, load_runs, read_metrics, read_params, read_predictions
 from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
@@ -72,7 +72,8 @@ def lab_runs(summary) -> pd.DataFrame:
     for r in lab.itertuples():
         m = read_metrics(r.run_dir)
         p = _params(r)
-        rows.append({"run_name": r.run_name, "design": describe(p), "key": design_key(p), "seed": p["seed"],
+        rows.append({"run_name": r.run_name, "run_dir": r.run_dir, "design": describe(p), "key": design_key(p),
+                     "seed": p["seed"],
                      "fold": p.get("fold", 0), "folds": p.get("folds", 0), "epochs": p["epochs"],
                      "val_accuracy": m["val_accuracy"], "val_lo": m["val_accuracy_ci"][0],
                      "val_hi": m["val_accuracy_ci"][1], "val_cell_accuracy": m["val_cell_accuracy"],
@@ -88,9 +89,12 @@ def lab_table(summary) -> pd.DataFrame:
     if runs.empty:
         return runs
     rows = []
-    for _, g in runs.groupby("key", sort=False):
+    for _, g in runs.groupby(["key", "folds"], sort=False):
         g = g.sort_values("fold")
         acc = g["val_accuracy"].to_numpy(float)
+        held = pd.concat([read_predictions(d, name=VAL_PREDICTIONS)[["cell"]].drop_duplicates().assign(fold=f)
+                          for d, f in zip(g["run_dir"], g["fold"])])
+        twice = int((held.groupby("cell")["fold"].nunique() > 1).sum())
         p = {k: v for k, v in g["params"].iloc[0].items() if k not in ("fold", "seed")}
         rows.append({"design": g["design"].iloc[0], "key": g["key"].iloc[0], "folds_run": len(g),
                      "folds": int(g["folds"].iloc[0]), "fold_accuracies": acc.tolist(),
@@ -99,17 +103,20 @@ def lab_table(summary) -> pd.DataFrame:
                      "val_cell_accuracy": float(g["val_cell_accuracy"].mean()),
                      "val_accuracy_tta": float(g["val_accuracy_tta"].mean()) if g["val_accuracy_tta"].notna().all()
                      else None,
-                     "val_cells": int(g["val_cells"].sum()), "epochs": int(g["epochs"].iloc[0]),
+                     "val_cells": int(g["val_cells"].sum()), "cells_held_twice": twice,
+                     "complete": len(g) == max(int(g["folds"].iloc[0]), 1), "epochs": int(g["epochs"].iloc[0]),
                      "train_minutes": float(g["train_minutes"].mean()), "params": p})
     return mark_ties(pd.DataFrame(rows))
 
 
 def mark_ties(lab: pd.DataFrame) -> pd.DataFrame:
     """Sort candidates by mean validation accuracy and mark ``tied`` those whose fold range [min, max] overlaps
-    the best one's: their folds do not separate them, so they are called tied, not ranked."""
-    out = lab.sort_values("val_accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    the best one's: their folds do not separate them, so they are called tied, not ranked. Candidates with folds
+    still missing come last, unranked (one lucky fold must not beat five)."""
+    lab = lab.assign(complete=lab["complete"] if "complete" in lab else True)
+    out = lab.sort_values(["complete", "val_accuracy"], ascending=[False, False], kind="stable").reset_index(drop=True)
     best = out.iloc[0]
-    out["tied"] = [bool(i > 0 and r.val_max >= best.val_min and r.val_min <= best.val_max)
+    out["tied"] = [bool(i > 0 and r.complete and r.val_max >= best.val_min and r.val_min <= best.val_max)
                    for i, r in enumerate(out.itertuples())]
     return out
 
@@ -117,7 +124,7 @@ def mark_ties(lab: pd.DataFrame) -> pd.DataFrame:
 def choose_design(lab: pd.DataFrame) -> dict | None:
     """The rule fixed before the lab ran: the candidate with the highest mean validation accuracy over the folds
     (the same folds for every candidate). Candidates whose fold range overlaps it are reported as tied with it."""
-    if lab is None or len(lab) == 0:
+    if lab is None or len(lab) == 0 or not bool(lab.iloc[0].get("complete", True)):
         return None
     return dict(lab.iloc[0]["params"])
 
@@ -343,6 +350,11 @@ def methods_markdown(res: dict) -> str:
     else:
         inp = f"**Input.** The whole field at {h}x{w}, as in the quick profile, scaled to 0-1."
     k = int(lab["folds"].iloc[0]) if len(lab) else 5
+    twice = int(lab["cells_held_twice"].max()) if len(lab) and "cells_held_twice" in lab else 0
+    twice_text = ("exactly once" if not twice else
+                  f"once, except {twice} cell(s) whose images carry two class labels: the folds are dealt class by "
+                  "class, so such a cell is held out with each of its classes, in two folds (never in training and "
+                  "validation at once)")
     width = p.get("width", 16)
     n_tta = 8 if h == w else 4
     smoothing = f" with label smoothing {p['label_smoothing']:g}" if p.get("label_smoothing") else ""
@@ -360,16 +372,16 @@ def methods_markdown(res: dict) -> str:
         f"{', per-channel stain jitter' if 'color' in str(p.get('augment')) else ''}); TRAIN's classes hold "
         "equal numbers of images, so no class weights. "
         f"{tta}\n\n"
-        f"**How the design was chosen: the lab.** Each candidate was trained on {k} - 1 of {k} folds of TRAIN's "
-        "same-cell clusters and scored on the remaining fold, once per fold: every TRAIN cell is held out exactly "
-        "once, every image of every slide that shows a held-out cell is held out with it, and every candidate sees "
-        "the same folds (stratified by class, drawn once, independent of the seed). The rule, fixed in advance: "
-        "keep the candidate with the highest mean validation accuracy over the folds; a candidate whose fold range "
-        "overlaps the pick's is reported as *tied* with it, since the lab cannot rank the two. TEST played no part: "
-        "the final runs train the kept design on all of TRAIN (the 6 cells TRAIN shares with TEST included; the "
-        "headline leaves them out of TEST instead) with no validation at all, then score TEST once. (The pipeline "
-        "scores TEST for every run, lab runs included; those numbers are in their `metrics.json` and were not used "
-        "for any choice.)")
+        f"**How the design was chosen: the lab.** Each candidate was trained on {k} - 1 of {k} folds of "
+        "TRAIN's same-cell clusters and scored on the remaining fold, once per fold: every TRAIN cell is held"
+        f" out {twice_text}, every image of every slide that shows a held-out cell is held out with it, and "
+        "every candidate sees the same folds (stratified by class, drawn once, independent of the seed). The "
+        "rule, fixed in advance: keep the candidate with the highest mean validation accuracy over the folds;"
+        " a candidate whose fold range overlaps the pick's is reported as *tied* with it, since the lab "
+        "cannot rank the two. TEST played no part: the final runs train the kept design on all of TRAIN (the "
+        "6 cells TRAIN shares with TEST included; the headline leaves them out of TEST instead) with no "
+        "validation at all, then score TEST once. (The pipeline scores TEST for every run, lab runs included;"
+        " those numbers are in their `metrics.json` and were not used for any choice.)")
 
 
 def lab_frame(res: dict):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gzip
 import logging
 import sys
@@ -485,7 +486,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only or unwritable folder: one line, what to do
-        print(f"error: {resource_message(e)}", file=sys.stderr)
+        disk = e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM) and e.filename
+        print(f"error: {resource_message(e) if disk else e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; unfinished ones resume when started again", file=sys.stderr)

@@ -551,8 +551,10 @@ def kfold_split(frame, folds: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) for fold ``fold`` of ``folds`` over same-cell clusters, stratified by class.
 
     Each class's cells are shuffled once (:data:`FOLD_SEED`) and dealt round-robin to the folds, so every fold
-    holds about 1/``folds`` of each class's cells, every cell is held out exactly once across the folds, and no
-    cell (so no slide) is on both sides.
+    holds about 1/``folds`` of each class's cells, every cell is held out, and no cell (so no slide) is ever on both
+    sides. A cell whose images carry two class labels (one same-cell cluster of TRAIN, 249 images) is dealt with
+    each of its classes, so it can be held out in two folds; :func:`wbc_utils.beyond.lab_table` counts such cells
+    and the report says so.
     """
     if not 2 <= folds or not 0 <= fold < folds:
         raise ParameterError(f"fold={fold} of folds={folds}: need folds >= 2 and 0 <= fold < folds")

@@ -39,9 +39,20 @@ class RunLockedError(WBCError):
                          f"{STALE_SECONDS:.0f} s without a heartbeat).")
 
 
+_TOKEN = uuid.uuid4().hex[:8]
+
+
 def identity() -> str:
-    """This process as a lock owner: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as a lock owner: ``host:pid:token`` (the token tells apart a restarted process that was given
+    the same host name and pid, as a container can be)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_TOKEN}"
+
+
+def _host_pid(owner: str) -> tuple[str, int | None]:
+    parts = str(owner).split(":")
+    if len(parts) >= 2 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return parts[0], None
 
 
 def describe(owner: dict) -> str:
@@ -50,12 +61,18 @@ def describe(owner: dict) -> str:
 
 
 def read_owner(path: Path) -> dict | None:
+    """The lock's record; an unreadable or half-written one counts as held since the file's last change (so it
+    becomes stale like any other)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):  # being written: treat as held, with a fresh heartbeat
-        return {"owner": "?", "started": time.time(), "heartbeat": time.time()}
+    except (OSError, ValueError):
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return None
+        return {"owner": "?", "started": mtime, "heartbeat": mtime}
 
 
 def _alive(pid: int) -> bool:
@@ -70,9 +87,9 @@ def _alive(pid: int) -> bool:
 
 def is_stale(owner: dict, stale_after: float = STALE_SECONDS, now: float | None = None) -> bool:
     """True when the owner is a dead process on this host, or has not refreshed its heartbeat in time."""
-    host, _, pid = str(owner.get("owner", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        return not _alive(int(pid))
+    host, pid = _host_pid(owner.get("owner", ""))
+    if host == socket.gethostname() and pid is not None:
+        return not _alive(pid)
     return (now or time.time()) - float(owner.get("heartbeat", 0)) > stale_after
 
 
@@ -101,8 +118,12 @@ class FolderLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._record(time.time()))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._record(time.time()))
+        except BaseException:  # never leave an empty lock behind (a full disk, a kill between open and write)
+            self.path.unlink(missing_ok=True)
+            raise
         return True
 
     def acquire(self) -> FolderLock:
@@ -119,13 +140,22 @@ class FolderLock:
                 return self
             if not is_stale(owner, self.stale_after):
                 raise RunLockedError(self.path, owner)
+            aside = self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}")
             try:  # only one of the processes that find it stale can rename it away
-                os.rename(self.path, self.path.with_name(f"{self.path.name}.stale-{uuid.uuid4().hex[:8]}"))
-                self.taken_over = owner
+                os.rename(self.path, aside)
             except FileNotFoundError:
-                pass
-            for old in self.path.parent.glob(f"{self.path.name}.stale-*"):
-                old.unlink(missing_ok=True)
+                continue
+            moved = read_owner(aside)
+            if moved is not None and (moved.get("owner"), moved.get("started")) != \
+                    (owner.get("owner"), owner.get("started")):
+                # another process broke the stale lock first and we moved its fresh one: put it back
+                try:
+                    os.link(aside, self.path)
+                finally:
+                    aside.unlink(missing_ok=True)
+                raise RunLockedError(self.path, moved)
+            aside.unlink(missing_ok=True)
+            self.taken_over = owner
         raise RunLockedError(self.path, read_owner(self.path) or {})
 
     def _start(self) -> None:
@@ -137,8 +167,11 @@ class FolderLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
-            cur = read_owner(self.path)
-            if cur is None or cur.get("owner") != self.owner:
+            try:
+                cur = json.loads(self.path.read_text())
+            except (OSError, ValueError):  # a passing filesystem error (NFS): try again at the next beat
+                continue
+            if cur.get("owner") != self.owner:
                 return  # taken over (we were presumed dead): nothing of ours to refresh
             tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
             try:

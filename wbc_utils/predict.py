@@ -104,10 +104,13 @@ def ood_reference(run: LoadedRun, data_dir=None) -> dict | None:
         ref = fit_ood_reference(run, data_dir)
     except DataError:
         return None
-    if run_folder.has(PARAMS):
-        run_folder.write_ood(ref)
-    elif other is not None:
-        write_json(other, ref)
+    try:  # a cache only: a read-only run folder or cache still classifies
+        if run_folder.has(PARAMS):
+            run_folder.write_ood(ref)
+        elif other is not None:
+            write_json(other, ref)
+    except OSError:
+        pass
     return ref
 
 

@@ -213,21 +213,29 @@ EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL)
 
 def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     """Copy a study's small artifacts (:data:`EXPORTED` of each finished run, and the study's own files) to
-    ``dest_root/<profile>/``, atomically, file by file; returns what was written. ``dest_root`` then reads as a
-    runs folder: the report builds from it without the models."""
+    ``dest_root/<profile>/``; returns what was written. The copy is made beside the destination and swapped in
+    whole, so an earlier export's runs that are no longer finished (renamed, retrained, failed) do not linger.
+    ``dest_root`` then reads as a runs folder: the report builds from it without the models."""
     src = profile_dir(profile, runs_root)
     if not src.is_dir():
         raise WBCError(f"no study at {src}: nothing to export.")
-    out = []
     dest = Path(dest_root) / profile
+    fresh = dest.with_name(f".{profile}.export-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    out = []
     for d in sorted(x for x in src.iterdir() if x.is_dir() and Run(x).status == "finished"):
         for name in EXPORTED:
             if (d / name).exists():
-                out.append(_copy_atomic(d / name, dest / d.name / name))
+                out.append(_copy_atomic(d / name, fresh / d.name / name))
     for name in EXPORTED_STUDY:
         if (src / name).exists():
-            out.append(_copy_atomic(src / name, dest / name))
-    return out
+            out.append(_copy_atomic(src / name, fresh / name))
+    old = dest.with_name(f".{profile}.old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    fresh.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return [dest / p.relative_to(fresh) for p in out]
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:

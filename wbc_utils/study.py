@@ -247,20 +247,28 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     return record
 
 
-def train_one(params: dict, run_dir: str, data_dir: str | None, force: bool, env: dict, announce=None) -> dict:
+def train_one(params: dict, run_dir: str, data_dir: str | None, force: bool, env: dict, announce=None,
+              wait: bool = False) -> dict:
     """One run, wherever it executes (a thread of the study, or a Dask worker): take the run's lock, leave the
     run to a live process that holds it, keep it if it finished meanwhile, else execute the training notebook
     (resuming from the last epoch a killed attempt saved). Returns the run's entry for study.json.
-    ``announce(action)`` is called once the lock is held, before training starts (the local progress display)."""
+    ``announce(action)`` is called once the lock is held, before training starts (the local progress display).
+    ``wait`` (a cluster worker) waits for a held lock to be released or to go stale (a dead worker's, on another
+    host: no heartbeat for a while) instead of leaving the run, so the retry of a dead worker's task resumes the run
+    on a worker, never on the client."""
     os.environ.update(env)  # the study's folders (absolute), for a worker started elsewhere
     os.environ[OWNER_VARIABLE] = identity()  # the kernel trains under this process's lock
     p = RunParams.from_dict(params)
     run = Run(Path(run_dir))
     entry = {"run_name": p.run_name, "host": socket.gethostname()}
-    try:
-        lock = run.lock().acquire()
-    except RunLockedError as e:
-        return {**entry, "action": "held", "held_by": describe(e.owner)}
+    while True:
+        try:
+            lock = run.lock().acquire()
+            break
+        except RunLockedError as e:
+            if not wait:
+                return {**entry, "action": "held", "held_by": describe(e.owner)}
+            time.sleep(5.0)
     try:
         if lock.taken_over:
             entry["took_over"] = describe(lock.taken_over)
@@ -327,7 +335,7 @@ def _run_on_cluster(steps, scheduler: str, env: dict, force: bool, progress: Pro
                 entries[i] = {"run_name": p.run_name, "action": "reuse", "seconds": 0.0}
                 continue
             progress.start(i + 1, p, d, "submitted")
-            fut = client.submit(train_one, p.to_dict(), str(d), env.get(DATA_DIR), force, env,
+            fut = client.submit(train_one, p.to_dict(), str(d), env.get(DATA_DIR), force, env, wait=True,
                                 key=f"wbc-run-{p.run_name}-{uuid.uuid4().hex[:6]}", pure=False, retries=2,
                                 resources=resources)
             futures[fut] = i

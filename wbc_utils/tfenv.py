@@ -8,10 +8,10 @@ unless the user set the variable.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import threading
+import subprocess
+import sys
 from pathlib import Path
 
 from .config import threads as default_threads
@@ -23,105 +23,95 @@ TF_VERBOSE = "WBC_TF_VERBOSE"
 
 #: What TensorFlow's C++ side writes straight to file descriptor 2 on every start, whatever
 #: ``TF_CPP_MIN_LOG_LEVEL`` says (absl logs before it is initialised), and the warning every local Jupyter kernel
-#: prints when papermill starts it (local TCP, no encryption): informational lines, not problems.
+#: prints when papermill starts it (local TCP, no encryption): informational lines, not problems. C++ warnings
+#: other than the known start-up ones, errors, and anything about CUDA devices pass through.
 NOISE = re.compile(
     r"^(\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption"
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\] "
-    r"|.*(oneDNN custom operations are on|This TensorFlow binary is optimized|To enable the following instructions"
-    r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered|TF-TRT Warning"
-    r"|Could not find cuda drivers|failed call to cuInit|rebuild TensorFlow with the appropriate compiler flags))")
+    r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
+    r"|W\d{4} [\d:.]+ .*(Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
+    r"|TF-TRT Warning)"
+    r"|.*(This TensorFlow binary is optimized|To enable the following instructions"
+    r"|rebuild TensorFlow with the appropriate compiler flags))")
 
+#: A line the process writes to its own standard error to tell the filter where noise now goes.
+_LOG_MARK = b"\x1e\x1ewbc-log:"
 
-class _StderrFilter:
-    """File descriptor 2 through a pipe: TensorFlow's noise lines go to a log file, every other line goes on
-    to the real standard error unchanged (in a terminal, a papermill kernel or a Jupyter notebook alike).
-    Child processes (the kernels a study starts) inherit the pipe, so their start-up lines are filtered too."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.log_path: Path | None = None
-        self.pending: list[bytes] = []
-        self.real = os.dup(2)
-        r, w = os.pipe()
-        os.dup2(w, 2)
-        os.close(w)
-        self.reader = os.fdopen(r, "rb", buffering=0)
-        self.thread = threading.Thread(target=self._pump, name="wbc-stderr-filter", daemon=True)
-        self.thread.start()
-        atexit.register(self.close)
-
-    def _pump(self) -> None:
-        buf = b""
-        while True:
+#: The filter runs as a separate process, so that it never needs this process's GIL to drain the pipe (a C
+#: extension writing a lot while holding it cannot deadlock), and so that what a crashing process writes last (an
+#: abort message, a traceback) is still forwarded after it is gone.
+_FILTER = r"""
+import os, re, sys
+noise, real, mark = re.compile(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode("latin-1")
+log, pending, buf = None, [], b""
+def out(line):
+    global log, pending
+    if mark in line:
+        before, _, rest = line.partition(mark)
+        if before:
+            out(before + b"\n")
+        log = rest.strip().decode("utf-8", "replace") or None
+        if log and pending:
             try:
-                chunk = self.reader.read(65536)
+                with open(log, "ab") as f:
+                    f.writelines(pending)
             except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                self._line(line + b"\n")
-        if buf:
-            self._line(buf)
-
-    def _line(self, line: bytes) -> None:
-        if NOISE.match(line.decode("utf-8", "replace")):
-            with self.lock:
-                if self.log_path is None:
-                    self.pending = (self.pending + [line])[-500:]
-                    return
-                try:
-                    with open(self.log_path, "ab") as f:
-                        f.write(line)
-                    return
-                except OSError:
-                    return
+                pass
+            pending = []
+        return
+    if noise.match(line.decode("utf-8", "replace")):
+        if log is None:
+            pending = (pending + [line])[-500:]
+            return
         try:
-            os.write(self.real, line)
-        except OSError:
-            pass
-
-    def set_log(self, path: Path | None) -> None:
-        with self.lock:
-            self.log_path = path
-            if path is not None and self.pending:
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(path, "ab") as f:
-                        f.writelines(self.pending)
-                except OSError:
-                    pass
-                self.pending = []
-
-    def close(self) -> None:
-        """Give file descriptor 2 back and let the pump forward what is still in the pipe (a traceback)."""
-        try:
-            os.dup2(self.real, 2)
+            with open(log, "ab") as f:
+                f.write(line)
+            return
         except OSError:
             return
-        self.thread.join(timeout=2)
+    os.write(real, line)
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        out(line + b"\n")
+    if b"\r" in buf:  # a progress bar redraws its line without ending it: show it now
+        head, _, buf = buf.rpartition(b"\r")
+        os.write(real, head + b"\r")
+if buf:
+    out(buf)
+"""
 
-
-_FILTER: _StderrFilter | None = None
+_FILTER_PROC: subprocess.Popen | None = None
 
 
 def quiet_tensorflow(log_path: str | os.PathLike | None = None) -> None:
     """Keep TensorFlow's C++ start-up lines off the console (and out of notebooks): they go to ``log_path``
     (a run's ``train.log``) once one is given, held until then. Every other line of standard error passes
-    unchanged. ``WBC_TF_VERBOSE=1`` turns the filter off."""
-    global _FILTER
+    unchanged; child processes (the kernels a study starts) inherit the filter. ``WBC_TF_VERBOSE=1`` turns it off."""
+    global _FILTER_PROC
     if os.environ.get(TF_VERBOSE, "") not in ("", "0"):
         return
-    if _FILTER is None:
+    if _FILTER_PROC is None or _FILTER_PROC.poll() is not None:
         try:
-            _FILTER = _StderrFilter()
+            sys.stderr.flush()
+            real = os.dup(2)
+            _FILTER_PROC = subprocess.Popen(
+                [sys.executable, "-c", _FILTER, NOISE.pattern, str(real), _LOG_MARK.decode("latin-1")],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=real, pass_fds=(real,),
+                start_new_session=True)
+            os.dup2(_FILTER_PROC.stdin.fileno(), 2)
+            _FILTER_PROC.stdin.close()  # fd 2 now holds the pipe; the filter ends when every writer has closed it
+            os.close(real)
         except OSError:  # no file descriptor 2 to filter (an embedded interpreter): leave it
+            _FILTER_PROC = None
             return
     if log_path is not None:
-        _FILTER.set_log(Path(log_path))
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        os.write(2, _LOG_MARK + str(Path(log_path).resolve()).encode() + b"\n")
 
 
 def import_tf(threads: int | None = None):
