@@ -46,7 +46,7 @@ from .figures import build_all
 from .params import ARCHS, ENCODINGS, INPUT_SCALINGS, LOSSES, PRECISIONS, PROFILES, VALIDATIONS, RunParams, get_profile
 from .predict import DISCLAIMER, format_table, predict_files, ship_model
 from .reevaluate import reevaluate_profile
-from .report import build_report, update_readme
+from .report import build_report, ship_report, update_readme
 from .runs import export_study, is_model_path, resource_message, summary_frame
 from .study import run_study, summarize
 from .training import train_run
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--profile", default="quick")
     p.add_argument("--no-pdf", action="store_true", help="export HTML only")
+    p.add_argument("--ship", action="store_true", help="then copy it to report/shipped/PROFILE/ (the tracked "
+                   "reference report the README quotes; maintainers only)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("predict", help="classify image files or folders with a trained model",
@@ -374,7 +376,6 @@ def cmd_figures(args) -> int:
 
 
 def cmd_report(args) -> int:
-
     r = build_report(args.profile, args.runs_dir, pdf=not args.no_pdf)
     print(f"report: {r['html']}")
     if r["pdf"]:
@@ -382,6 +383,9 @@ def cmd_report(args) -> int:
     elif not args.no_pdf:
         print(f"PDF not written: {r['pdf_error']}", file=sys.stderr)
         return 1
+    if getattr(args, "ship", False):
+        for path in ship_report(args.profile):
+            print(f"shipped: {path}")
     return 0
 
 

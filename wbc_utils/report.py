@@ -34,7 +34,16 @@ from traitlets.config import Config
 
 from .analysis import LOSS_SHORT, PAPER_REPORTED, fmt_ci, fmt_pct
 from .artifacts import atomic_path, write_json, write_text
-from .config import README, REPORT_NOTEBOOK, SHIPPED_RESULTS, TEMPLATES, chromium, output_root, report_dir
+from .config import (
+    README,
+    REPORT_NOTEBOOK,
+    SHIPPED_REPORTS,
+    SHIPPED_RESULTS,
+    TEMPLATES,
+    chromium,
+    output_root,
+    report_dir,
+)
 from .errors import WBCError
 from .sections import findings
 from .tfenv import quiet_tensorflow
@@ -155,6 +164,25 @@ def build_report(profile: str, runs_root=None, pdf: bool = True) -> dict:
         except Exception as e:  # HTML stands on its own; say exactly what PDF needs
             result["pdf_error"] = f"{type(e).__name__}: {e}"
     return result
+
+
+SHIPPED_FILES = ("report.html", "report.pdf", "results.json")
+
+
+def ship_report(profile: str) -> list[Path]:
+    """Copy a built report (HTML, PDF, results.json) to ``report/shipped/<profile>/``, the tracked reference the
+    README quotes. Refuses a report that is not complete."""
+    src = report_dir(profile)
+    missing = [n for n in SHIPPED_FILES if not (src / n).exists()]
+    if missing:
+        raise WBCError(f"{src} lacks {', '.join(missing)}: build the report (with its PDF) before shipping it.")
+    out = []
+    for name in SHIPPED_FILES:
+        dst = SHIPPED_REPORTS / profile / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _copy(src / name, dst)
+        out.append(dst)
+    return out
 
 
 def _copy(src: Path, dst: Path) -> None:
