@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from .evaluation import (
     slide_means,
     softmax,
 )
-from .params import cell_window
+from .params import cell_window, design_key
 from .runs import PARAMS, VAL_PREDICTIONS, Run, load_runs, read_metrics, read_params, read_predictions
 from .stats import Clusters, mean_interval
 
@@ -58,11 +57,6 @@ def describe(params: dict) -> str:
         parts.append(f"smoothing {params['label_smoothing']:g}")
     parts.append(f"{params.get('epochs')} epochs")
     return ", ".join(parts)
-
-
-def design_key(params: dict) -> tuple:
-    """What makes two runs the same candidate design (not the seed, fold or validation)."""
-    return tuple((k, json.dumps(params.get(k), sort_keys=True)) for k in (*DESIGN_KEYS, "tta"))
 
 
 def lab_runs(summary) -> pd.DataFrame:

@@ -410,6 +410,16 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+#: The parameters that make a design (what a lab compares), as opposed to the seed, fold or validation of a run.
+DESIGN_PARAMS = ("view", "image_size", "augment", "lr_schedule", "label_smoothing", "arch", "width", "epochs",
+                 "learning_rate", "tta")
+
+
+def design_key(params: dict) -> tuple:
+    """What makes two runs the same design: equal for a lab candidate's folds and the final runs that use it."""
+    return tuple((k, json.dumps(params.get(k), sort_keys=True)) for k in DESIGN_PARAMS)
+
+
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ParameterError(f"profile={name!r} is not known; valid values: {', '.join(PROFILES)}")

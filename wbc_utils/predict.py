@@ -32,8 +32,9 @@ from .augment import dihedral, valid_views
 from .config import SHIPPED_MODEL, cache_dir
 from .data import build_manifest, decode_image, decode_images, stratified_subset
 from .errors import DataError, RunExistsError
-from .evaluation import softmax
-from .runs import MODEL, PARAMS, LoadedRun, Run, load_run, read_shipped, write_shipped
+from .evaluation import SCORE_COLUMNS, softmax
+from .params import design_key
+from .runs import MODEL, PARAMS, VAL_PREDICTIONS, LoadedRun, Run, load_run, read_shipped, write_shipped
 
 DISCLAIMER = ("Research code, not a diagnostic tool: trained on one lab's BCCD smears (320x240, four classes); "
               "its output on other images means nothing.")
@@ -114,9 +115,10 @@ def ood_reference(run: LoadedRun, data_dir=None) -> dict | None:
     return ref
 
 
-def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE) -> dict:
+def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE, held_out_logits=None) -> dict:
     """Fit :func:`wbc_utils.ood.fit_reference` on a class-balanced sample of TRAIN, prepared as the model's inputs
-    and as 240x320 fields."""
+    and as 240x320 fields. ``held_out_logits`` (the scores the same design gave images it had not trained on: the
+    lab's folds) set the energy threshold instead of TRAIN's, on which a trained model is over-confident."""
     train = build_manifest(data_dir).split("TRAIN")
     idx = stratified_subset(train, min(n, len(train)), 0)
     paths = train["path"].iloc[idx].tolist()
@@ -124,7 +126,25 @@ def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE) -> dic
     inputs, bad2 = decode_images(paths, run.image_size, view=run.view)
     keep = np.array([i not in bad and i not in bad2 for i in range(len(paths))])
     feats = np.stack([ood.image_features(f) for f in fields[keep]])
-    return ood.fit_reference(feats, logits_of(run, inputs[keep]))
+    ref = ood.fit_reference(feats, logits_of(run, inputs[keep]))
+    ref["energy_from"] = f"TRAIN ({int(keep.sum())} images the model trained on)"
+    if held_out_logits is not None and len(held_out_logits) >= 200:
+        ref["energy_max"] = float(np.quantile(ood.energy(held_out_logits), 1 - ref["tail"]))
+        ref["energy_from"] = (f"held-out TRAIN cells: {len(held_out_logits)} images scored by the same design's "
+                              "lab models, each on the fold it did not train on")
+    return ref
+
+
+def held_out_logits(run_dir: Path) -> np.ndarray | None:
+    """The scores the run's design gave the images it was validated on in its profile's lab (every grouped-
+    validation sibling run with the same design), or None when there is no such run."""
+    me = Run(run_dir).params()
+    frames = [Run(d).predictions(name=VAL_PREDICTIONS) for d in sorted(run_dir.parent.iterdir())
+              if d.is_dir() and Run(d).status == "finished" and Run(d).has(VAL_PREDICTIONS)
+              and design_key(Run(d).params()) == design_key(me)]
+    if not frames:
+        return None
+    return np.concatenate([f[SCORE_COLUMNS].to_numpy(np.float64) for f in frames])
 
 
 def ood_rate(run: LoadedRun, reference: dict, split: str = "TEST", data_dir=None) -> dict:
@@ -256,7 +276,8 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
             "source_run": f"{run.path.parent.name}/{run.name}", "source_sha256": digest,
             "shipped": datetime.date.today().isoformat(), "classes": list(CLASSES), "disclaimer": DISCLAIMER}
     loaded = load_run(run.path)
-    meta["ood"] = fit_ood_reference(loaded, data_dir)  # what predict calls unlike TRAIN, fitted on TRAIN now
+    # what predict calls unlike TRAIN: image statistics from TRAIN, the energy threshold from the lab's held-out folds
+    meta["ood"] = fit_ood_reference(loaded, data_dir, held_out_logits=held_out_logits(run.path))
     meta["ood"]["test"] = ood_rate(loaded, meta["ood"], "TEST", data_dir)  # its false alarms on TEST
     # without the optimizer's state: a third of the size, the same predictions
     write_shipped(dest, loaded.model, meta)
