@@ -366,7 +366,7 @@ def methods_markdown(res: dict) -> str:
         f"{', per-channel stain jitter' if 'color' in str(p.get('augment')) else ''}); TRAIN's classes hold "
         "equal numbers of images, so no class weights. "
         f"{tta}\n\n"
-        f"**How the design was chosen: the lab.** Each candidate was trained on {k} - 1 of {k} folds of "
+        f"**How the design was chosen: the lab.** Each candidate was trained on {k - 1} of {k} folds of "
         "TRAIN's same-cell clusters and scored on the remaining fold, once per fold: every TRAIN cell is held"
         f" out {twice_text}, every image of every slide that shows a held-out cell is held out with it, and "
         "every candidate sees the same folds (stratified by class, drawn once, independent of the seed). The "
