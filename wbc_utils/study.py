@@ -207,6 +207,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     env = {k: os.environ[k] for k in (*PATH_VARIABLES, DATA_DIR) if os.environ.get(k)}
     if data_dir is not None:
         env[DATA_DIR] = str(data_dir)
+    os.environ[OWNER_VARIABLE] = identity()  # the kernels started here train under this study's locks
     try:
         with Progress(len(steps)) as progress:
             if scheduler:
@@ -227,6 +228,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
                     progress.say(f"    {p.run_name}: finished by the other process; kept")
     finally:
         os.environ.pop(THREADS, None) if jobs > 1 else None
+        os.environ.pop(OWNER_VARIABLE, None)
     record["failed"] = [e["run_name"] for e in record["runs"] if "error" in e]
     record["train_wall_seconds"] = round(time.time() - t0, 1)
     if rescore:
@@ -256,8 +258,9 @@ def train_one(params: dict, run_dir: str, data_dir: str | None, force: bool, env
     ``wait`` (a cluster worker) waits for a held lock to be released or to go stale (a dead worker's, on another
     host: no heartbeat for a while) instead of leaving the run, so the retry of a dead worker's task resumes the run
     on a worker, never on the client."""
-    os.environ.update(env)  # the study's folders (absolute), for a worker started elsewhere
-    os.environ[OWNER_VARIABLE] = identity()  # the kernel trains under this process's lock
+    if env:  # a Dask worker (a process of its own): the study's folders, and this process as the lock owner
+        os.environ.update(env)
+        os.environ[OWNER_VARIABLE] = identity()
     p = RunParams.from_dict(params)
     run = Run(Path(run_dir))
     entry = {"run_name": p.run_name, "host": socket.gethostname()}
@@ -313,7 +316,7 @@ def _run_here(i_step, env: dict, force: bool, progress: Progress) -> dict:
     if action == "reuse":
         progress.finish(p)
         return {"run_name": p.run_name, "action": "reuse", "seconds": 0.0}
-    entry = train_one(p.to_dict(), str(d), env.get(DATA_DIR), force, env,
+    entry = train_one(p.to_dict(), str(d), env.get(DATA_DIR), force, {},
                       announce=lambda what: progress.start(i, p, d, what))
     return _report(i, progress.total, p, d, entry, progress)
 
