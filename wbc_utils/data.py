@@ -513,6 +513,12 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
     return SplitData(split, DiskArray(npy), frame[keep].reset_index(drop=True))
 
 
+def run_split(model, split: str = "TEST", data_dir=None, cache_dir=None) -> SplitData:
+    """A split decoded the way ``model`` (a :class:`~wbc_utils.runs.LoadedRun`: its ``image_size`` and ``view``)
+    takes its inputs, cached like training's."""
+    return load_split(build_manifest(data_dir), split, model.image_size, cache_dir, progress=False, view=model.view)
+
+
 def _record_bad(manifest: Manifest, path: str, reason: str) -> None:
     if not any(s.path == path for s in manifest.skipped):
         log.warning("skipping %s: %s", path, reason)

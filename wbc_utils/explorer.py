@@ -13,7 +13,7 @@ import io
 import numpy as np
 
 from . import CLASSES
-from .data import build_manifest, load_split
+from .data import run_split
 from .evaluation import scores_of, softmax
 from .runs import read_predictions
 from .saliency import grad_cam, load_run
@@ -21,11 +21,6 @@ from .saliency import grad_cam, load_run
 #: Filters on the prediction: every image, the ones the run reads right, the ones it reads wrong.
 OUTCOMES = ("all", "right", "wrong")
 TRUE_COLOR, WRONG_COLOR, OTHER_COLOR = "#1a7f37", "#c62828", "#9e9e9e"
-
-
-def run_split(run, split: str = "TEST", data_dir=None, cache_dir=None):
-    """A split decoded at the run's input size and view (cached like training's)."""
-    return load_split(build_manifest(data_dir), split, run.image_size, cache_dir, progress=False, view=run.view)
 
 
 def matching(predictions, cls: str | None = None, outcome: str = "all") -> np.ndarray:

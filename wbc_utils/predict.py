@@ -121,18 +121,22 @@ def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE, held_o
     lab's folds) set the energy threshold instead of TRAIN's, on which a trained model is over-confident."""
     train = build_manifest(data_dir).split("TRAIN")
     idx = stratified_subset(train, min(n, len(train)), 0)
-    paths = train["path"].iloc[idx].tolist()
-    fields, bad = decode_images(paths, NATIVE_SIZE, view="full")
-    inputs, bad2 = decode_images(paths, run.image_size, view=run.view)
-    keep = np.array([i not in bad and i not in bad2 for i in range(len(paths))])
-    feats = np.stack([ood.image_features(f) for f in fields[keep]])
-    ref = ood.fit_reference(feats, logits_of(run, inputs[keep]))
-    ref["energy_from"] = f"TRAIN ({int(keep.sum())} images the model trained on)"
+    feats, logits = _ood_inputs(run, train["path"].iloc[idx].tolist())
+    ref = ood.fit_reference(feats, logits)
+    ref["energy_from"] = f"TRAIN ({len(feats)} images the model trained on)"
     if held_out_logits is not None and len(held_out_logits) >= 200:
         ref["energy_max"] = float(np.quantile(ood.energy(held_out_logits), 1 - ref["tail"]))
         ref["energy_from"] = (f"held-out TRAIN cells: {len(held_out_logits)} images scored by the same design's "
                               "lab models, each on the fold it did not train on")
     return ref
+
+
+def _ood_inputs(run: LoadedRun, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(image statistics of each 240x320 field, the model's scores) for the files that decode."""
+    fields, bad = decode_images(paths, NATIVE_SIZE, view="full")
+    inputs, bad2 = decode_images(paths, run.image_size, view=run.view)
+    keep = np.array([i not in bad and i not in bad2 for i in range(len(paths))])
+    return np.stack([ood.image_features(f) for f in fields[keep]]), logits_of(run, inputs[keep])
 
 
 def held_out_logits(run_dir: Path) -> np.ndarray | None:
@@ -150,14 +154,9 @@ def held_out_logits(run_dir: Path) -> np.ndarray | None:
 def ood_rate(run: LoadedRun, reference: dict, split: str = "TEST", data_dir=None) -> dict:
     """How often the flag fires on a split the model was not trained on but that is like TRAIN (TEST): the
     in-distribution false-alarm rate, with how often each test fired."""
-    frame = build_manifest(data_dir).split(split)
-    paths = frame["path"].tolist()
-    fields, bad = decode_images(paths, NATIVE_SIZE, view="full")
-    inputs, bad2 = decode_images(paths, run.image_size, view=run.view)
-    keep = np.array([i not in bad and i not in bad2 for i in range(len(paths))])
-    flags, reasons = ood.flag(reference, np.stack([ood.image_features(f) for f in fields[keep]]),
-                              logits_of(run, inputs[keep]))
-    return {"split": split, "images": int(keep.sum()), "flagged": float(np.mean(flags)),
+    feats, logits = _ood_inputs(run, build_manifest(data_dir).split(split)["path"].tolist())
+    flags, reasons = ood.flag(reference, feats, logits)
+    return {"split": split, "images": len(feats), "flagged": float(np.mean(flags)),
             "by_statistics": float(np.mean(["statistics" in r for r in reasons])),
             "by_energy": float(np.mean(["no class fits" in r for r in reasons]))}
 

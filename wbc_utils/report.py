@@ -22,7 +22,6 @@ import html as html_lib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -33,7 +32,7 @@ from playwright.async_api import BrowserType, Page
 from traitlets.config import Config
 
 from .analysis import LOSS_SHORT, PAPER_REPORTED, fmt_ci, fmt_pct
-from .artifacts import atomic_path, write_json, write_text
+from .artifacts import atomic_path, copy_file, write_json, write_text
 from .config import (
     README,
     REPORT_NOTEBOOK,
@@ -153,13 +152,13 @@ def build_report(profile: str, runs_root=None, pdf: bool = True) -> dict:
     out_dir = report_dir(profile)
     executed = execute_report(profile, runs_root, out_dir)
     html = export_html(executed, out_dir / "report.html")
-    _copy(html, output_root() / "report" / "report.html")
+    copy_file(html, output_root() / "report" / "report.html")
     results = write_results(profile, runs_root, out_dir)
     result = {"html": html, "pdf": None, "pdf_error": None, "results": results}
     if pdf:
         try:
             p = export_pdf(executed, out_dir / "report.pdf")
-            _copy(p, output_root() / "report" / "report.pdf")
+            copy_file(p, output_root() / "report" / "report.pdf")
             result["pdf"] = p
         except Exception as e:  # HTML stands on its own; say exactly what PDF needs
             result["pdf_error"] = f"{type(e).__name__}: {e}"
@@ -178,16 +177,8 @@ def ship_report(profile: str) -> list[Path]:
         raise WBCError(f"{src} lacks {', '.join(missing)}: build the report (with its PDF) before shipping it.")
     out = []
     for name in SHIPPED_FILES:
-        dst = SHIPPED_REPORTS / profile / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        _copy(src / name, dst)
-        out.append(dst)
+        out.append(copy_file(src / name, SHIPPED_REPORTS / profile / name))
     return out
-
-
-def _copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 # ----------------------------------------------------------------------------- headline numbers and the README

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from . import CLASSES
-from .artifacts import atomic_path, read_json, write_csv, write_json
+from .artifacts import atomic_path, copy_file, read_json, write_csv, write_json
 from .config import profile_dir
 from .errors import DataError, WBCError
 from .evaluation import EVALUATION_VERSION, SCORE_COLUMNS
@@ -226,23 +226,16 @@ def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     for d in sorted(x for x in src.iterdir() if x.is_dir() and Run(x).status == "finished"):
         for name in EXPORTED:
             if (d / name).exists():
-                out.append(_copy_atomic(d / name, fresh / d.name / name))
+                out.append(copy_file(d / name, fresh / d.name / name))
     for name in EXPORTED_STUDY:
         if (src / name).exists():
-            out.append(_copy_atomic(src / name, fresh / name))
+            out.append(copy_file(src / name, fresh / name))
     old = dest.with_name(f".{profile}.old-{os.getpid()}")
     if dest.exists():
         dest.rename(old)
     fresh.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return [dest / p.relative_to(fresh) for p in out]
-
-
-def _copy_atomic(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    return dst
 
 
 def run_status(run_dir: str | os.PathLike) -> str:

@@ -38,7 +38,7 @@ from . import analysis as an
 from .analysis import fmt_ci, fmt_diff, fmt_p, fmt_pct
 from .beyond import lab_and_final
 from .config import SHIPPED_RESULTS, profile_dir
-from .data import build_manifest
+from .data import build_manifest, run_split
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from .figures import data as data_figures
 from .figures import final as final_figures
@@ -1052,7 +1052,7 @@ class Report:
         r0 = best["final_runs"].iloc[0]
         brun = load_run(r0.run_dir)
         ex = examples_per_class(read_predictions(r0.run_dir))
-        doc.figure(model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, model_figures.run_split(brun, "TEST")), per_row=3),
+        doc.figure(model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, run_split(brun, "TEST")), per_row=3),
                    "Grad-CAM of the first seed's model for one right and one wrong TEST image per class (where "
                    "there is one): red marks where the evidence for the predicted class lies.")
 

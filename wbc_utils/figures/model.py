@@ -1,7 +1,7 @@
 """Figures that look inside one trained model (notebook 05, the report): saliency, filters, activations, errors.
 
 Each function takes a :class:`~wbc_utils.runs.LoadedRun` and the images it
-was scored on, prepared the way it was trained (:func:`run_split`).
+was scored on, prepared the way it was trained (:func:`wbc_utils.data.run_split`).
 """
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import CLASSES
-from ..data import build_manifest, load_split
 from ..saliency import activations, first_layer_filters, grad_cam
 from .common import style
-
-
-def run_split(run, split: str = "TEST", data_dir=None, cache_dir=None):
-    """A split decoded at the run's input size and view (cached like training's)."""
-
-    return load_split(build_manifest(data_dir), split, run.image_size, cache_dir, progress=False, view=run.view)
 
 
 def images_for(rows, split_data) -> np.ndarray:
