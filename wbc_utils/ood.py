@@ -26,13 +26,26 @@ TAIL = 0.005
 FEATURES = ("mean R", "mean G", "mean B", "sd R", "sd G", "sd B", "stained share", "sharpness")
 
 
+#: A pixel this dark on all three channels (sum of 0-255 values) is the black fill the dataset's augmented copies
+#: carry where a rotation or shift moved the field, not part of the smear.
+FILL_MAX = 30
+
+
 def image_features(field: np.ndarray) -> np.ndarray:
-    """The eight statistics of a uint8 RGB field (any size; TRAIN's are 240x320)."""
+    """The eight statistics of a uint8 RGB field (any size; TRAIN's are 240x320), over the smear only: the black
+    fill of an augmented copy (TRAIN's and TEST's images are such copies, a new microscope image is not) is left
+    out, and sharpness is measured away from the fill's edge, so a field without fill is not taken for another
+    kind of image."""
     x = np.asarray(field, np.float32)
-    flat = x.reshape(-1, 3) / 255.0
+    smear = x.sum(2) > FILL_MAX
+    if smear.mean() < 0.05:  # (nearly) all dark: measure everything rather than nothing
+        smear = np.ones_like(smear)
+    inner = ndimage.binary_erosion(smear, iterations=3)
+    inner = inner if inner.any() else smear
+    px = x[smear] / 255.0
     gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    sharp = np.log10(float(ndimage.laplace(gray).var()) + 1.0)
-    return np.concatenate([flat.mean(0), flat.std(0), [float((stain_map(field) > 0).mean()), sharp]])
+    sharp = np.log10(float(ndimage.laplace(gray)[inner].var()) + 1.0)
+    return np.concatenate([px.mean(0), px.std(0), [float((stain_map(field) > 0)[smear].mean()), sharp]])
 
 
 def energy(logits: np.ndarray) -> np.ndarray:
