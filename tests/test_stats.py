@@ -1,8 +1,16 @@
-"""The intervals: two-stage (seeds, then cells) bootstrap, stratification, the boundary, Fisher."""
+"""The intervals: seeds and same-cell clusters, stratification, the boundary, paired differences, Fisher."""
 import numpy as np
 import pytest
 
-from wbc_utils.stats import Clusters, difference_interval, fisher_exact, holm, mean_interval, wilson
+from wbc_utils.stats import (
+    Clusters,
+    difference_interval,
+    equivalence_margin,
+    fisher_exact,
+    holm,
+    mean_interval,
+    wilson,
+)
 
 
 def _design(n_clusters=40, per=10, classes=4):
@@ -157,3 +165,61 @@ def test_fisher_exact_and_holm():
     adj = holm([0.01, 0.04, np.nan, 0.03])
     assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
     assert np.isnan(adj[2])
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_paired_differences_cover_and_narrow_when_the_seed_is_shared(shared):
+    """Two settings trained on the same 5 seeds, on TEST's unbalanced design. With the seed's effect shared by
+    both settings (what a seed does here: same weights, images and batch order), the paired interval must
+    cover the true difference at least 92% of the time and be clearly narrower than the unpaired one; with
+    no shared part, pairing must not undercover."""
+    cls, cell = _test_like_design()
+    c = Clusters.of(cell, cls)
+    base, delta, n_seeds = np.array([0.0, 0.5, 0.3, -0.5]), 0.3, 5
+    shared_sd, own_sd = (0.6, 0.15) if shared else (0.0, 0.6)
+    rng = np.random.default_rng(11)
+    big = 400000
+    u = rng.normal(0, 1.5, big) + rng.normal(0, 0.4, big) + rng.normal(0, np.hypot(shared_sd, own_sd), big)
+    w = np.bincount(cls) / len(cls)
+    truth = float(sum(w[h] * np.mean(_sigmoid(base[h] + delta + u) - _sigmoid(base[h] + u)) for h in range(4)))
+    ids = np.unique(cell)
+    pos = np.searchsorted(ids, cell)
+    reps, hits, hits_unpaired, widths = 300, 0, 0, []
+    for _ in range(reps):
+        cell_fx = rng.normal(0, 1.5, len(ids))[pos]
+        seed_fx = rng.normal(0, shared_sd, n_seeds)[:, None]
+        arms = []
+        for shift in (delta, 0.0):
+            logit = base[cls] + shift + cell_fx + rng.normal(0, 0.4, len(ids))[pos]
+            p = _sigmoid(logit[None, :] + seed_fx + rng.normal(0, own_sd, n_seeds)[:, None])
+            arms.append((rng.random(p.shape) < p).astype(float))
+        pr = difference_interval(*arms, c, paired=True)
+        un = difference_interval(*arms, c, paired=False)
+        assert pr["paired"] and not un["paired"] and pr["diff"] == un["diff"]
+        hits += pr["lo"] <= truth <= pr["hi"]
+        hits_unpaired += un["lo"] <= truth <= un["hi"]
+        widths.append((pr["hi"] - pr["lo"]) / (un["hi"] - un["lo"]))
+    assert hits / reps >= 0.92
+    assert hits_unpaired / reps >= 0.92
+    if shared:
+        assert np.median(widths) < 0.8
+
+
+def test_paired_needs_matched_seeds_and_equivalence_names_the_smallest_margin():
+    cells, strata = _design()
+    c = Clusters.of(cells, strata)
+    rng = np.random.default_rng(3)
+    a = (rng.random((3, len(cells))) < 0.7).astype(float)
+    with pytest.raises(ValueError, match="same seeds"):
+        difference_interval(a, a[:2], c, paired=True)
+    same = difference_interval(a, a, c, paired=True)
+    assert same["equivalence"] == 2.0 and same["se"] == 0
+    assert equivalence_margin(-0.04, 0.049) == 5.0
+    assert equivalence_margin(-0.04, 0.06) == 10.0
+    assert equivalence_margin(-0.12, 0.01) is None
+    far = np.minimum(1, a + (rng.random(a.shape) < 0.6))
+    assert difference_interval(far, a, c, paired=True)["equivalence"] is None

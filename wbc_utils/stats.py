@@ -13,8 +13,10 @@ Two sources of uncertainty sit under every accuracy this study quotes:
 * **the training run.** Trained again with another seed, the same recipe
   reaches another accuracy; at the quick profile's size the spread is larger
   than most differences between losses. A figure pooled over seeds therefore
-  counts the seeds' spread as well as the cells'. Comparisons take each
-  setting's seeds as independent and pair the settings on the *same* cells.
+  counts the seeds' spread as well as the cells'. Comparisons pair the
+  settings on the *same* cells, and on the same seeds where both settings were
+  trained from the same seeds (a seed fixes the initial weights, the training
+  images and the batch order, so its shared part cancels in the difference).
 
 The interval of a pooled figure is design-based: its variance adds the
 seeds' part (the spread of the per-seed estimates) and the cells' part (the
@@ -203,19 +205,43 @@ def mean_interval(values, clusters: Clusters, level: float = LEVEL, stratified: 
             "n_seeds": n_seeds, "stratified": stratified}
 
 
-def difference_interval(values_a, values_b, clusters: Clusters, level: float = LEVEL, stratified: bool = True,
-                        **_) -> dict:
-    """Mean of A minus mean of B on the same observations, each pooled over its own seeds.
+#: The equivalence margins fixed before the full profile ran (percentage points): a comparison whose whole
+#: interval lies inside +-X of zero shows that the two settings differ by no more than X (the smallest X is quoted).
+EQUIVALENCE_MARGINS = (2.0, 5.0, 10.0)
 
-    Paired on cells: the cell part of the variance is the spread of the clusters' paired differences within
-    each stratum (/ m); the seed part is each arm's spread of per-seed estimates (/ its seeds), the two arms'
-    seeds being independent runs. The interval is difference +- t * sd with Satterthwaite's degrees of
-    freedom. ``resolved`` is True only when it excludes 0; ``verdict`` says which is better, or "not resolved".
-    With one seed on a side, the comparison is between trained models, not recipes.
+
+def equivalence_margin(lo: float, hi: float, margins: Sequence[float] = EQUIVALENCE_MARGINS) -> float | None:
+    """The smallest margin X (in points) with -X < lo and hi < X (``lo``, ``hi`` as fractions), or None."""
+    for x in sorted(margins):
+        if -x / 100 < lo and hi < x / 100:
+            return float(x)
+    return None
+
+
+def difference_interval(values_a, values_b, clusters: Clusters, level: float = LEVEL, stratified: bool = True,
+                        paired: bool = False, **_) -> dict:
+    """Mean of A minus mean of B on the same observations, each pooled over its seeds.
+
+    Always paired on cells: the cell part of the variance is the spread of the clusters' seed-pooled paired
+    differences within each stratum (/ m). The seed part depends on the design:
+
+    * ``paired=False``: the arms' seeds are independent runs; the seed part is each arm's spread of per-seed
+      estimates (/ its seeds).
+    * ``paired=True``: row s of A and row s of B were trained from the same seed (the same initial weights,
+      training images and batch order), so the seed's shared part cancels in their difference; the seed part
+      is the spread of the S per-seed differences (/ S), with S - 1 degrees of freedom.
+
+    The interval is difference +- t * sd with Satterthwaite's degrees of freedom. ``resolved`` is True only when
+    it excludes 0; ``verdict`` says which is better, or "not resolved"; ``equivalence`` is the smallest margin of
+    :data:`EQUIVALENCE_MARGINS` (points) that the whole interval lies inside, or None. With one seed on a side,
+    the comparison is between trained models, not recipes.
     """
     a, b = _as_seeds(values_a), _as_seeds(values_b)
     if a.shape[1] != b.shape[1] or a.shape[1] != clusters.n_obs:
         raise ValueError("a paired comparison needs both arms scored on the same observations")
+    if paired and a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired=True needs the same seeds in both arms, in the same order; got {a.shape[0]} and "
+                         f"{b.shape[0]} seeds (use paired=False for independent seeds)")
     ka, kb = clusters.sums(a), clusters.sums(b)
     n = clusters.sizes.astype(float)
     sa, sb = a.shape[0], b.shape[0]
@@ -229,10 +255,16 @@ def difference_interval(values_a, values_b, clusters: Clusters, level: float = L
             _, e = _stratum_parts(d, n, g)
             parts.append(wh * wh * float((e ** 2).sum()) / (len(g) - 1) / len(g))
             dfs.append(len(g) - 1)
-    for kk, ss in ((ka, sa), (kb, sb)):
-        if ss > 1:
-            parts.append(float(np.var(_per_seed(kk, n, groups, w), ddof=1)) / ss)
-            dfs.append(ss - 1)
+    if paired:
+        if sa > 1:
+            per_seed = _per_seed(ka, n, groups, w) - _per_seed(kb, n, groups, w)
+            parts.append(float(np.var(per_seed, ddof=1)) / sa)
+            dfs.append(sa - 1)
+    else:
+        for kk, ss in ((ka, sa), (kb, sb)):
+            if ss > 1:
+                parts.append(float(np.var(_per_seed(kk, n, groups, w), ddof=1)) / ss)
+                dfs.append(ss - 1)
     var = float(sum(parts))
     df = var * var / sum(p_ * p_ / d_ for p_, d_ in zip(parts, dfs)) if var > 0 else 1.0
     lo, hi = _t_interval(diff, var, df, level)
@@ -240,6 +272,7 @@ def difference_interval(values_a, values_b, clusters: Clusters, level: float = L
     resolved = bool(lo > 0 or hi < 0)
     return {"diff": diff, "lo": lo, "hi": hi, "resolved": resolved, "se": float(np.sqrt(var)), "df": float(df),
             "verdict": ("A better" if lo > 0 else "B better") if resolved else "not resolved",
+            "equivalence": None if resolved else equivalence_margin(lo, hi), "paired": bool(paired),
             "n_seeds_a": sa, "n_seeds_b": sb, "n_clusters": len(clusters), "stratified": stratified}
 
 
