@@ -93,6 +93,45 @@ def test_one_seed_verdicts_speak_of_models_not_recipes(study):
     assert len(pt) and all("two trained models compared, not two recipes" in w for w in pt["words"])
 
 
+def test_same_seeds_are_paired_and_the_unpaired_interval_stands_beside(study):
+    make, _, _ = study
+    s = make(seeds=(0, 1, 2))
+    main = s[s["learning_rate"] == 3e-4]
+    pt = an.paired_table(main).set_index(["encoding", "comparison"])
+    r = pt.loc[("paper", "CE - MSE")]
+    assert r["paired"] and r["pairing"] == "paired on seeds" and r["seeds_a"] == [0, 1, 2]
+    assert r["diff"] == pytest.approx(r["unpaired_diff"]) and "paired" in r["words"]
+    assert r["collapsed_a"] == 0 and r["n_a"] == 3 and r["fisher_p"] == 1.0
+    assert r["learned_diff"] == pytest.approx(r["diff"])  # nothing collapsed: the learned runs are all the runs
+    ce, mse = an.runs_for(main, "crossentropy", "paper"), an.runs_for(main, "mse", "paper")
+    d = an.compare(ce, mse[mse["seed"] != 2])
+    assert not d["paired"] and d["pairing"] == "unpaired: the seed sets differ"
+    assert "unpaired: the seed sets differ" in an.verdict_words(d, "CE", "MSE")
+    with pytest.raises(ValueError, match="same seeds"):
+        an.compare(ce, mse[mse["seed"] != 2], paired=True)
+
+
+def test_a_collapsed_run_leaves_the_learned_comparison_and_counts_in_fisher(study):
+    make, root, data = study
+    s = make(seeds=(0, 1, 2))
+    main = s[s["learning_rate"] == 3e-4].copy()
+    ce = an.runs_for(main, "crossentropy", "paper").copy()
+    ce.loc[ce["seed"] == 1, "collapsed"] = True
+    mse = an.runs_for(main, "mse", "onehot")
+    d = an.compare_with_collapse(ce, mse, "CE", "MSE")
+    assert (d["collapsed_a"], d["n_a"], d["collapsed_b"]) == (1, 3, 0)
+    assert d["learned_seeds"] == "2 vs 2" and "paired" in d["learned_words"]
+    assert d["learned_diff"] != pytest.approx(d["diff"])
+
+
+def test_verdict_words_state_equivalence_inside_a_margin_fixed_in_advance():
+    d = {"resolved": False, "diff": 0.01, "equivalence": 5.0, "n_seeds_a": 8, "n_seeds_b": 8, "paired": True,
+         "pairing": "paired on seeds"}
+    assert an.verdict_words(d, "CE", "MSE") == "no difference larger than 5 points (8 seeds each, paired)"
+    assert an.verdict_words({**d, "equivalence": None}, "CE", "MSE") == "not resolved (8 seeds each, paired)"
+    assert an.verdict_words({**d, "resolved": True}, "CE", "MSE") == "CE is better (8 seeds each, paired)"
+
+
 def test_collapse_table_counts_the_one_definition_with_holm_adjusted_fisher(study):
     make, _, _ = study
     s = make(seeds=(0, 1, 2, 3, 4))

@@ -1,12 +1,13 @@
 """Tables of a study, computed from its run artifacts (the report's numbers all come from here).
 
 A *recipe* is one setting trained with several seeds. Its figures are pooled
-over seeds and their intervals include the seed-to-seed variation: the
-two-stage bootstrap of :mod:`wbc_utils.stats` resamples the seeds, then the
-same-cell clusters (within their class). Comparisons between recipes are
-paired on the same clusters and resample each recipe's seeds independently; a
-comparison is *resolved* only when its interval excludes 0, and every verdict
-carries the number of seeds behind it.
+over seeds and their intervals count the seed-to-seed variation and the
+same-cell clusters' (the method is described once, in :mod:`wbc_utils.stats`).
+Comparisons between recipes are paired on the same clusters, and on the same
+seeds where both recipes were trained from them; a comparison is *resolved*
+only when its interval excludes 0, *bounded* when its interval lies inside an
+equivalence margin fixed in advance, and every verdict carries the number of
+seeds behind it and whether they were paired.
 
 The headline scope is TEST without the cells shared with TRAIN (*unseen*
 cells); all of TEST is reported beside it.
@@ -179,30 +180,98 @@ def _has_simple(rows) -> bool:
     return bool(len(rows)) and bool(pd.to_numeric(rows["test_simple_accuracy"], errors="coerce").notna().all())
 
 
-def compare(rows_a, rows_b, scope: str = "unseen") -> dict:
-    """Recipe A minus recipe B, seed-pooled, paired on the same cells, each recipe's seeds resampled."""
-    a, b = stack(rows_a), stack(rows_b)
-    if a is None or b is None:
+def _seed_list(rows) -> list[int]:
+    return [int(v) for v in rows["seed"]]
+
+
+def compare(rows_a, rows_b, scope: str = "unseen", paired: bool | None = None) -> dict:
+    """Recipe A minus recipe B, seed-pooled, on the same cells.
+
+    Paired on seeds (``paired=None``: whenever both recipes were trained on the same set of seeds) the seed's
+    shared part cancels: see :func:`wbc_utils.stats.difference_interval`. Otherwise each recipe's seeds count
+    as independent runs, and ``pairing`` says why."""
+    if rows_a is None or rows_b is None or len(rows_a) == 0 or len(rows_b) == 0:
         return {}
+    rows_a, rows_b = rows_a.sort_values("seed"), rows_b.sort_values("seed")
+    sa, sb = _seed_list(rows_a), _seed_list(rows_b)
+    same = sa == sb and len(set(sa)) == len(sa)
+    if paired and not same:
+        raise ValueError(f"a comparison paired on seeds needs the same seeds on both sides: {sa} vs {sb}")
+    paired = same if paired is None else bool(paired)
+    a, b = stack(rows_a), stack(rows_b)
     if (a.base["relpath"].to_numpy() != b.base["relpath"].to_numpy()).any():
         raise ValueError("a paired comparison needs both recipes scored on the same TEST images")
-    return difference_interval(a.correct(scope), b.correct(scope), a.clusters(scope))
+    d = difference_interval(a.correct(scope), b.correct(scope), a.clusters(scope), paired=paired)
+    d["seeds_a"], d["seeds_b"] = sa, sb
+    d["pairing"] = ("paired on seeds" if paired else
+                    "unpaired: the seed sets differ" if not same else "unpaired")
+    return d
+
+
+def _seeds_words(d: dict) -> str:
+    if d["n_seeds_a"] != d["n_seeds_b"]:
+        seeds = f"{d['n_seeds_a']} vs {d['n_seeds_b']} seeds"
+    else:
+        seeds = f"{d['n_seeds_a']} seed{'s' * (d['n_seeds_a'] > 1)} each"
+    if min(d["n_seeds_a"], d["n_seeds_b"]) < 2:
+        return seeds + ": two trained models compared, not two recipes"
+    return seeds + (", paired" if d.get("paired") else
+                    ", unpaired: the seed sets differ" if d.get("pairing", "").endswith("differ") else "")
 
 
 def verdict_words(d: dict, name_a: str, name_b: str) -> str:
-    """'MSE is better (5 seeds each)' or 'not resolved (5 seeds each)'. With one seed on a side, the
-    comparison is between two trained models, and the words say so."""
-    seeds = f"{d['n_seeds_a']} vs {d['n_seeds_b']} seeds" if d["n_seeds_a"] != d["n_seeds_b"] \
-        else f"{d['n_seeds_a']} seed{'s' * (d['n_seeds_a'] > 1)} each"
-    if min(d["n_seeds_a"], d["n_seeds_b"]) < 2:
-        seeds += ": two trained models compared, not two recipes"
-    if not d["resolved"]:
-        return f"not resolved ({seeds})"
-    return f"{name_a if d['diff'] > 0 else name_b} is better ({seeds})"
+    """'MSE is better (5 seeds each, paired)', 'no difference larger than 5 points (...)' when the interval lies
+    inside one of the equivalence margins fixed in advance, else 'not resolved (...)'. With one seed on a side,
+    the comparison is between two trained models, and the words say so."""
+    seeds = _seeds_words(d)
+    if d["resolved"]:
+        return f"{name_a if d['diff'] > 0 else name_b} is better ({seeds})"
+    if d.get("equivalence"):
+        return f"no difference larger than {d['equivalence']:g} points ({seeds})"
+    return f"not resolved ({seeds})"
+
+
+def _collapsed(rows) -> np.ndarray:
+    return (rows["collapsed"] == True).to_numpy(bool)  # noqa: E712
+
+
+def compare_with_collapse(rows_a, rows_b, name_a: str, name_b: str, scope: str = "unseen") -> dict:
+    """The three answers a comparison owes when runs can collapse, each with its interval:
+
+    * the mean over all runs (``diff``, ``lo``, ``hi``, ``words``: paired on seeds where it can be), beside the
+      same comparison unpaired (``unpaired_*``), so the reader sees what pairing buys;
+    * the collapse rates (``collapsed_a`` of ``n_a`` against ``collapsed_b`` of ``n_b``, Fisher's exact ``fisher_p``);
+    * the accuracy of the runs that learned (``learned_*``): paired on the seeds where neither side collapsed, or
+      unpaired over each side's learned runs when fewer than two seeds learned on both sides.
+    """
+    d = compare(rows_a, rows_b, scope)
+    if not d:
+        return {}
+    out = {**d, "words": verdict_words(d, name_a, name_b)}
+    un = compare(rows_a, rows_b, scope, paired=False)
+    out.update({f"unpaired_{k}": un[k] for k in ("diff", "lo", "hi", "se", "df", "resolved", "equivalence")})
+    out["unpaired_words"] = verdict_words(un, name_a, name_b)
+    ca, cb = _collapsed(rows_a), _collapsed(rows_b)
+    out.update({"collapsed_a": int(ca.sum()), "n_a": len(ca), "collapsed_b": int(cb.sum()), "n_b": len(cb),
+                "fisher_p": fisher_exact(int(ca.sum()), len(ca), int(cb.sum()), len(cb))})
+    la, lb = rows_a[~ca], rows_b[~cb]
+    both = sorted(set(_seed_list(la)) & set(_seed_list(lb)))
+    if ca.any() or cb.any():
+        if len(both) >= 2:
+            la, lb = la[la["seed"].isin(both)], lb[lb["seed"].isin(both)]
+        ld = compare(la, lb, scope) if len(la) and len(lb) else {}
+    else:
+        ld = d
+    out.update({f"learned_{k}": ld.get(k, np.nan) for k in ("diff", "lo", "hi", "resolved", "equivalence")})
+    out["learned_seeds"] = (f"{ld['n_seeds_a']} vs {ld['n_seeds_b']}" if ld else "0")
+    out["learned_words"] = verdict_words(ld, name_a, name_b) if ld else "no run learned on one side"
+    return out
 
 
 def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "huber"), ("mse", "huber"))):
-    """Seed-pooled accuracy differences between losses (unseen TEST cells), per encoding, with verdicts."""
+    """Seed-pooled accuracy differences between losses (unseen TEST cells), per encoding, with verdicts: paired
+    on seeds where the losses share them, with the unpaired interval, the collapse rates and the learned runs'
+    difference beside (:func:`compare_with_collapse`)."""
 
     out = []
     for enc in ENCODINGS:
@@ -210,9 +279,8 @@ def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "hube
             ra, rb = runs_for(summary, a, enc), runs_for(summary, b, enc)
             if ra.empty or rb.empty:
                 continue
-            d = compare(ra, rb)
-            out.append({"encoding": enc, "a": a, "b": b, "comparison": f"{LOSS_SHORT[a]} - {LOSS_SHORT[b]}", **d,
-                        "words": verdict_words(d, LOSS_SHORT[a], LOSS_SHORT[b])})
+            d = compare_with_collapse(ra, rb, LOSS_SHORT[a], LOSS_SHORT[b])
+            out.append({"encoding": enc, "a": a, "b": b, "comparison": f"{LOSS_SHORT[a]} - {LOSS_SHORT[b]}", **d})
     return pd.DataFrame(out)
 
 
@@ -226,8 +294,7 @@ def encoding_effect(summary):
         ro, rp = runs_for(summary, loss, "onehot"), runs_for(summary, loss, "paper")
         if ro.empty or rp.empty:
             continue
-        d = compare(ro, rp)
-        out.append({"loss": loss, **d, "words": verdict_words(d, "one-hot", "integer labels")})
+        out.append({"loss": loss, **compare_with_collapse(ro, rp, "one-hot", "integer labels")})
     return pd.DataFrame(out)
 
 

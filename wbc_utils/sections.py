@@ -50,6 +50,7 @@ from .params import LOSS_TITLES
 from .runs import load_runs, original_record, read_diagnostics, read_metrics, read_predictions, study_record
 from .saliency import examples_per_class, load_run
 from .slides import find_originals, load_pairs
+from .stats import EQUIVALENCE_MARGINS
 
 #: Links the report cites.
 LINKS = {
@@ -669,9 +670,14 @@ class Report:
         (simulated on TEST's design, `tests/test_stats.py`). Cells read entirely right or entirely wrong count as
         Bernoulli trials with a Jeffreys estimate, so a class whose few cells were all right still has an
         interval. Image-level accuracy weighs each cell by its number of images; cell-level accuracy gives each
-        cell one vote. Differences between losses are paired on the same cells, each setting's seeds counting as
-        independent runs; a difference is called **resolved** only when its interval excludes 0, and every verdict
-        states its seeds. Single-run intervals (Appendix A) count the cells only.
+        cell one vote. Differences between losses are paired on the same cells and, where both settings were
+        trained from the same seeds, on the seeds too: a seed fixes the initial weights, the training images and
+        the batch order, so the difference is computed seed by seed and the seed part of its variance is the spread
+        of the per-seed differences (/ number of seeds, with one fewer degrees of freedom); where the seed sets
+        differ the seeds count as independent runs, and the verdict says so. A difference is called **resolved**
+        only when its interval excludes 0, and **bounded** ("no difference larger than X points") when its whole
+        interval lies inside +-X, X the smallest of {", ".join(f"{x:g}" for x in EQUIVALENCE_MARGINS)} points (margins fixed
+        before the runs); every verdict states its seeds. Single-run intervals (Appendix A) count the cells only.
 
         **Collapse.** One definition, used throughout: a run has *collapsed* when its training loss (the finished
         model's, on its training images in inference mode) is no better than the best constant prediction's (within {COLLAPSE_LOSS_TOL:.0%}; for cross-entropy on balanced
@@ -724,10 +730,11 @@ class Report:
                 continue
             log = pd.DataFrame(orig["logs"][loss]) if orig and loss in orig.get("logs", {}) else None
             doc.figure(study_figures.curves_figure(d["summary"], d["histories"], loss, log),
-                       f"{LOSS_TITLES[loss]}, integer labels as in 2020 (the paper's Figure {n_}). Left: the "
-                       "accuracy as the 2020 code printed it; right: the true accuracy. Blue: training; red: "
+                       f"{LOSS_TITLES[loss]}, integer labels as in 2020 (the paper's Figure {n_}), per epoch. Left: "
+                       "the accuracy as the 2020 code printed it; middle: the true accuracy. Blue: training; red: "
                        "validation (TEST). Faint lines: single seeds; bold: their mean" +
-                       ("; dashed: the 2020 run's own log." if log is not None else "."))
+                       ("; dashed: the 2020 run's own log over the same epochs (left) and over all its 100 "
+                        "epochs (right)." if log is not None else "."))
         doc.figure(study_figures.comparison_figure(d["summary"], d["histories"]),
                    "True validation (TEST) accuracy per epoch for each loss and encoding: the line is the mean over "
                    "seeds, the shaded band the range from the lowest to the highest seed. With one-hot targets the "
@@ -816,11 +823,23 @@ class Report:
         if pt is None or pt.empty:
             doc.md("Fewer than two losses finished: nothing to compare.")
             return
-        rows = [{"targets": "integer" if r.encoding == "paper" else "one-hot", "comparison": r.comparison,
-                 "difference [95% CI]": fmt_diff(r._asdict()), "verdict": r.words} for r in pt.itertuples()]
+        rows = []
+        for r in pt.to_dict("records"):
+            unpaired = {k[len("unpaired_"):]: v for k, v in r.items() if k.startswith("unpaired_")}
+            learned = {k[len("learned_"):]: v for k, v in r.items() if k.startswith("learned_")}
+            rows.append({"targets": "integer" if r["encoding"] == "paper" else "one-hot",
+                         "comparison": r["comparison"], "all runs [95% CI]": fmt_diff(r), "verdict": r["words"],
+                         "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(same)",
+                         "collapsed": f"{r['collapsed_a']}/{r['n_a']} vs {r['collapsed_b']}/{r['n_b']} "
+                                      f"({fmt_p(r['fisher_p'])})",
+                         "runs that learned [95% CI]": (fmt_diff(learned) + f" ({r['learned_seeds']} seeds)"
+                                                         if learned.get("diff") == learned.get("diff") else "-")})
         doc.table(pd.DataFrame(rows), "Differences in seed-pooled accuracy on unseen TEST cells (percentage points), "
-                  "paired on the same cells; the interval counts both settings' seeds and the cells. A difference "
-                  "is resolved only when its interval excludes 0.")
+                  "first loss minus second. *All runs*: every finished run, paired on the same cells and, where the "
+                  "two losses were trained from the same seeds, on the seeds (section 3); the verdict says how many "
+                  "seeds each side rests on. *Unpaired*: the same difference with each side's seeds counted as "
+                  "independent runs, for comparison. *Collapsed*: runs that collapsed on each side, Fisher's exact "
+                  "test. *Runs that learned*: the difference over the seeds where neither side collapsed.")
 
     def _results_per_class(self) -> None:
         d, doc = self.data, self.doc
