@@ -40,3 +40,52 @@ def test_export_keeps_what_the_report_reads_and_not_the_models(tmp_path):
     assert not (out / done.name).exists() and (out / "study.json").exists()
     with pytest.raises(WBCError, match="no study at"):
         export_study("nothing", tmp_path / "results", runs)
+
+
+def test_an_earlier_export_the_runs_folder_lacks_is_kept(tmp_path):
+    """Session 1 exported seed 0; session 2, on another machine, trained seed 1 only: its export keeps seed 0."""
+    first, second = tmp_path / "runs1", tmp_path / "runs2"
+    s0 = _fake_run(first, 0)
+    export_study("paper", tmp_path / "results", first)
+    s1 = _fake_run(second, 1)
+    export_study("paper", tmp_path / "results", second)
+    out = tmp_path / "results" / "paper"
+    assert (out / s0.name / "metrics.json").exists() and (out / s1.name / "metrics.json").exists()
+
+
+def test_study_reuse_takes_exported_runs_as_finished_and_trains_only_the_rest(tmp_path):
+    from wbc_utils.params import Profile
+    from wbc_utils.runs import IMPORTED
+    from wbc_utils.study import plan
+
+    prof = Profile(name="paper", description="", image_size=[240, 320], epochs=100, seeds=[0, 1, 2],
+                   losses=("mse",), encodings=("onehot",))
+    exported_runs = tmp_path / "elsewhere"
+    for seed in (0, 1):
+        _fake_run(exported_runs, seed)
+    export_study("paper", tmp_path / "results", exported_runs)
+    # an exported run whose parameters differ from the profile's is not taken
+    other = RunParams(loss="mse", target_encoding="onehot", seed=1, profile="paper", epochs=3).to_dict()
+    write_json(tmp_path / "results" / "paper" / RunParams(**{**other, "epochs": 100}).run_name / "params.json",
+               other)
+    runs = tmp_path / "runs"
+    _fake_run(runs, 0, finished=False)  # an unfinished attempt here is replaced by the finished export
+    steps = plan(prof, runs, reuse=True, results_root=tmp_path / "results")
+    actions = {p.seed: action for p, _, action in steps}
+    assert actions == {0: "reuse", 1: "train", 2: "train"}
+    d0 = steps[0][1]
+    assert Run(d0).status == "finished" and (d0 / IMPORTED).exists() and not (d0 / "model.keras").exists()
+    # without --reuse nothing is read from results/
+    assert {a for _, _, a in plan(prof, tmp_path / "runs_b", results_root=tmp_path / "results")} == {"train"}
+
+
+def test_a_finished_run_with_other_parameters_is_never_taken_for_this_one(tmp_path):
+    """Two runs of one study that map to one folder (before names carried the image size, a pilot's 60x80 and
+    120x160 candidates did): the second must not reuse the first's results."""
+    from wbc_utils.study import train_one
+
+    done = _fake_run(tmp_path / "runs", 0)
+    other = RunParams(**{**done.params(), "image_size": [120, 160]})
+    entry = train_one(other.to_dict(), str(done.path), None, False, {})
+    assert entry["action"] == "train" and "different parameters" in entry["error"]
+    assert done.status == "finished" and done.params()["image_size"] == [240, 320]

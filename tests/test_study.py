@@ -23,18 +23,18 @@ def test_failed_run_does_not_stop_the_batch(train_dataset, tmp_path):
     args = ["--profile", "smoke", "--losses", "mse", "--encodings", "paper,onehot", "--seeds", "0", "--epochs", "1",
             "--image-size", "16x20", "--train-subset", "0", "--data-dir", str(train_dataset)]
     # an unfinished run with other parameters is in the way of the second run: it must fail, the first must not
-    blocked = runs / "smoke" / "mse_onehot_lr0.0003_s0"
+    blocked = runs / "smoke" / "mse_onehot_16x20_lr0.0003_s0"
     blocked.mkdir(parents=True)
     write_json(blocked / "params.json", RunParams(loss="mse", target_encoding="onehot", epochs=7).to_dict())
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "study", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "1 run(s) FAILED: mse_onehot_lr0.0003_s0" in res.stderr
+    assert "1 run(s) FAILED: mse_onehot_16x20_lr0.0003_s0" in res.stderr
     assert "RunExistsError" in res.stdout
     s = pd.read_csv(runs / "smoke" / "summary.csv").set_index("run_name")
-    assert s.loc["mse_paper_lr0.0003_s0", "status"] == "finished"
-    assert s.loc["mse_onehot_lr0.0003_s0", "status"] == "failed"
-    assert "different parameters" in s.loc["mse_onehot_lr0.0003_s0", "error"]
+    assert s.loc["mse_paper_16x20_lr0.0003_s0", "status"] == "finished"
+    assert s.loc["mse_onehot_16x20_lr0.0003_s0", "status"] == "failed"
+    assert "different parameters" in s.loc["mse_onehot_16x20_lr0.0003_s0", "error"]
 
 
 def test_papermill_parameter_of_the_wrong_type(tmp_path):

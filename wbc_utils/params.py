@@ -248,6 +248,8 @@ class RunParams:
             parts.append(self.arch + (f"{self.width}e{self.epochs}" if self.arch == "wbcnet" else ""))
         if self.view != "full":
             parts.append(self.view)
+        if list(self.image_size) != list(NATIVE_SIZE):  # two sizes in one study (a pilot) never share a folder
+            parts.append("x".join(str(v) for v in self.image_size))
         if self.folds:
             parts.append(f"cv{self.fold}of{self.folds}")
         if self.augment != "none":
@@ -297,6 +299,9 @@ class Profile:
     #: more run parameters shared by the main runs (view, augment, ...: see RunParams)
     extra: dict = dataclasses.field(default_factory=dict)
     controls_first: bool = False   # run the controls before the main runs (a lab whose results pick the main)
+    #: "seed": every setting's seed 0, then every setting's seed 1, ...: a study stopped part-way (a profile longer
+    #: than a session) leaves the same seeds finished for every setting, so its comparisons stay paired
+    order: str = "setting"
     jobs: int = 1                  # notebooks run at once (2 suits many short runs on 2 cores)
     trades: str = ""
 
@@ -325,10 +330,12 @@ class Profile:
                            **{k: v for k, v in c.items() if k not in ("loss", "target_encoding", "seeds")},
                            **({"fold": f} if c.get("folds") else {}))
                  for c in self.controls for s in (parse_seeds(c["seeds"]) if "seeds" in c else self.seeds)
-                 for f in range(int(c.get("folds") or 1))
-                 if c.get("loss", default_loss) in self.losses
-                 and c.get("target_encoding", default_enc) in self.encodings]
-        return extra + main if self.controls_first else main + extra
+                 for f in range(int(c.get("folds") or 1))]
+        out = extra + main if self.controls_first else main + extra
+        if self.order == "seed":
+            rank = {s: i for i, s in enumerate(self.seeds)}
+            out.sort(key=lambda p: rank.get(p.seed, len(rank)))  # stable: settings keep their order within a seed
+        return out
 
     def is_main(self, params: dict) -> bool:
         """True for the profile's main runs, False for its control runs."""
@@ -345,6 +352,13 @@ class Profile:
             kw["losses"] = tuple(check_loss(v) for v in _listify(kw["losses"]))
         if "encodings" in kw:
             kw["encodings"] = tuple(check_encoding(v) for v in _listify(kw["encodings"]))
+        if "losses" in kw or "encodings" in kw:
+            # a control that names a loss or encoding left out by the override goes with it (a control that names
+            # none takes the main runs' first); a profile may itself name controls outside its main runs (a pilot)
+            losses, encodings = kw.get("losses", self.losses), kw.get("encodings", self.encodings)
+            kw["controls"] = tuple(c for c in self.controls
+                                   if c.get("loss", losses[0]) in losses
+                                   and c.get("target_encoding", encodings[0]) in encodings)
         out = dataclasses.replace(self, **kw)
         out.runs()  # validates every run's parameters now, before any work starts
         return out
@@ -379,6 +393,17 @@ PROFILES: dict[str, Profile] = {
         controls=({"learning_rate": 3e-4}, {"input_scaling": "unit"}, {"arch": "he"}, {"arch": "bn"}),
         trades="60x80 pixels, 2,000 TRAIN images, 6 epochs (at 3, runs that learn slowly could not yet be told from "
                "runs held at ln 4): enough to see a run stay at ln 4 or leave it"),
+    "pilot": Profile(
+        name="pilot", description="the pilot that chose the full profile's size, epochs and rate, on TRAIN alone "
+        "(a fifth of TRAIN's same-cell clusters held out per seed; TEST is scored at the end but chooses nothing)",
+        image_size=[60, 80], epochs=15, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=3e-4,
+        losses=("crossentropy",), encodings=("paper",), validation="grouped", rescore_split="TEST_SIMPLE", jobs=2,
+        # the candidates, each on the same three seeds (so the same held-out cells): the 2020 rate, twice the
+        # resolution, and MSE with one-hot targets (its paired difference with cross-entropy sizes the full profile)
+        controls=({"learning_rate": 1e-3}, {"image_size": [120, 160]},
+                  {"loss": "mse", "target_encoding": "onehot"}),
+        trades="all of TRAIN but a held-out fifth of its cells, 15 epochs (the validation curve per epoch shows "
+               "where each candidate's plateau starts), three seeds per candidate"),
     "best": Profile(
         name="best", description="beyond the paper: a from-scratch model whose design was chosen by 5-fold "
         "validation over TRAIN's same-cell clusters (the lab), then trained on all of TRAIN with three seeds",

@@ -59,6 +59,8 @@ LOG = "train.log"
 LOCK = "lock.json"
 #: The model's out-of-distribution thresholds, fitted on TRAIN the first time ``predict`` uses the run.
 OOD = "ood.json"
+#: marks a run folder filled from an exported run (results/): it names where from; the run has no model
+IMPORTED = "imported_from.txt"
 #: What one run's folder takes on disk, for the free-space check before a study: a quick-profile run measured
 #: 1.4 MB, a best-profile one 3.5 MB; a checkpoint doubles the model while the run trains.
 RUN_BYTES = 8 * 2**20
@@ -214,8 +216,10 @@ EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL)
 def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     """Copy a study's small artifacts (:data:`EXPORTED` of each finished run, and the study's own files) to
     ``dest_root/<profile>/``; returns what was written. The copy is made beside the destination and swapped in
-    whole, so an earlier export's runs that are no longer finished (renamed, retrained, failed) do not linger.
-    ``dest_root`` then reads as a runs folder: the report builds from it without the models."""
+    whole, so an earlier export's runs that this runs folder holds unfinished (retrained, failed) do not linger;
+    earlier exported runs that it does not hold at all are kept. ``dest_root`` then reads as a runs folder: the
+    report builds from it without the models, and ``study --reuse`` takes its runs as finished
+    (:func:`import_exported_run`)."""
     src = profile_dir(profile, runs_root)
     if not src.is_dir():
         raise WBCError(f"no study at {src}: nothing to export.")
@@ -223,7 +227,12 @@ def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     fresh = dest.with_name(f".{profile}.export-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     out = []
-    for d in sorted(x for x in src.iterdir() if x.is_dir() and Run(x).status == "finished"):
+    finished = [x for x in src.iterdir() if x.is_dir() and Run(x).status == "finished"]
+    # a run exported earlier (another session, another machine) whose folder this runs folder does not have at
+    # all is kept: an export never drops a finished run it cannot replace
+    kept = [x for x in dest.iterdir() if x.is_dir() and Run(x).status == "finished"
+            and not (src / x.name).exists()] if dest.is_dir() else []
+    for d in sorted(finished + kept):
         for name in EXPORTED:
             if (d / name).exists():
                 out.append(copy_file(d / name, fresh / d.name / name))
@@ -236,6 +245,28 @@ def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     fresh.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return [dest / p.relative_to(fresh) for p in out]
+
+
+def import_exported_run(exported: Path, run_dir: Path) -> bool:
+    """Copy a finished run's exported artifacts (``results/<profile>/<run>/``) into an empty or unfinished run
+    folder, swapped in whole, so the study counts it as finished without training it again (its model is not
+    exported: what needs the model, such as a saliency map, is skipped for it). Returns False, copying nothing,
+    when there is no finished export there."""
+    if Run(exported).status != "finished":
+        return False
+    run_dir = Path(run_dir)
+    fresh = run_dir.with_name(f".{run_dir.name}.import-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for name in EXPORTED:
+        if (exported / name).exists():
+            copy_file(exported / name, fresh / name)
+    (fresh / IMPORTED).write_text(f"{exported}\n")
+    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+    if run_dir.exists():
+        run_dir.rename(old)
+    fresh.rename(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
 
 
 def run_status(run_dir: str | os.PathLike) -> str:

@@ -26,7 +26,7 @@ import papermill as pm
 from distributed import Client, as_completed
 
 from .artifacts import write_csv, write_json
-from .config import DATA_DIR, PATH_VARIABLES, THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
+from .config import DATA_DIR, PATH_VARIABLES, RESULTS, THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
 from .data import build_manifest, load_split
 from .errors import RunExistsError
 from .evaluation import EVALUATION_VERSION
@@ -36,10 +36,12 @@ from .original import find_original, parse_log, rescore
 from .params import Profile, RunParams
 from .reevaluate import reevaluate_run
 from .runs import (
+    IMPORTED,
     NOTEBOOK,
     STUDY_LOG,
     Run,
     check_runs_folder,
+    import_exported_run,
     is_stale,
     original_path,
     original_record,
@@ -72,13 +74,25 @@ def execute_run(params: RunParams, run_dir: Path, data_dir=None, reuse: bool = F
                         kernel_name="python3")
 
 
-def plan(profile: Profile, runs_root=None, reuse: bool = False,
-         force: bool = False) -> list[tuple[RunParams, Path, str]]:
-    """Each run with its directory and what will happen to it; raises before any work if a run is in the way."""
+def plan(profile: Profile, runs_root=None, reuse: bool = False, force: bool = False,
+         results_root=None) -> list[tuple[RunParams, Path, str]]:
+    """Each run with its directory and what will happen to it; raises before any work if a run is in the way.
+
+    With ``reuse``, a run that this runs folder lacks (or holds unfinished, with no live owner) but that was
+    exported finished with the same parameters to ``results_root/<profile>/`` (default: the tracked ``results/``,
+    where another session or machine left it) is copied in and reused: a long profile goes on across sessions and
+    trains only what is missing."""
     out, blocked = [], []
+    exported_root = Path(results_root or RESULTS) / profile.name
     for p in profile.runs():
         run = Run(profile_dir(profile.name, runs_root) / p.run_name)
         status = run.status
+        exported = exported_root / p.run_name
+        if reuse and not force and status != "finished" and run.lock_owner() is None \
+                and Run(exported).status == "finished" and p.same_as(Run(exported).params()) \
+                and exported.resolve() != run.path.resolve():
+            import_exported_run(exported, run.path)
+            status = run.status
         if status == "finished" and not force:
             same = p.same_as(run.params())
             if reuse and same:
@@ -167,7 +181,7 @@ class Progress:
 
 def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = False, force: bool = False,
               rescore: bool = True, jobs: int | None = None, scheduler: str | None = None,
-              gpus_per_run: int = 0) -> dict:
+              gpus_per_run: int = 0, results_root=None) -> dict:
     """Run (or reuse) every run of ``profile``; write summary.csv and study.json. Returns the study record.
 
     ``jobs`` runs that many notebooks at once here (default: the profile's); each
@@ -182,7 +196,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     pdir = profile_dir(profile.name, runs_root)
     check_runs_folder(pdir, 0)
-    steps = plan(profile, runs_root, reuse, force)
+    steps = plan(profile, runs_root, reuse, force, results_root)
     warning = check_runs_folder(pdir, sum(action != "reuse" for _, _, action in steps))
     if warning:
         print(warning, flush=True)
@@ -202,7 +216,10 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
         os.environ[THREADS] = str(max(1, (os.cpu_count() or 1) // jobs))
     reused = sum(action == "reuse" for _, _, action in steps)
     if reused:
-        print(f"{reused} of {len(steps)} runs already finished with the same parameters: reused", flush=True)
+        imported = sum(action == "reuse" and (d / IMPORTED).exists() for _, d, action in steps)
+        print(f"{reused} of {len(steps)} runs already finished with the same parameters: reused" +
+              (f" ({imported} of them exported earlier, read from {Path(results_root or RESULTS) / profile.name})"
+               if imported else ""), flush=True)
 
     env = {k: os.environ[k] for k in (*PATH_VARIABLES, DATA_DIR) if os.environ.get(k)}
     if data_dir is not None:
@@ -276,6 +293,9 @@ def train_one(params: dict, run_dir: str, data_dir: str | None, force: bool, env
         if lock.taken_over:
             entry["took_over"] = describe(lock.taken_over)
         if run.status == "finished" and not force:
+            if not p.same_as(run.params()):  # never take another run's results for this one's
+                return {**entry, "action": "train", "seconds": 0.0,
+                        "error": f"RunExistsError: {run.path} holds a finished run with different parameters"}
             return {**entry, "action": "reuse", "seconds": 0.0}
         entry["action"] = "resume" if run.status == "incomplete" and run.completed_epochs() else "train"
         if announce is not None:
