@@ -29,24 +29,25 @@ def _runs_of(summary, loss: str, encoding: str, finished_only: bool = True):
     return s[s["status"] == "finished"] if finished_only else s
 
 
-def _progress(h, epochs: int):
-    return h["epoch"].to_numpy() / max(epochs, 1) * 100
-
-
 def curves_figure(summary, histories, loss: str, original_log=None, title: str = "", encoding: str = "paper"):
-    """Training and validation accuracy of one loss trained on integer labels, as in 2020: as the 2020 code
-    printed it (left) and the true accuracy (right).
+    """Training and validation accuracy of one loss trained on integer labels, as in 2020, per epoch: as the
+    2020 code printed it (left) and the true accuracy (middle); beside them (right), the 2020 run's own log over
+    its 100 epochs.
 
-    Each seed is drawn faintly, the mean across seeds boldly. ``original_log`` (the 2020 per-epoch curves,
-    a DataFrame) is overlaid dashed on the left panel. (With one-hot targets the two panels would be
-    identical: the 2020 metric is then the true accuracy; see :func:`comparison_figure`.)
+    Each seed is drawn faintly, the mean across seeds boldly. ``original_log`` (the 2020 per-epoch curves, a
+    DataFrame) is also drawn dashed on the left panel over the epochs this study ran, so the two can be read
+    epoch by epoch. (With one-hot targets the left and middle panels would be identical: the 2020 metric is
+    then the true accuracy; see :func:`comparison_figure`.)
     """
     style()
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    has_log = original_log is not None and len(original_log) > 0
+    fig, axes = plt.subplots(1, 3 if has_log else 2, figsize=(13, 3.6) if has_log else (10, 3.6), sharey=True,
+                             gridspec_kw={"width_ratios": [1, 1, 0.8]} if has_log else None)
     runs = _runs_of(summary, loss, encoding, finished_only=False)
+    epochs = int(pd.to_numeric(runs["epochs"], errors="coerce").max()) if len(runs) else 1
     panels = (("paper_metric", "'accuracy' as the 2020 code printed it"),
               ("accuracy", "true accuracy (argmax = class)"))
+    handles = {}
     for ax, (col, ptitle) in zip(axes, panels):
         for split, color in (("", "#1f77b4"), ("val_", "#d62728")):
             stack = []
@@ -54,29 +55,39 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
                 h = histories.get(r.run_name)
                 if h is None or f"{split}{col}" not in h:
                     continue
-                x = _progress(h, int(r.epochs))
-                ax.plot(x, h[f"{split}{col}"], color=color, alpha=0.3, lw=0.9)
+                ax.plot(h["epoch"], h[f"{split}{col}"], color=color, alpha=0.3, lw=0.9)
                 if r.status == "finished":
                     stack.append(h[f"{split}{col}"].to_numpy())
             if stack and len({len(s) for s in stack}) == 1:
-                x = np.arange(1, len(stack[0]) + 1) / len(stack[0]) * 100
-                what = "validation (TEST)" if split else "training"
-                ax.plot(x, np.mean(stack, 0), color=color, lw=2.2,
-                        label=f"{what}, mean of {len(stack)} seed{'s' * (len(stack) > 1)}")
-        if col == "paper_metric" and original_log is not None:
-            x = original_log["epoch"] / len(original_log) * 100
-            ax.plot(x, original_log["accuracy"], color="#1f77b4", ls="--", lw=1.2, label="training, 2020 log")
-            ax.plot(x, original_log["val_accuracy"], color="#d62728", ls="--", lw=1.2, label="validation, 2020 log")
+                val = "TEST" if (runs["validation"] == "paper").all() else "held-out TRAIN cells"
+                what = f"validation ({val})" if split else "training"
+                line, = ax.plot(np.arange(1, len(stack[0]) + 1), np.mean(stack, 0), color=color, lw=2.2)
+                handles[f"{what}, mean of {len(stack)} seed{'s' * (len(stack) > 1)}"] = line
+        if col == "paper_metric" and has_log:
+            head = original_log[original_log["epoch"] <= epochs]
+            for key, color, what in (("accuracy", "#1f77b4", "training"), ("val_accuracy", "#d62728", "validation")):
+                line, = ax.plot(head["epoch"], head[key], color=color, ls="--", lw=1.2)
+                handles[f"{what}, 2020 log"] = line
         ax.axhline(0.25, color="grey", lw=0.8, ls=":")
         ax.set_title(ptitle, fontsize=10)
-        ax.set_xlabel("training progress (% of epochs)")
-        ax.set_xlim(0, 101)
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, epochs + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=7, loc="best")
+    if has_log:
+        ax = axes[2]
+        ax.plot(original_log["epoch"], original_log["accuracy"], color="#1f77b4", ls="--", lw=1.2)
+        ax.plot(original_log["epoch"], original_log["val_accuracy"], color="#d62728", ls="--", lw=1.2)
+        ax.axvspan(0.5, epochs + 0.5, color="grey", alpha=0.12, lw=0)
+        ax.axhline(0.25, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"the 2020 run's log, all {len(original_log)} epochs\n(shaded: the epochs run here)", fontsize=9)
+        ax.set_xlabel("epoch (2020)")
     axes[0].set_ylabel("accuracy")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=7.5,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
