@@ -185,3 +185,15 @@ def test_report_sections_render_without_2020_weights_or_other_studies(study, mon
     assert "two trained models compared, not two recipes" in html
     assert "No finished runs of the" in html and "Traceback" not in html
     assert rep.doc.n_tab >= 4 and rep.doc.n_fig >= 3
+
+
+def test_pilot_arithmetic_plateau_and_seeds_for_a_margin():
+    assert an.plateau_epoch([0.3, 0.5, 0.69, 0.7, 0.68, 0.71]) == 3
+    assert an.plateau_epoch([0.3, 0.5, 0.69, 0.7, 0.68, 0.71], tol=0.005) == 6
+    d = an.seeds_for_margin(0.05, margin=0.05)
+    # t(n-1) * 0.05 / sqrt(n) < 0.05 first at n = 7 (2.447 / sqrt(7) = 0.925)
+    assert d["seeds"] == 7 and d["half_width"][6] >= 0.05 > d["half_width"][7]
+    assert d["mde"][10] > d["half_width"][10]
+    assert an.seeds_for_margin(0.05, margin=0.05, cell_se=0.015)["seeds"] > 7
+    assert an.seeds_for_margin(0.05, margin=0.05, cell_se=0.03)["seeds"] is None  # the cells alone exceed it
+    assert an.seeds_for_margin(0.5, margin=0.05)["seeds"] is None

@@ -412,3 +412,82 @@ def fmt_p(p) -> str:
 
 def loss_title(loss: str) -> str:
     return LOSS_TITLES[loss]
+
+
+def candidate_name(r) -> str:
+    """A pilot candidate in words: 'CE, integer labels, 60x80, lr 0.0003'."""
+    size = "x".join(str(int(v)) for v in r.image_size) if not isinstance(r.image_size, str) else r.image_size
+    enc = "integer labels" if r.target_encoding == "paper" else "one-hot"
+    return f"{LOSS_SHORT.get(r.loss, r.loss)}, {enc}, {size}, lr {float(r.learning_rate):g}"
+
+
+def plateau_epoch(curve, tol: float = 0.02) -> int:
+    """The first epoch (from 1) at which ``curve`` comes within ``tol`` of its best value: where the plateau starts."""
+    c = np.asarray(curve, float)
+    return int(np.flatnonzero(c >= np.nanmax(c) - tol)[0]) + 1
+
+
+def pilot_table(summary, histories, tol: float = 0.02) -> pd.DataFrame:
+    """One row per pilot candidate (loss, encoding, size, rate) over its finished seeds, on held-out TRAIN cells
+    only (TEST chooses nothing): the final validation accuracy per seed, their mean and range, the epoch at which
+    the seed-mean validation curve reaches its plateau (within ``tol`` of its best), runs that collapsed, the
+    final training accuracy and the seconds per epoch."""
+    fin = summary[summary["status"] == "finished"].copy()
+    if fin.empty:
+        return pd.DataFrame()
+    fin["candidate"] = [candidate_name(r) for r in fin.itertuples()]
+    rows = []
+    for name, g in fin.groupby("candidate", sort=False):
+        g = g.sort_values("seed")
+        val = pd.to_numeric(g["final_val_accuracy"], errors="coerce").to_numpy(float)
+        curves = [histories[n]["val_accuracy"].to_numpy(float) for n in g["run_name"] if n in histories]
+        same = curves and len({len(c) for c in curves}) == 1
+        mean_curve = np.mean(curves, 0) if same else np.array([np.nan])
+        secs = [float(histories[n]["epoch_seconds"].median()) for n in g["run_name"]
+                if n in histories and "epoch_seconds" in histories[n]]
+        rows.append({"candidate": name, "loss": g["loss"].iloc[0], "encoding": g["target_encoding"].iloc[0],
+                     "image_size": "x".join(str(int(v)) for v in g["image_size"].iloc[0]),
+                     "learning_rate": float(g["learning_rate"].iloc[0]), "seeds": [int(s) for s in g["seed"]],
+                     "val_per_seed": val.tolist(), "val_mean": float(np.mean(val)), "val_min": float(np.min(val)),
+                     "val_max": float(np.max(val)), "val_sd": float(np.std(val, ddof=1)) if len(val) > 1 else np.nan,
+                     "best_mean_epoch_val": float(np.nanmax(mean_curve)),
+                     "plateau_epoch": plateau_epoch(mean_curve, tol) if same else np.nan,
+                     "epochs": int(g["epochs"].iloc[0]),
+                     "collapsed": int((g["collapsed"] == True).sum()),  # noqa: E712
+                     "runs": len(g), "train_accuracy": float(pd.to_numeric(g["final_train_accuracy"]).mean()),
+                     "seconds_per_epoch": float(np.median(secs)) if secs else np.nan})
+    return pd.DataFrame(rows)
+
+
+def paired_spread(summary, a: str, b: str, col: str = "final_val_accuracy") -> dict:
+    """Per-seed differences ``col`` of candidate ``a`` minus candidate ``b`` (names from :func:`candidate_name`)
+    on their common seeds: their mean and standard deviation, what sizes a paired design."""
+    fin = summary[summary["status"] == "finished"].copy()
+    fin["candidate"] = [candidate_name(r) for r in fin.itertuples()]
+    va = fin[fin["candidate"] == a].set_index("seed")[col].astype(float)
+    vb = fin[fin["candidate"] == b].set_index("seed")[col].astype(float)
+    common = sorted(set(va.index) & set(vb.index))
+    d = (va.loc[common] - vb.loc[common]).to_numpy(float)
+    return {"a": a, "b": b, "seeds": [int(s) for s in common], "diffs": d.tolist(),
+            "mean": float(d.mean()) if len(d) else np.nan,
+            "sd": float(d.std(ddof=1)) if len(d) > 1 else np.nan}
+
+
+def seeds_for_margin(sd: float, margin: float = 0.05, cell_se: float = 0.0, level: float = 0.95,
+                     power: float = 0.8, max_seeds: int = 40) -> dict:
+    """Design arithmetic for a paired comparison whose per-seed differences spread by ``sd`` and whose cells add
+    a standard error ``cell_se`` (fractions): the fewest seeds whose interval half-width is below ``margin`` (so a
+    true difference of 0 can be bounded inside +-margin), and per number of seeds n (2 to ``max_seeds``) the
+    half-width and the smallest true difference detected with probability ``power`` (``mde``)."""
+    from scipy.stats import t as student
+
+    def half(n: int) -> float:
+        return float(student.ppf(1 - (1 - level) / 2, n - 1)) * float(np.sqrt(sd * sd / n + cell_se * cell_se))
+
+    def mde(n: int) -> float:
+        se = float(np.sqrt(sd * sd / n + cell_se * cell_se))
+        return (float(student.ppf(1 - (1 - level) / 2, n - 1)) + float(student.ppf(power, n - 1))) * se
+
+    ns = range(2, max_seeds + 1)
+    return {"seeds": next((n for n in ns if half(n) < margin), None), "half_width": {n: half(n) for n in ns},
+            "mde": {n: mde(n) for n in ns}}
