@@ -197,3 +197,27 @@ def test_pilot_arithmetic_plateau_and_seeds_for_a_margin():
     assert an.seeds_for_margin(0.05, margin=0.05, cell_se=0.015)["seeds"] > 7
     assert an.seeds_for_margin(0.05, margin=0.05, cell_se=0.03)["seeds"] is None  # the cells alone exceed it
     assert an.seeds_for_margin(0.5, margin=0.05)["seeds"] is None
+
+
+def _pilot_row(size, lr, vals, plateau, epochs=15, loss="crossentropy", collapsed=0):
+    learned = sum(v >= 0.35 for v in vals) - collapsed
+    return {"loss": loss, "encoding": "paper", "image_size": size, "learning_rate": lr, "val_per_seed": vals,
+            "val_mean": float(np.mean(vals)), "plateau_epoch": plateau, "epochs": epochs, "collapsed": collapsed,
+            "learned": learned, "runs": len(vals)}
+
+
+def test_the_pilot_rule_picks_rate_size_epochs_and_seeds():
+    t = pd.DataFrame([_pilot_row("60x80", 3e-4, [0.70, 0.66, 0.72], 9),
+                      _pilot_row("60x80", 1e-3, [0.25, 0.70, 0.68], 8, collapsed=1),
+                      _pilot_row("120x160", 3e-4, [0.71, 0.69, 0.73], 10)])
+    spread = {"sd": 0.05, "diffs": [0.02, -0.03, 0.07]}
+    c = an.choose_design(t, spread)
+    assert c["learning_rate"] == 3e-4 and c["image_size"] == [60, 80] and c["epochs"] == 9
+    assert c["seeds"] == 7 and len(c["reasons"]) == 4
+    # a clearly better larger size wins; a plateau not reached keeps the pilot's epochs; every seed learning at
+    # the 2020 rate keeps it; a wide spread plans the most seeds
+    t2 = pd.DataFrame([_pilot_row("60x80", 1e-3, [0.60, 0.61, 0.62], 15),
+                       _pilot_row("120x160", 1e-3, [0.70, 0.69, 0.73], 15)])
+    c2 = an.choose_design(t2, {"sd": 0.2, "diffs": [0.2, -0.2, 0.1]})
+    assert c2["learning_rate"] == 1e-3 and c2["image_size"] == [120, 160] and c2["epochs"] == 15
+    assert c2["seeds"] == an.MAX_SEEDS and "still rises" in c2["reasons"][2]

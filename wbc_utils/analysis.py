@@ -414,6 +414,15 @@ def loss_title(loss: str) -> str:
     return LOSS_TITLES[loss]
 
 
+#: The pilot's rule, fixed before its runs finished: a seed has *learned* when it did not collapse and its final
+#: validation accuracy is at least this far above chance (0.25).
+LEARNED_MARGIN = 0.10
+#: A smaller input is kept when its seed-mean validation accuracy is within this much of the largest size's.
+SIZE_TOLERANCE = 0.02
+#: The fewest and most seeds the full profile plans per setting (the most: the 2-hour budget at two runs at a time).
+MIN_SEEDS, MAX_SEEDS = 5, 10
+
+
 def candidate_name(r) -> str:
     """A pilot candidate in words: 'CE, integer labels, 60x80, lr 0.0003'."""
     size = "x".join(str(int(v)) for v in r.image_size) if not isinstance(r.image_size, str) else r.image_size
@@ -454,6 +463,7 @@ def pilot_table(summary, histories, tol: float = 0.02) -> pd.DataFrame:
                      "plateau_epoch": plateau_epoch(mean_curve, tol) if same else np.nan,
                      "epochs": int(g["epochs"].iloc[0]),
                      "collapsed": int((g["collapsed"] == True).sum()),  # noqa: E712
+                     "learned": int(((g["collapsed"] != True).to_numpy() & (val >= 0.25 + LEARNED_MARGIN)).sum()),  # noqa: E712
                      "runs": len(g), "train_accuracy": float(pd.to_numeric(g["final_train_accuracy"]).mean()),
                      "seconds_per_epoch": float(np.median(secs)) if secs else np.nan})
     return pd.DataFrame(rows)
@@ -491,3 +501,68 @@ def seeds_for_margin(sd: float, margin: float = 0.05, cell_se: float = 0.0, leve
     ns = range(2, max_seeds + 1)
     return {"seeds": next((n for n in ns if half(n) < margin), None), "half_width": {n: half(n) for n in ns},
             "mde": {n: mde(n) for n in ns}}
+
+
+def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: float = 1e-3) -> dict:
+    """The pilot's rule, as a pure function of its table (:func:`pilot_table`) and the paired spread of
+    cross-entropy minus MSE (:func:`paired_spread`):
+
+    1. the rate: the 2020 rate if every seed of cross-entropy at it learned, else the lowest rate at which every
+       seed learned, else the rate at which most seeds learned;
+    2. the size: among cross-entropy's candidates at that rate (or at any rate, when the sizes were tried at
+       another), the smallest whose seed-mean validation accuracy is within SIZE_TOLERANCE of the best size's;
+    3. the epochs: where that candidate's seed-mean validation curve reaches its plateau; if it is still rising at
+       the pilot's last epoch, the pilot's epochs (said so);
+    4. the seeds: enough for the paired CE - MSE interval to fit inside +-5 points from the seeds' part alone,
+       between MIN_SEEDS and MAX_SEEDS.
+
+    Returns the choice and one sentence per step (``reasons``)."""
+    ce = table[(table["loss"] == "crossentropy")]
+    if ce.empty:
+        raise ValueError("the pilot has no finished cross-entropy candidate")
+    reasons = []
+    by_rate = {}
+    for r in ce.itertuples():
+        ok, n = r.learned, r.runs
+        prev = by_rate.get(r.learning_rate, (0, 0))
+        by_rate[r.learning_rate] = (prev[0] + ok, prev[1] + n)
+    if rate_2020 in by_rate and by_rate[rate_2020][0] == by_rate[rate_2020][1]:
+        rate = rate_2020
+        reasons.append(f"every seed learned at the 2020 rate {rate_2020:g}: kept")
+    else:
+        full = sorted(lr for lr, (k, n) in by_rate.items() if k == n)
+        rate = full[0] if full else max(by_rate, key=lambda lr: by_rate[lr][0] / by_rate[lr][1])
+        k20 = by_rate.get(rate_2020)
+        reasons.append((f"at the 2020 rate {k20[0]} of {k20[1]} seeds learned; " if k20 else "")
+                       + f"at {rate:g} {by_rate[rate][0]} of {by_rate[rate][1]} did: {rate:g} chosen, the 2020 rate "
+                       "kept as a control on the same seeds")
+    at_rate = ce[ce["learning_rate"] == rate]
+    sizes = at_rate if at_rate["image_size"].nunique() > 1 else ce
+    px = {s: int(np.prod([int(v) for v in s.split("x")])) for s in sizes["image_size"]}
+    mean_by_size = sizes.groupby("image_size")["val_mean"].max()
+    best = float(mean_by_size.max())
+    size = min((s for s, v in mean_by_size.items() if v >= best - SIZE_TOLERANCE), key=px.get)
+    reasons.append("; ".join(f"{s}: {100 * v:.1f}%" for s, v in sorted(mean_by_size.items(), key=lambda t: px[t[0]]))
+                   + f" seed-mean validation accuracy: {size} is the smallest within "
+                     f"{100 * SIZE_TOLERANCE:g} points of the best")
+    row = ce[(ce["image_size"] == size) & (ce["learning_rate"] == rate)]
+    row = (row if len(row) else ce[ce["image_size"] == size]).iloc[0]
+    if row["plateau_epoch"] < row["epochs"]:
+        epochs = int(row["plateau_epoch"])
+        reasons.append(f"its seed-mean validation curve is within {100 * 0.02:g} points of its best from epoch "
+                       f"{epochs} of {row['epochs']}")
+    else:
+        epochs = int(row["epochs"])
+        reasons.append(f"its seed-mean validation curve still rises at epoch {epochs}: the pilot's {epochs} epochs "
+                       "are kept (the plateau is not shown to be reached)")
+    seeds = MIN_SEEDS
+    if spread and spread.get("sd") == spread.get("sd") and spread.get("sd") is not None:
+        need = seeds_for_margin(spread["sd"], 0.05)["seeds"]
+        seeds = int(min(MAX_SEEDS, max(MIN_SEEDS, need or MAX_SEEDS)))
+        diffs = ", ".join(f"{100 * d:+.1f}" for d in spread["diffs"])
+        enough = need or f"more than {MAX_SEEDS}"
+        reasons.append(f"paired CE - MSE validation differences per seed {diffs} points "
+                       f"(sd {100 * spread['sd']:.1f}): {enough} seeds bound a zero difference inside +-5 points "
+                       f"from the seeds alone; {seeds} planned")
+    return {"learning_rate": rate, "image_size": [int(v) for v in size.split("x")], "epochs": epochs,
+            "seeds": seeds, "reasons": reasons}
