@@ -302,6 +302,8 @@ class Profile:
     #: "seed": every setting's seed 0, then every setting's seed 1, ...: a study stopped part-way (a profile longer
     #: than a session) leaves the same seeds finished for every setting, so its comparisons stay paired
     order: str = "setting"
+    #: the profile whose runs chose this one's size, epochs, rate and seeds (its report shows them)
+    pilot: str = ""
     jobs: int = 1                  # notebooks run at once (2 suits many short runs on 2 cores)
     trades: str = ""
 

@@ -217,10 +217,14 @@ def readme_block(results: dict) -> str:
                          f"{fmt_ci(r.get('test'), r.get('test_lo'), r.get('test_hi'))} | "
                          f"{'same runs' if same else str(r.get('collapsed')) + '/' + str(r.get('finished'))} |")
         lines.append("")
-        for cmp in results.get("comparisons", []):
-            if cmp["encoding"] == "onehot":
-                lines.append(f"- One-hot targets, {cmp['comparison']}: {100 * cmp['diff']:+.1f} points "
-                             f"[{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}], {cmp['words']}.")
+        for cmp in sorted(results.get("comparisons", []), key=lambda c: c["encoding"] != "onehot"):
+            targets = "One-hot targets" if cmp["encoding"] == "onehot" else "Integer labels"
+            unpaired = (f"; unpaired [{100 * cmp['unpaired_lo']:+.1f}, {100 * cmp['unpaired_hi']:+.1f}]"
+                        if cmp.get("paired") and cmp.get("unpaired_lo") is not None else "")
+            collapsed = (f"; collapsed {cmp['collapsed_a']}/{cmp['n_a']} vs {cmp['collapsed_b']}/{cmp['n_b']}"
+                         if cmp.get("collapsed_a") or cmp.get("collapsed_b") else "")
+            lines.append(f"- {targets}, {cmp['comparison']}: {100 * cmp['diff']:+.1f} points "
+                         f"[{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}], {cmp['words']}{unpaired}{collapsed}.")
     o = results.get("original", {})
     if o.get("crossentropy"):
         ce = o["crossentropy"]
@@ -234,6 +238,15 @@ def readme_block(results: dict) -> str:
                      f"({fmt_pct(o['mse']['recomputed_2020_metric'])}, {fmt_pct(o['huber']['recomputed_2020_metric'])}"
                      f" recomputed); true accuracy {fmt_pct(o['mse']['true_accuracy'])} and "
                      f"{fmt_pct(o['huber']['true_accuracy'])}.")
+    here = results.get("collapse_here") or []
+    ref = [r for r in here if r.get("is_2020")]
+    if ref:
+        others = [r for r in here if not r.get("is_2020")]
+        lines.append(f"- Collapse in this profile (cross-entropy, integer labels, same seeds): the 2020 rate 0.001 "
+                     f"collapsed in {ref[0]['collapsed']}/{ref[0]['runs']} runs; " + "; ".join(
+                         f"{x['setting'].replace('CE, integer labels, ', '')} {x['collapsed']}/{x['runs']}"
+                         + (f" (Fisher p = {x['fisher_p_vs_2020']:.2g})" if x.get("fisher_p_vs_2020") is not None
+                            else "") for x in others) + ".")
     for r in results.get("collapse", []):
         if r.get("is_2020"):
             others = [x for x in results["collapse"] if not x.get("is_2020")]

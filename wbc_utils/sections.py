@@ -262,6 +262,7 @@ class Report:
             d["paired"] = an.paired_table(d["summary"])
             d["encoding"] = an.encoding_effect(d["summary"])
             d["collapse_quick"] = an.collapse_table(allruns[allruns.loss == "crossentropy"])
+            d["pilot"] = pilot_of(d["settings"].get("pilot"), root)
             d["any_metrics"] = next(iter(metrics.values()), {})
         d["collapse"] = None
         if self.collapse_profile and self.collapse_profile != self.profile and \
@@ -685,6 +686,43 @@ class Report:
         {COLLAPSE_SPREAD_MAX:.0%} of the targets' spread. The share of TEST predicted as its most frequent class is
         reported beside it: a collapsed run's near-constant outputs can still split between classes by rounding.
         """)
+        if d.get("pilot"):
+            doc.md(self._pilot_text())
+            self._pilot_table()
+
+
+    def _pilot_text(self) -> str:
+        p = self.data.get("pilot")
+        if not p:
+            return ""
+        c, s = p["choice"], self.data["settings"]
+        follows = (c["learning_rate"] == s.get("learning_rate") and c["image_size"] == s.get("image_size")
+                   and c["epochs"] == s.get("epochs") and c["seeds"] <= len(s.get("seeds", [])))
+        return (f"**How the scale was chosen (the pilot, profile `{p['name']}`).** Before any run of this profile, "
+                f"a pilot trained each candidate on TRAIN alone, with a fifth of TRAIN's same-cell clusters held out "
+                f"as validation (another fifth per seed; the same for every candidate of a seed), for "
+                f"{p['table']['epochs'].max()} epochs; TEST was scored but chose nothing. A rule written before the "
+                f"pilot finished (`analysis.choose_design`) reads its table (Table {self.doc.n_tab + 1}): "
+                + "; ".join(c["reasons"]) + ". "
+                + ("This profile follows it." if follows else
+                   "**This profile departs from it**: see its settings above."))
+
+    def _pilot_table(self) -> None:
+        p = self.data.get("pilot")
+        if not p:
+            return
+        rows = [{"candidate": r.candidate, "seeds": ", ".join(str(v) for v in r.seeds),
+                 "validation per seed": ", ".join(f"{100 * v:.1f}" for v in r.val_per_seed),
+                 "mean [min, max]": f"{100 * r.val_mean:.1f}% [{100 * r.val_min:.1f}, {100 * r.val_max:.1f}]",
+                 "plateau from epoch": f"{int(r.plateau_epoch)} of {r.epochs}" if r.plateau_epoch == r.plateau_epoch
+                 else "-", "learned": f"{r.learned}/{r.runs}", "collapsed": f"{r.collapsed}/{r.runs}",
+                 "train acc.": fmt_pct(r.train_accuracy), "s/epoch": f"{r.seconds_per_epoch:.0f}"}
+                for r in p["table"].itertuples()]
+        return self.doc.table(pd.DataFrame(rows), f"The pilot (profile `{p['name']}`): every candidate, on held-out "
+                              "TRAIN cells (final-epoch validation accuracy, %), negative results included. *Plateau "
+                              "from epoch*: where the seed-mean validation curve comes within 2 points of its best. "
+                              "*Learned*: seeds not collapsed and at least 10 points above chance. *s/epoch*: median "
+                              "wall time of an epoch, two runs at a time on a 2-core CPU.")
 
     def _s_results(self) -> None:
         d, doc = self.data, self.doc
@@ -1140,6 +1178,24 @@ class Report:
 # ----------------------------------------------------------------------------- headline numbers
 
 
+def pilot_of(name: str | None, runs_root=None) -> dict | None:
+    """The pilot study that chose a profile's scale: its table, the paired CE - MSE spread at the chosen rate, and
+    what the rule chooses from them (None when the profile names no pilot, or it has not run)."""
+    if not name or study_record(name, runs_root) is None:
+        return None
+    summary, _, histories = load_runs(name, runs_root)
+    table = an.pilot_table(summary, histories)
+    if table.empty or not (table["loss"] == "crossentropy").any():
+        return None
+    choice = an.choose_design(table)
+    ce = table[(table["loss"] == "crossentropy") & (table["learning_rate"] == choice["learning_rate"])
+               & (table["image_size"] == "x".join(str(v) for v in choice["image_size"]))]
+    mse = table[(table["loss"] == "mse") & (table["encoding"] == "onehot")]
+    spread = an.paired_spread(summary, ce["candidate"].iloc[0], mse["candidate"].iloc[0]) \
+        if len(ce) and len(mse) else None
+    return {"name": name, "table": table, "spread": spread, "choice": an.choose_design(table, spread)}
+
+
 def findings(profile: str, runs_root=None) -> dict:
     """The study's headline numbers (what the README quotes), from the same tables as the report."""
     rep = Report(profile=profile, runs_root=runs_root)
@@ -1156,13 +1212,23 @@ def findings(profile: str, runs_root=None) -> dict:
                                             "unseen", "unseen_lo", "unseen_hi", "test", "test_lo", "test_hi",
                                             "paper_metric_test_mean", "final_train_accuracy_mean", "unseen_sd")})
         out["comparisons"] = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()
-                               if k in ("encoding", "comparison", "diff", "lo", "hi", "resolved", "words")}
+                               if k in ("encoding", "comparison", "diff", "lo", "hi", "resolved", "words", "paired",
+                                        "equivalence", "n_seeds_a", "n_seeds_b", "unpaired_lo", "unpaired_hi",
+                                        "collapsed_a", "n_a", "collapsed_b", "n_b", "fisher_p", "learned_diff",
+                                        "learned_lo", "learned_hi", "learned_words")}
                               for r in d["paired"].to_dict("records")]
         out["original"] = {loss: rep.orig_row(loss) for loss in ("crossentropy", "mse", "huber") if rep.orig_row(loss)}
         out["original_split"] = (d.get("orig") or {}).get("split")
         ct = (d.get("collapse") or {}).get("table")
         if ct is not None and len(ct):
             out["collapse"] = ct.to_dict("records")
+        cq = d.get("collapse_quick")
+        if cq is not None and len(cq) > 1 and cq["is_2020"].any():  # the profile's own 2020-rate control
+            out["collapse_here"] = cq.to_dict("records")
+        if d.get("pilot"):
+            out["pilot"] = {"name": d["pilot"]["name"], "choice": d["pilot"]["choice"],
+                            "candidates": d["pilot"]["table"][["candidate", "val_mean", "learned", "runs",
+                                                               "plateau_epoch"]].to_dict("records")}
     if d["has_best"]:
         out["best"] = d["best_findings"]
     return _jsonable(out)
