@@ -59,7 +59,8 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
                 if r.status == "finished":
                     stack.append(h[f"{split}{col}"].to_numpy())
             if stack and len({len(s) for s in stack}) == 1:
-                val = "TEST" if (runs["validation"] == "paper").all() else "held-out TRAIN cells"
+                grouped = "validation" in runs and (runs["validation"] != "paper").any()
+                val = "held-out TRAIN cells" if grouped else "TEST"
                 what = f"validation ({val})" if split else "training"
                 line, = ax.plot(np.arange(1, len(stack[0]) + 1), np.mean(stack, 0), color=color, lw=2.2)
                 handles[f"{what}, mean of {len(stack)} seed{'s' * (len(stack) > 1)}"] = line
