@@ -221,3 +221,12 @@ def test_the_pilot_rule_picks_rate_size_epochs_and_seeds():
     c2 = an.choose_design(t2, {"sd": 0.2, "diffs": [0.2, -0.2, 0.1]})
     assert c2["learning_rate"] == 1e-3 and c2["image_size"] == [120, 160] and c2["epochs"] == 15
     assert c2["seeds"] == an.MAX_SEEDS and "still rises" in c2["reasons"][2]
+
+
+def test_the_pilot_rule_prefers_the_2020_rate_on_a_tie_and_keeps_the_other_as_control():
+    t = pd.DataFrame([_pilot_row("60x80", 3e-4, [0.70, 0.27, 0.72], 9),
+                      _pilot_row("60x80", 1e-3, [0.25, 0.70, 0.68], 8, collapsed=1)])
+    c = an.choose_design(t)
+    assert c["learning_rate"] == 1e-3 and c["control_rates"] == [3e-4]
+    t.loc[1, "learned"] = 1
+    assert an.choose_design(t)["learning_rate"] == 3e-4

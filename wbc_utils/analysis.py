@@ -508,7 +508,7 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     cross-entropy minus MSE (:func:`paired_spread`):
 
     1. the rate: the 2020 rate if every seed of cross-entropy at it learned, else the lowest rate at which every
-       seed learned, else the rate at which most seeds learned;
+       seed learned, else the rate at which the largest share of seeds learned (the 2020 rate on a tie);
     2. the size: among cross-entropy's candidates at that rate (or at any rate, when the sizes were tried at
        another), the smallest whose seed-mean validation accuracy is within SIZE_TOLERANCE of the best size's;
     3. the epochs: where that candidate's seed-mean validation curve reaches its plateau; if it is still rising at
@@ -531,11 +531,13 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
         reasons.append(f"every seed learned at the 2020 rate {rate_2020:g}: kept")
     else:
         full = sorted(lr for lr, (k, n) in by_rate.items() if k == n)
-        rate = full[0] if full else max(by_rate, key=lambda lr: by_rate[lr][0] / by_rate[lr][1])
+        # no rate where every seed learned: the most reliable one, the 2020 rate on a tie (the faithful choice)
+        rate = full[0] if full else max(sorted(by_rate), key=lambda lr: (by_rate[lr][0] / by_rate[lr][1],
+                                                                         lr == rate_2020))
         k20 = by_rate.get(rate_2020)
         reasons.append((f"at the 2020 rate {k20[0]} of {k20[1]} seeds learned; " if k20 else "")
-                       + f"at {rate:g} {by_rate[rate][0]} of {by_rate[rate][1]} did: {rate:g} chosen, the 2020 rate "
-                       "kept as a control on the same seeds")
+                       + f"at {rate:g} {by_rate[rate][0]} of {by_rate[rate][1]} did: {rate:g} chosen, the other "
+                       "rate kept as a control on the same seeds")
     at_rate = ce[ce["learning_rate"] == rate]
     sizes = at_rate if at_rate["image_size"].nunique() > 1 else ce
     px = {s: int(np.prod([int(v) for v in s.split("x")])) for s in sizes["image_size"]}
@@ -564,5 +566,6 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
         reasons.append(f"paired CE - MSE validation differences per seed {diffs} points "
                        f"(sd {100 * spread['sd']:.1f}): {enough} seeds bound a zero difference inside +-5 points "
                        f"from the seeds alone; {seeds} planned")
-    return {"learning_rate": rate, "image_size": [int(v) for v in size.split("x")], "epochs": epochs,
-            "seeds": seeds, "reasons": reasons}
+    others = sorted(lr for lr in by_rate if lr != rate)
+    return {"learning_rate": rate, "control_rates": others, "image_size": [int(v) for v in size.split("x")],
+            "epochs": epochs, "seeds": seeds, "reasons": reasons}
