@@ -212,6 +212,9 @@ def test_other_name_errors_are_shown_as_they_are(shell, monkeypatch):
     shown.clear()
     shell.run_cell("manifest = 1\ndel manifest\nmanifest")  # a name the notebook makes: the cell to run
     assert "run the cell 'The manifest' first" in shown[0][1]
+    shown.clear()  # the same name missing inside library code (globals of its own) is the library's error
+    shell.run_cell("import types\ntypes.FunctionType(compile('manifest', 'lib.py', 'eval'), {})()")
+    assert [etype for etype, _ in shown] == [NameError]
     monkeypatch.setattr("IPython.get_ipython", lambda: None)  # outside IPython setup does nothing
     assert setup("01_data.ipynb") is None
 

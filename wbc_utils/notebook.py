@@ -146,11 +146,19 @@ def explain_name_error(error: BaseException, notebook: str | os.PathLike | None,
     return order_message([name], cell) if cell else None
 
 
+def _in_notebook_code(shell, tb) -> bool:
+    """Whether the error was raised by the notebook's own code (a cell, or a comprehension in one), not inside
+    a library function that happens to lack a name a cell makes."""
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals is shell.user_global_ns
+
+
 def _cell_order_handler(notebook: Path | None):
     def handler(shell, etype, value, tb, tb_offset=None):
-        try:
-            message = explain_name_error(value, notebook, shell.user_ns)
-        except Exception:  # the notebook unreadable, say: the plain error is better than none
+        try:  # the notebook is read again at each error, so a student's saved edits count
+            message = explain_name_error(value, notebook, shell.user_ns) if _in_notebook_code(shell, tb) else None
+        except Exception:  # an unreadable notebook, say: the plain error is better than none
             message = None
         if message is None:
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
@@ -164,11 +172,12 @@ def _cell_order_handler(notebook: Path | None):
 def setup(notebook: str | os.PathLike) -> None:
     """A notebook's set-up, called once from its first code cell with its file name (``setup("01_data.ipynb")``).
 
-    In IPython (JupyterLab, papermill), it registers a handler for ``NameError``: when a cell uses a name that a
-    later cell of this notebook makes, the error names the heading of that cell
-    (:func:`order_message`) as a :class:`CellOrderError`; every other error is shown unchanged, and a failing
-    cell fails as before (papermill still stops there). Outside IPython it does nothing. Running it again
-    replaces the handler."""
+    In IPython (JupyterLab, papermill), it registers a handler for ``NameError``: when a cell uses a name that
+    another cell of this notebook makes and that is not defined yet, the error is a :class:`CellOrderError`
+    naming the heading above that cell (:func:`order_message`); every other error is shown unchanged, and a
+    failing cell fails as before (papermill still stops there). Outside IPython it does nothing. Running it
+    again replaces the handler. The set-up cell itself cannot be covered: nothing of the package runs before
+    it, which is why it comes first and notebooks/README.md says to run it first."""
     try:
         from IPython import get_ipython
     except ImportError:  # pragma: no cover - IPython comes with Jupyter
