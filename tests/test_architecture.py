@@ -1,9 +1,11 @@
-"""The package's shape: no import loops, one owner per file name, one definition of the run parameters."""
+"""The package's shape: no import loops, one owner per file name (notebooks included), one definition of the run
+parameters."""
 from __future__ import annotations
 
 import ast
 import dataclasses
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -37,13 +39,24 @@ def test_cycle_finder_finds_a_cycle(tmp_path):
     assert import_graph.cycles(import_graph.graph(pkg)) == [["wbc_utils.a", "wbc_utils.b"]]
 
 
+def _code_cells(notebook: Path) -> str:
+    """A notebook's code, its code cells joined (its prose may name the files it teaches about)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
 def test_each_run_folder_file_name_is_spelled_in_one_module():
+    """The package's modules and the notebooks' code cells (the five teaching notebooks and the report's source)
+    read and write run folders through wbc_utils.runs (``Run(path).history()``, ``read_predictions``, ...)."""
+    sources = {path.relative_to(ROOT).as_posix(): path.read_text() for path in PKG.rglob("*.py")}
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb")) + [ROOT / "report" / "report.ipynb"]
+    assert len(notebooks) == 6
+    sources |= {path.relative_to(ROOT).as_posix(): _code_cells(path) for path in notebooks}
     owners: dict[str, set[str]] = {n: set() for n in RUN_FILES}
-    for path in PKG.rglob("*.py"):
-        text = path.read_text()
+    for where, text in sources.items():
         for n in RUN_FILES:
             if re.search(rf"[\"']{re.escape(n)}[\"']", text):
-                owners[n].add(path.relative_to(ROOT).as_posix())
+                owners[n].add(where)
     spread = {n: sorted(o) for n, o in owners.items() if o != {"wbc_utils/runs.py"}}
     assert not spread, f"run-folder file names spelled outside wbc_utils/runs.py: {spread}"
 

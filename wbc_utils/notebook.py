@@ -1,16 +1,24 @@
 """Small helpers that keep the notebooks thin and friendly to students.
 
-Every notebook cell that uses what an earlier cell made starts with ``need(globals(), ..., cell="...")``, imported
-in that same cell: run out of order, it says which cell to run first instead of a bare ``NameError``
-(``tests/test_notebook_guards.py`` checks every cell).
+Every notebook's first code cell imports what the notebook uses and calls :func:`setup` with the notebook's file
+name. ``setup`` registers an IPython handler for ``NameError``: a cell run before the cell that makes what it
+needs stops with the heading of that cell ("manifest is not defined yet: run the cell 'The manifest' first ...")
+instead of a bare ``NameError``. Which cell makes which name is read from the notebook file itself (the names
+each code cell binds at top level, the nearest heading above it), so no cell carries a guard of its own
+(``tests/test_notebook_guards.py`` checks every notebook, in an IPython shell and in a real kernel).
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
+import json
 import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
 
-from .config import profile_dir
+from .config import NOTEBOOKS, profile_dir
 from .errors import WBCError
 from .explorer import explorer as _explorer
 from .params import RunParams
@@ -25,12 +33,158 @@ class CellOrderError(WBCError, NameError):
     """A notebook cell ran before the cell that defines what it needs."""
 
 
+def order_message(names: Iterable[str], cell: str) -> str:
+    """What a student reads when ``names`` are used before the cell under the heading ``cell`` has run."""
+    return (f"{', '.join(names)} is not defined yet: run the cell '{cell}' first (the code cell under that "
+            f"heading; Run > Run All Above Selected Cell runs it and everything before it).")
+
+
 def need(namespace: dict, *names: str, cell: str) -> None:
-    """Raise a clear message if ``names`` are not defined yet: which cell to run first."""
+    """Raise :class:`CellOrderError` if ``names`` are not in ``namespace``: which cell to run first. The
+    notebooks need no such call (``setup`` covers every cell); library code that reads a notebook's variables
+    (``params_from``) uses it."""
     missing = [n for n in names if n not in namespace]
     if missing:
-        raise CellOrderError(f"{', '.join(missing)} is not defined yet: run the cell '{cell}' first "
-                             f"(or Run All from the top).")
+        raise CellOrderError(order_message(missing, cell))
+
+
+# ----------------------------------------------------------------------------- which cell makes which name
+
+def heading_label(line: str) -> str:
+    """A markdown heading as messages name it: ``"## 2. The model: the encoder"`` -> ``"The model"``."""
+    text = re.sub(r"^\d+(\.\d+)*\.?\s+", "", line.lstrip("#").strip())
+    return text.split(":")[0].strip()
+
+
+def markdown_headings(markdown: str) -> list[str]:
+    """The headings of a markdown cell (outside fenced code), as :func:`heading_label` names them."""
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6}\s", line):
+            out.append(heading_label(line))
+    return out
+
+
+def _python(source: str) -> str:
+    """A cell's source as plain Python (IPython's magics and shell escapes transformed)."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:  # pragma: no cover - IPython comes with Jupyter
+        return source
+    return TransformerManager().transform_cell(source)
+
+
+#: Nodes whose names stay in a scope of their own: never the notebook's namespace.
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
+           ast.DictComp, ast.GeneratorExp)
+
+
+def _module_scope(node):
+    """``node`` and every node under it that runs in the module's scope (not inside functions, classes,
+    lambdas or comprehensions; a ``def`` or ``class`` itself is yielded, as it binds its name)."""
+    yield node
+    if not isinstance(node, _SCOPES):
+        for child in ast.iter_child_nodes(node):
+            yield from _module_scope(child)
+
+
+def bound_names(source: str) -> list[str]:
+    """The names a code cell binds in the notebook's namespace: assignments, imports, ``for``, ``with`` and
+    ``except`` targets, ``def`` and ``class``, at top level or inside ``if``/``for``/``with``/``try`` blocks."""
+    try:
+        tree = ast.parse(_python(source))
+    except SyntaxError:
+        return []
+    names: dict[str, None] = {}
+    for node in _module_scope(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update({(a.asname or a.name.split(".")[0]): None for a in node.names if a.name != "*"})
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names[node.name] = None
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names[node.id] = None
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names[node.name] = None
+    return list(names)
+
+
+def definitions(notebook: str | os.PathLike) -> dict[str, str]:
+    """For each name a code cell of ``notebook`` binds at top level: the heading of the first cell that binds
+    it (the nearest markdown heading above that cell)."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    made: dict[str, str] = {}
+    heading = ""
+    for cell in cells:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "markdown":
+            heading = (markdown_headings(source) or [heading])[-1]
+        elif cell["cell_type"] == "code":
+            for name in bound_names(source):
+                made.setdefault(name, heading)
+    return made
+
+
+def find_notebook(notebook: str | os.PathLike) -> Path | None:
+    """The notebook file: as given (relative to the kernel's working folder, which Jupyter and papermill set to
+    the notebook's), else under the package's ``notebooks/``; None when neither exists."""
+    for cand in (Path(notebook), NOTEBOOKS / Path(notebook).name):
+        if cand.is_file():
+            return cand.resolve()
+    return None
+
+
+def explain_name_error(error: BaseException, notebook: str | os.PathLike | None,
+                       namespace: dict | None = None) -> str | None:
+    """The message for a ``NameError`` of a name that a cell of ``notebook`` makes (and ``namespace`` lacks):
+    which cell to run first. None for any other error (it is shown as it is)."""
+    name = getattr(error, "name", None)
+    if type(error) is not NameError or not name or notebook is None or name in (namespace or {}):
+        return None
+    cell = definitions(notebook).get(name)
+    return order_message([name], cell) if cell else None
+
+
+def _in_notebook_code(shell, tb) -> bool:
+    """Whether the error was raised by the notebook's own code (a cell, or a comprehension in one), not inside
+    a library function that happens to lack a name a cell makes."""
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals is shell.user_global_ns
+
+
+def _cell_order_handler(notebook: Path | None):
+    def handler(shell, etype, value, tb, tb_offset=None):
+        try:  # the notebook is read again at each error, so a student's saved edits count
+            message = explain_name_error(value, notebook, shell.user_ns) if _in_notebook_code(shell, tb) else None
+        except Exception:  # an unreadable notebook, say: the plain error is better than none
+            message = None
+        if message is None:
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        else:
+            shell.showtraceback((CellOrderError, CellOrderError(message), tb), tb_offset=tb_offset)
+        return None  # shown above: IPython does not show what a custom handler returns
+
+    return handler
+
+
+def setup(notebook: str | os.PathLike) -> None:
+    """A notebook's set-up, called once from its first code cell with its file name (``setup("01_data.ipynb")``).
+
+    In IPython (JupyterLab, papermill), it registers a handler for ``NameError``: when a cell uses a name that
+    another cell of this notebook makes and that is not defined yet, the error is a :class:`CellOrderError`
+    naming the heading above that cell (:func:`order_message`); every other error is shown unchanged, and a
+    failing cell fails as before (papermill still stops there). Outside IPython it does nothing. Running it
+    again replaces the handler. The set-up cell itself cannot be covered: nothing of the package runs before
+    it, which is why it comes first and notebooks/README.md says to run it first."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with Jupyter
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((NameError,), _cell_order_handler(find_notebook(notebook)))
 
 
 @contextlib.contextmanager
@@ -100,8 +254,6 @@ class Study:
 
 def run_dir_for(params, output_dir: str = ""):
     """Notebook 03's run folder: ``output_dir`` when given, else ``runs/<profile>/<run name>/``."""
-    from pathlib import Path
-
     return Path(output_dir) if output_dir else profile_dir(params.profile) / params.run_name
 
 
