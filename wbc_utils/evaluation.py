@@ -8,8 +8,8 @@ figure here is computed twice: on **all of TEST** (comparable with the 2020
 report, which used all of it) and on TEST's **unseen** cells (without the 6
 shared ones: the headline, since a model has seen those cells in training).
 
-* image-level accuracy, with a class-stratified cluster-bootstrap interval over
-  cells (:mod:`wbc_utils.stats`; the unstratified one is kept as a check);
+* image-level accuracy, with an interval over TEST's same-cell clusters, stratified
+  by class (the method: :mod:`wbc_utils.stats`; the unstratified one is kept as a check);
 * cell-level accuracy: one vote per cell, the majority of its images' predicted
   classes (ties: the higher mean probability); the same rule gives each cell's
   confidence (the mean probability of the voted class), used for abstention;
