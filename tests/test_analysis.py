@@ -223,10 +223,12 @@ def test_the_pilot_rule_picks_rate_size_epochs_and_seeds():
     assert c2["seeds"] == an.MAX_SEEDS and "still rises" in c2["reasons"][2]
 
 
-def test_the_pilot_rule_prefers_the_2020_rate_on_a_tie_and_keeps_the_other_as_control():
-    t = pd.DataFrame([_pilot_row("60x80", 3e-4, [0.70, 0.27, 0.72], 9),
-                      _pilot_row("60x80", 1e-3, [0.25, 0.70, 0.68], 8, collapsed=1)])
+def test_the_pilot_rule_breaks_a_tie_by_validation_and_keeps_the_other_rate_as_control():
+    t = pd.DataFrame([_pilot_row("60x80", 3e-4, [0.60, 0.27, 0.63], 9),
+                      _pilot_row("60x80", 1e-3, [0.25, 0.62, 0.36], 8, collapsed=1)])
     c = an.choose_design(t)
-    assert c["learning_rate"] == 1e-3 and c["control_rates"] == [3e-4]
+    assert c["learning_rate"] == 3e-4 and c["control_rates"] == [1e-3]
+    t.loc[1, "val_mean"] = 0.55
+    assert an.choose_design(t)["learning_rate"] == 1e-3
     t.loc[1, "learned"] = 1
     assert an.choose_design(t)["learning_rate"] == 3e-4

@@ -508,7 +508,8 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     cross-entropy minus MSE (:func:`paired_spread`):
 
     1. the rate: the 2020 rate if every seed of cross-entropy at it learned, else the lowest rate at which every
-       seed learned, else the rate at which the largest share of seeds learned (the 2020 rate on a tie);
+       seed learned, else the rate at which the largest share of seeds learned (on a tie, the one with the higher
+       seed-mean validation accuracy);
     2. the size: among cross-entropy's candidates at that rate (or at any rate, when the sizes were tried at
        another), the smallest whose seed-mean validation accuracy is within SIZE_TOLERANCE of the best size's;
     3. the epochs: where that candidate's seed-mean validation curve reaches its plateau; if it is still rising at
@@ -531,9 +532,10 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
         reasons.append(f"every seed learned at the 2020 rate {rate_2020:g}: kept")
     else:
         full = sorted(lr for lr, (k, n) in by_rate.items() if k == n)
-        # no rate where every seed learned: the most reliable one, the 2020 rate on a tie (the faithful choice)
+        # no rate where every seed learned: the most reliable one; on a tie, the higher seed-mean validation accuracy
+        mean_val = ce.groupby("learning_rate")["val_mean"].max()
         rate = full[0] if full else max(sorted(by_rate), key=lambda lr: (by_rate[lr][0] / by_rate[lr][1],
-                                                                         lr == rate_2020))
+                                                                         mean_val[lr]))
         k20 = by_rate.get(rate_2020)
         reasons.append((f"at the 2020 rate {k20[0]} of {k20[1]} seeds learned; " if k20 else "")
                        + f"at {rate:g} {by_rate[rate][0]} of {by_rate[rate][1]} did: {rate:g} chosen, the other "

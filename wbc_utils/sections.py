@@ -861,23 +861,25 @@ class Report:
         if pt is None or pt.empty:
             doc.md("Fewer than two losses finished: nothing to compare.")
             return
-        rows = []
+        main, more = [], []
         for r in pt.to_dict("records"):
             unpaired = {k[len("unpaired_"):]: v for k, v in r.items() if k.startswith("unpaired_")}
             learned = {k[len("learned_"):]: v for k, v in r.items() if k.startswith("learned_")}
-            rows.append({"targets": "integer" if r["encoding"] == "paper" else "one-hot",
-                         "comparison": r["comparison"], "all runs [95% CI]": fmt_diff(r), "verdict": r["words"],
-                         "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(same)",
-                         "collapsed": f"{r['collapsed_a']}/{r['n_a']} vs {r['collapsed_b']}/{r['n_b']} "
-                                      f"({fmt_p(r['fisher_p'])})",
-                         "runs that learned [95% CI]": (fmt_diff(learned) + f" ({r['learned_seeds']} seeds)"
-                                                         if learned.get("diff") == learned.get("diff") else "-")})
-        doc.table(pd.DataFrame(rows), "Differences in seed-pooled accuracy on unseen TEST cells (percentage points), "
-                  "first loss minus second. *All runs*: every finished run, paired on the same cells and, where the "
-                  "two losses were trained from the same seeds, on the seeds (section 3); the verdict says how many "
-                  "seeds each side rests on. *Unpaired*: the same difference with each side's seeds counted as "
-                  "independent runs, for comparison. *Collapsed*: runs that collapsed on each side, Fisher's exact "
-                  "test. *Runs that learned*: the difference over the seeds where neither side collapsed.")
+            name = {"targets": "integer" if r["encoding"] == "paper" else "one-hot", "comparison": r["comparison"]}
+            main.append({**name, "difference [95% CI]": fmt_diff(r), "verdict": r["words"]})
+            more.append({**name, "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(not paired)",
+                         "collapsed": f"{r['collapsed_a']}/{r['n_a']} vs {r['collapsed_b']}/{r['n_b']}",
+                         "Fisher": fmt_p(r["fisher_p"]),
+                         "runs that learned [95% CI]": fmt_diff(learned) if learned.get("diff") == learned.get("diff")
+                         else "-", "seeds that learned": r["learned_seeds"]})
+        doc.table(pd.DataFrame(main), "Differences in seed-pooled accuracy on unseen TEST cells (percentage points), "
+                  "first loss minus second, over every finished run: paired on the same cells and, where the two "
+                  "losses were trained from the same seeds, on the seeds (section 3). The verdict says how many "
+                  "seeds each side rests on.")
+        doc.table(pd.DataFrame(more), "The same comparisons three more ways. *Unpaired*: each side's seeds counted as "
+                  "independent runs (what pairing on seeds buys). *Collapsed*: runs that collapsed on each side, with "
+                  "Fisher's exact test. *Runs that learned*: the difference over the seeds where neither side "
+                  "collapsed, paired when at least two such seeds remain.")
 
     def _results_per_class(self) -> None:
         d, doc = self.data, self.doc
