@@ -527,6 +527,7 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
         ok, n = r.learned, r.runs
         prev = by_rate.get(r.learning_rate, (0, 0))
         by_rate[r.learning_rate] = (prev[0] + ok, prev[1] + n)
+    tie = False
     if rate_2020 in by_rate and by_rate[rate_2020][0] == by_rate[rate_2020][1]:
         rate = rate_2020
         reasons.append(f"every seed learned at the 2020 rate {rate_2020:g}: kept")
@@ -536,10 +537,13 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
         mean_val = ce.groupby("learning_rate")["val_mean"].max()
         rate = full[0] if full else max(sorted(by_rate), key=lambda lr: (by_rate[lr][0] / by_rate[lr][1],
                                                                          mean_val[lr]))
+        share = by_rate[rate][0] / by_rate[rate][1]
+        tie = not full and sum(k / n == share for k, n in by_rate.values()) > 1
         k20 = by_rate.get(rate_2020)
         reasons.append((f"at the 2020 rate {k20[0]} of {k20[1]} seeds learned; " if k20 else "")
-                       + f"at {rate:g} {by_rate[rate][0]} of {by_rate[rate][1]} did: {rate:g} chosen, the other "
-                       "rate kept as a control on the same seeds")
+                       + f"at {rate:g} {by_rate[rate][0]} of {by_rate[rate][1]} did"
+                       + (f" and its seed-mean validation accuracy is higher ({100 * mean_val[rate]:.1f}%)" if tie
+                          else "") + f": {rate:g} chosen, the other rate kept as a control on the same seeds")
     at_rate = ce[ce["learning_rate"] == rate]
     sizes = at_rate if at_rate["image_size"].nunique() > 1 else ce
     px = {s: int(np.prod([int(v) for v in s.split("x")])) for s in sizes["image_size"]}
@@ -569,5 +573,5 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
                        f"(sd {100 * spread['sd']:.1f}): {enough} seeds bound a zero difference inside +-5 points "
                        f"from the seeds alone; {seeds} planned")
     others = sorted(lr for lr in by_rate if lr != rate)
-    return {"learning_rate": rate, "control_rates": others, "image_size": [int(v) for v in size.split("x")],
-            "epochs": epochs, "seeds": seeds, "reasons": reasons}
+    return {"learning_rate": rate, "control_rates": others, "rate_tie": tie,
+            "image_size": [int(v) for v in size.split("x")], "epochs": epochs, "seeds": seeds, "reasons": reasons}

@@ -704,6 +704,9 @@ class Report:
                 f"{p['table']['epochs'].max()} epochs; TEST was scored but chose nothing. A rule written before the "
                 f"pilot finished (`analysis.choose_design`) reads its table (Table {self.doc.n_tab + 1}): "
                 + "; ".join(c["reasons"]) + ". "
+                + ("The tie-break between rates was settled after the pilot's 60x80 cross-entropy runs had finished "
+                   "(its first version sent a tie to the 2020 rate): a choice made with the pilot's validation in "
+                   "view, though never with TEST. " if c.get("rate_tie") else "")
                 + ("This profile follows it." if follows else
                    "**This profile departs from it**: see its settings above."))
 
