@@ -423,17 +423,26 @@ SIZE_TOLERANCE = 0.02
 MIN_SEEDS, MAX_SEEDS = 5, 10
 
 
+def size_text(size) -> str:
+    """'60x80' from [60, 80] or from a summary's '60x80'."""
+    return size if isinstance(size, str) else "x".join(str(int(v)) for v in size)
+
+
 def candidate_name(r) -> str:
     """A pilot candidate in words: 'CE, integer labels, 60x80, lr 0.0003'."""
-    size = "x".join(str(int(v)) for v in r.image_size) if not isinstance(r.image_size, str) else r.image_size
+    size = size_text(r.image_size)
     enc = "integer labels" if r.target_encoding == "paper" else "one-hot"
     return f"{LOSS_SHORT.get(r.loss, r.loss)}, {enc}, {size}, lr {float(r.learning_rate):g}"
 
 
-def plateau_epoch(curve, tol: float = 0.02) -> int:
-    """The first epoch (from 1) at which ``curve`` comes within ``tol`` of its best value: where the plateau starts."""
+def plateau_epoch(curve, tol: float = 0.02, window: int = 3) -> int:
+    """The first epoch (from 1) at which ``curve``, smoothed by a centred moving average over ``window`` epochs
+    (fewer at the ends), comes within ``tol`` of its best smoothed value: where the plateau starts. The smoothing
+    keeps one lucky epoch of a noisy validation curve from passing for the plateau."""
     c = np.asarray(curve, float)
-    return int(np.flatnonzero(c >= np.nanmax(c) - tol)[0]) + 1
+    half = window // 2
+    smooth = np.array([np.nanmean(c[max(0, i - half):i + half + 1]) for i in range(len(c))])
+    return int(np.flatnonzero(smooth >= np.nanmax(smooth) - tol)[0]) + 1
 
 
 def pilot_table(summary, histories, tol: float = 0.02) -> pd.DataFrame:
@@ -455,7 +464,7 @@ def pilot_table(summary, histories, tol: float = 0.02) -> pd.DataFrame:
         secs = [float(histories[n]["epoch_seconds"].median()) for n in g["run_name"]
                 if n in histories and "epoch_seconds" in histories[n]]
         rows.append({"candidate": name, "loss": g["loss"].iloc[0], "encoding": g["target_encoding"].iloc[0],
-                     "image_size": "x".join(str(int(v)) for v in g["image_size"].iloc[0]),
+                     "image_size": size_text(g["image_size"].iloc[0]),
                      "learning_rate": float(g["learning_rate"].iloc[0]), "seeds": [int(s) for s in g["seed"]],
                      "val_per_seed": val.tolist(), "val_mean": float(np.mean(val)), "val_min": float(np.min(val)),
                      "val_max": float(np.max(val)), "val_sd": float(np.std(val, ddof=1)) if len(val) > 1 else np.nan,
@@ -512,8 +521,9 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
        seed-mean validation accuracy);
     2. the size: among cross-entropy's candidates at that rate (or at any rate, when the sizes were tried at
        another), the smallest whose seed-mean validation accuracy is within SIZE_TOLERANCE of the best size's;
-    3. the epochs: where that candidate's seed-mean validation curve reaches its plateau; if it is still rising at
-       the pilot's last epoch, the pilot's epochs (said so);
+    3. the epochs: the latest epoch at which a candidate at that size (cross-entropy at that rate, and every other
+       loss tried there) reaches its plateau (:func:`plateau_epoch`); if one still rises at the pilot's last epoch,
+       the pilot's epochs (said so);
     4. the seeds: enough for the paired CE - MSE interval to fit inside +-5 points from the seeds' part alone,
        between MIN_SEEDS and MAX_SEEDS.
 
@@ -553,16 +563,21 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     reasons.append("; ".join(f"{s}: {100 * v:.1f}%" for s, v in sorted(mean_by_size.items(), key=lambda t: px[t[0]]))
                    + f" seed-mean validation accuracy: {size} is the smallest within "
                      f"{100 * SIZE_TOLERANCE:g} points of the best")
-    row = ce[(ce["image_size"] == size) & (ce["learning_rate"] == rate)]
-    row = (row if len(row) else ce[ce["image_size"] == size]).iloc[0]
-    if row["plateau_epoch"] < row["epochs"]:
-        epochs = int(row["plateau_epoch"])
-        reasons.append(f"its seed-mean validation curve is within {100 * 0.02:g} points of its best from epoch "
-                       f"{epochs} of {row['epochs']}")
+    # the epochs: every loss tried at the chosen size must reach its plateau (a loss that learns more slowly than
+    # cross-entropy is not cut short)
+    at_size = table[table["image_size"] == size]
+    rows = [r for r in at_size.itertuples() if r.loss != "crossentropy" or r.learning_rate == rate] \
+        or list(at_size.itertuples())
+    last = max(rows, key=lambda r: (r.plateau_epoch, r.loss == "crossentropy"))
+    if last.plateau_epoch < last.epochs:
+        epochs = int(last.plateau_epoch)
+        reasons.append("the seed-mean validation curve (smoothed over 3 epochs) comes within 2 points of its best "
+                       "from epoch " + ", ".join(f"{int(r.plateau_epoch)} ({r.candidate})" for r in rows)
+                       + f": {epochs} epochs, the latest")
     else:
-        epochs = int(row["epochs"])
-        reasons.append(f"its seed-mean validation curve still rises at epoch {epochs}: the pilot's {epochs} epochs "
-                       "are kept (the plateau is not shown to be reached)")
+        epochs = int(last.epochs)
+        reasons.append(f"the seed-mean validation curve of {last.candidate} still rises at epoch {epochs}: the "
+                       f"pilot's {epochs} epochs are kept (the plateau is not shown to be reached)")
     seeds = MIN_SEEDS
     if spread and spread.get("sd") == spread.get("sd") and spread.get("sd") is not None:
         need = seeds_for_margin(spread["sd"], 0.05)["seeds"]
