@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from conftest import budget
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,11 +175,11 @@ def good(cases: list[Case]) -> list[Case]:
 LAUNCH = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 
-def peak_of(code: str, args: list[str], timeout: float = 300) -> dict:
+def peak_of(code: str, args: list[str], timeout: float | None = None) -> dict:
     """Run ``code`` (which prints a JSON object last, ``maxrss_kb`` from ``resource.getrusage``) in a fresh
     process started from a small launcher; its parsed JSON."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-c", code, *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=timeout)
+                         capture_output=True, text=True, timeout=timeout or budget(60))
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import budget
 from PIL import Image
 
 from wbc_utils import CLASSES
@@ -185,7 +186,8 @@ def test_predict_on_a_bomb_and_ten_good_images_answers_the_ten_within_1_5x_the_m
     runs = {}
     for name, folder in (("good", good_dir), ("mixed", mixed)):
         out = tmp_path / f"{name}.csv"
-        runs[name] = peak_of(PREDICT_PEAK, ["predict", str(tiny_run), str(folder), "--csv", str(out)], timeout=900)
+        runs[name] = peak_of(PREDICT_PEAK, ["predict", str(tiny_run), str(folder), "--csv", str(out)],
+                             timeout=budget(300))
         runs[name]["table"] = pd.read_csv(out, keep_default_na=False)
     good, mixed_run = runs["good"], runs["mixed"]
     assert good["rc"] == 0 and mixed_run["rc"] == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import make_dataset
+from conftest import budget, make_dataset
 
 from wbc_utils import study
 from wbc_utils.config import REPO_ROOT
@@ -25,7 +25,7 @@ def _cli(args: list[str], tmp_path: Path, data: str | None) -> subprocess.Comple
     if data is not None:
         env["WBC_DATA_DIR"] = data
     return subprocess.run([sys.executable, "-m", "wbc_utils", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=budget(120))
 
 
 def _assert_one_line_and_nothing_started(res: subprocess.CompletedProcess, tmp_path: Path, words: str) -> None:
