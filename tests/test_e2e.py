@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import real_data_dir
+from conftest import budget, real_data_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(real_data_dir() is None, reason="the dataset is not available (set WBC_DATA_DIR)")]
@@ -27,7 +27,7 @@ def smoke(tmp_path_factory):
     env = {**os.environ, "WBC_DATA_DIR": str(real_data_dir()), "WBC_RUNS_DIR": str(out / "runs"),
            "WBC_OUTPUT_DIR": str(out)}
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "smoke"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=budget(900))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, env, res
 
@@ -104,10 +104,10 @@ def test_report_html_is_self_contained_and_pdf_has_pages(smoke):
 def test_rerun_reuses_or_refuses(smoke):
     out, env, _ = smoke
     cmd = [sys.executable, "-m", "wbc_utils", "study", "--profile", "smoke"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget(300))
     assert res.returncode == 2 and "--reuse" in res.stderr
     res = subprocess.run(cmd + ["--reuse", "--losses", "mse", "--encodings", "paper"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=budget(300))
     assert res.returncode == 0 and ": reuse" in res.stdout
 
 
@@ -133,7 +133,7 @@ def best(smoke):
     out, env, _ = smoke
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "best", "--epochs", "1",
                           "--train-subset", "128", "--seeds", "0", "--no-pdf"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=budget(900))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, env
 
@@ -154,7 +154,7 @@ def test_best_profile_lab_then_final_report_and_figures(best):
     assert "Traceback" not in html
     # the smoke report, re-made now that a best study exists, shows both
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "report", "--profile", "smoke", "--no-pdf"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, timeout=budget(600))
     assert res.returncode == 0, res.stderr[-3000:]
     html = (out / "report" / "smoke" / "report.html").read_text()
     assert "4. Results" in html and "7.2 The final model on TEST" in html
@@ -167,7 +167,7 @@ def test_predict_and_inside_notebook_run(best, tmp_path):
     final = pd.read_csv(out / "runs" / "best" / "summary.csv").query("validation == 'none'").iloc[0]["run_dir"]
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "predict", final,
                           str(real_data_dir() / "images" / "TEST_SIMPLE" / "MONOCYTE"), "--csv"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=budget(300))
     assert res.returncode == 0, res.stderr[-2000:]
     table = pd.read_csv(__import__("io").StringIO(res.stdout))
     assert len(table) == 4 and table["predicted"].notna().all()

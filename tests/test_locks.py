@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import budget
 
 from wbc_utils.errors import WBCError
 from wbc_utils.locks import FolderLock, RunLockedError, identity, is_stale
@@ -144,8 +145,8 @@ def test_two_studies_on_one_runs_folder_train_each_run_once(train_dataset, tmp_p
     a = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(3)
     b = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out_a, _ = a.communicate(timeout=900)
-    out_b, _ = b.communicate(timeout=900)
+    out_a, _ = a.communicate(timeout=budget(900))
+    out_b, _ = b.communicate(timeout=budget(900))
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     trained = re.findall(r"\] (\S+): (?:train|resume)\b", out_a) + re.findall(r"\] (\S+): (?:train|resume)\b", out_b)
     names = sorted(d.name for d in (runs / "smoke").iterdir() if d.is_dir())

@@ -1,9 +1,12 @@
 """Prediction on new images, shipping a model, and the look-inside tools (Grad-CAM, galleries)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import budget
 from PIL import Image
 
 from wbc_utils import CLASSES
@@ -118,3 +121,79 @@ def test_confidently_wrong_keeps_one_image_per_cell_most_confident_first():
                      "pred": int(np.argmax(s)), **{f"score_{c}": v for c, v in zip(CLASSES, s)}})
     wrong = confidently_wrong(pd.DataFrame(rows), k=5)
     assert list(wrong["relpath"]) == ["x1", "x2"]  # x1 beats its own cell's x0; C/3 is right
+
+
+# ----------------------------------------------------------------------------- awkward files (tests/image_corpus.py)
+
+def test_predict_answers_every_corpus_file_on_its_own_row_and_exits_1_only_for_failed_ones(tiny_run, tmp_path,
+                                                                                            capsys):
+    import os
+
+    from image_corpus import make_corpus
+
+    from wbc_utils.cli import main
+    from wbc_utils.predict import predict_files
+
+    folder = tmp_path / "corpus"
+    cases = [c for c in make_corpus(folder) if not (c.name == "no-permission.png" and os.geteuid() == 0)]
+    frame = predict_files([folder / c.name for c in cases], tiny_run)
+    rows = dict(zip(frame["file"].map(lambda f: Path(f).name), frame.to_dict("records")))
+    for c in cases:
+        row = rows[c.name]
+        if c.error is None:
+            assert row["error"] == "" and row["predicted"] in CLASSES, (c.name, row)
+        else:
+            assert c.error in row["error"] and row["predicted"] == "", (c.name, row)
+    # the folder as a user gives it: one row per image file, the bombs named, exit status 1
+    rc = main(["predict", str(tiny_run), str(folder), "--csv", str(tmp_path / "all.csv")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "bomb.png: refused" in err and "good.jpg" not in err
+    # exit status 1 only where a file failed
+    for c in cases:
+        assert main(["predict", str(tiny_run), str(folder / c.name), "--csv", str(tmp_path / "one.csv")]) == \
+            (0 if c.error is None else 1), c.name
+    capsys.readouterr()
+
+
+PREDICT_PEAK = """
+import json, resource, runpy, sys
+sys.argv = ["python -m wbc_utils", *sys.argv[1:]]
+try:
+    runpy.run_module("wbc_utils", run_name="__main__")
+    rc = 0
+except SystemExit as e:
+    rc = e.code
+print(json.dumps({"rc": rc, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def test_predict_on_a_bomb_and_ten_good_images_answers_the_ten_within_1_5x_the_memory(tiny_run, tmp_path,
+                                                                                        monkeypatch):
+    """The issue's acceptance: the bombs are named, the 10 good images answered, and the run's peak memory (measured
+    with resource.getrusage in a fresh process) stays within 1.5x of the same run on the 10 good images alone."""
+    from image_corpus import blank_png, peak_of
+
+    good_dir, mixed = tmp_path / "good", tmp_path / "mixed"
+    for d in (good_dir, mixed):
+        for i in range(10):
+            smear(d / f"cell_{i}.jpg")
+    blank_png(mixed / "bomb.png", 20000, 20000)
+    blank_png(mixed / "huge.png", 12000, 12000)
+    # no dataset: the run's out-of-distribution reference is not fitted (it would decode 2,000 TRAIN images)
+    (tmp_path / "no-data").mkdir()
+    monkeypatch.setenv("WBC_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("WBC_CACHE_DIR", str(tmp_path / "cache"))
+    runs = {}
+    for name, folder in (("good", good_dir), ("mixed", mixed)):
+        out = tmp_path / f"{name}.csv"
+        runs[name] = peak_of(PREDICT_PEAK, ["predict", str(tiny_run), str(folder), "--csv", str(out)],
+                             timeout=budget(300))
+        runs[name]["table"] = pd.read_csv(out, keep_default_na=False)
+    good, mixed_run = runs["good"], runs["mixed"]
+    assert good["rc"] == 0 and mixed_run["rc"] == 1
+    t = mixed_run["table"].assign(name=lambda f: f["file"].map(lambda p: Path(p).name)).set_index("name")
+    assert (t.loc[[f"cell_{i}.jpg" for i in range(10)], "predicted"].isin(CLASSES)).all()
+    assert "decompression bomb" in t.loc["bomb.png", "error"] and "decompression bomb" in t.loc["huge.png", "error"]
+    good_mb, mixed_mb = good["maxrss_kb"] / 1024, mixed_run["maxrss_kb"] / 1024
+    print(f"predict peak RSS: 10 good images {good_mb:.0f} MB, the bombs and the 10 {mixed_mb:.0f} MB")
+    assert mixed_mb <= 1.5 * good_mb

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import budget
+
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
          b"I0000 00:00:1795692522.235676   12238 port.cc:153] oneDNN custom operations are on.\n")
@@ -16,7 +18,7 @@ def _run(code: str, tmp_path, env_extra=None):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "WBC_TF_VERBOSE"} | (env_extra or {})
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, env=env, timeout=60)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, env=env, timeout=budget(60))
 
 
 def test_noise_goes_to_the_log_and_everything_else_passes(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import budget
 
 from wbc_utils.artifacts import write_json
 from wbc_utils.params import RunParams
@@ -27,7 +28,7 @@ def test_failed_run_does_not_stop_the_batch(train_dataset, tmp_path):
     blocked.mkdir(parents=True)
     write_json(blocked / "params.json", RunParams(loss="mse", target_encoding="onehot", epochs=7).to_dict())
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "study", *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=budget(600))
     assert res.returncode == 1, res.stdout + res.stderr
     assert "1 run(s) FAILED: mse_onehot_16x20_lr0.0003_s0" in res.stderr
     assert "RunExistsError" in res.stdout

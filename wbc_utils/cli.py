@@ -20,7 +20,8 @@ Commands, in the order data flows:
 
 Every command that reads the data or the runs takes --data-dir (else WBC_DATA_DIR, else
 data/blood-cells/) and --runs-dir (else WBC_RUNS_DIR, else runs/). Exit status: 0 on success,
-1 when some runs failed or export was incomplete, 2 on bad input.
+1 when some runs failed, export was incomplete, a study found no usable dataset (checked once, before any run) or
+predict could not read a file, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -348,6 +349,14 @@ def _profile_from(args):
 
 
 def cmd_study(args) -> int:
+    try:
+        return _study(args)
+    except DataError as e:  # found before any run started: one line, nothing ran
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _study(args) -> int:
     profile = _profile_from(args)
     t = time.time()
     rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs,
@@ -391,7 +400,11 @@ def cmd_report(args) -> int:
 
 def cmd_all(args) -> int:
     t = time.time()
-    status = cmd_study(args)
+    try:
+        status = _study(args)
+    except DataError as e:  # no dataset: no run, and no figures or report of nothing
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     cmd_figures(args)
     status = max(status, cmd_report(args))
     print(f"done in {time.time() - t:.0f} s")

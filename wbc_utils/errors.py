@@ -15,3 +15,7 @@ class ParameterError(WBCError, ValueError):
 
 class RunExistsError(WBCError):
     """A finished run with these parameters exists; pass --reuse or --force."""
+
+
+class ImageError(WBCError):
+    """An image file cannot be read, or is refused (too large to decode safely); the message is the reason."""

@@ -1,11 +1,13 @@
 """Classify new images with a trained model: ``python -m wbc_utils predict [MODEL] IMAGES... [--csv [FILE]]``.
 
-Images (any format Pillow reads: JPEG, PNG, BMP, TIFF, ...; any size; or folders of them, searched
-recursively) are
+Images (any format Pillow reads: JPEG, PNG, BMP, TIFF, ...; or folders of them, searched
+recursively) are opened through the package's guarded reader (:mod:`wbc_utils.images`: EXIF orientation applied,
+every colour mode converted one way, a large JPEG decoded reduced) and
 prepared exactly as the model's training images were: resized to the 320x240
 field, then, for a model trained on cell crops, cropped around the white cell;
-or resized to the model's input size. A file that cannot be read is reported
-on its own row and the others are still classified. Every image is also checked against TRAIN
+or resized to the model's input size. A file that cannot be read, or that the reader refuses from its header (a
+decompression bomb, or an image too large to decode), is reported
+on its own row with the reason and the others are still classified. Every image is also checked against TRAIN
 (:mod:`wbc_utils.ood`): the ``ood`` column flags one unlike the training images, and ``ood_reason`` says why.
 
 Without a model, the best shipped model (``models/best/``) is used.

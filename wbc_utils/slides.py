@@ -86,6 +86,7 @@ from .artifacts import atomic_path
 from .cellcrop import WINDOW, locate_cell, stain_map
 from .config import RESOURCES
 from .errors import DataError
+from .images import read_array
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +220,18 @@ def _cv_threads(n: int = 1) -> Iterator[None]:
 
 
 def read_image(path: str | os.PathLike, color: bool = False) -> np.ndarray | None:
-    """Decode an image file with OpenCV (grey, or BGR); None when it cannot be read. Never raises."""
+    """An image file as grey, or BGR, through the package's guarded reader (:mod:`wbc_utils.images`: size checked
+    from the header, bombs refused, EXIF orientation applied); None when it cannot be read. Never raises.
 
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-        if buf.size == 0:
-            return None
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
-    except (OSError, ValueError, cv2.error):
+    An image over twice :data:`WORK_SIZE` is decoded reduced to no less than that; the originals (640x480) and the
+    dataset's images (320x240) are decoded in full, pixel for pixel what OpenCV's ``imdecode`` gave when the
+    shipped mapping was made (grey is the JPEG's own luma, as OpenCV reads it).
+    """
+
+    img = read_array(path, reduce_to=(2 * WORK_SIZE[0], 2 * WORK_SIZE[1]), mode="RGB" if color else "L")
+    if isinstance(img, str) or img.shape[0] < 8 or img.shape[1] < 8:
         return None
-    if img is None or img.size == 0 or img.shape[0] < 8 or img.shape[1] < 8:
-        return None
-    return img
+    return np.ascontiguousarray(img[:, :, ::-1]) if color else img
 
 
 def _to_work(img: np.ndarray) -> np.ndarray:

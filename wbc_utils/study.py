@@ -27,7 +27,7 @@ from distributed import Client, as_completed
 
 from .artifacts import write_csv, write_json
 from .config import DATA_DIR, PATH_VARIABLES, RESULTS, THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
-from .data import build_manifest, load_split
+from .data import Manifest, build_manifest, check_files, load_split
 from .errors import RunExistsError
 from .evaluation import EVALUATION_VERSION
 from .locks import OWNER_VARIABLE, RunLockedError, describe, identity
@@ -58,20 +58,97 @@ from .training import epoch_line
 log = logging.getLogger(__name__)
 
 
+#: Seconds a training kernel may take to answer once started (papermill's default, 60 s, is too short for a kernel
+#: that imports the package on a busy machine: "Kernel didn't respond in 60 seconds").
+KERNEL_START_TIMEOUT = 300
+#: Kernels started for one run, when the first ones do not start, before the run counts as failed.
+KERNEL_START_ATTEMPTS = 3
+#: Seconds waited before starting another kernel (times the attempt): a port race settles, a busy machine breathes.
+KERNEL_RETRY_PAUSE = 2.0
+#: What a kernel that never started says (jupyter_client, nbclient); a kernel that died mid-run says "Kernel died".
+KERNEL_START_FAILURES = ("Kernel didn't respond", "Kernel died before replying to kernel_info",
+                         "Address already in use")
+
+
+def kernel_start_failure(error: BaseException) -> str | None:
+    """Why a kernel did not start, when ``error`` says it did not (no cell ran: another kernel may be started for
+    the same run safely); None for any other error (a failing cell, a kernel that died while training)."""
+    if isinstance(error, pm.PapermillExecutionError):
+        return None
+    if type(error).__name__ == "ZMQError" and getattr(error, "errno", None) == errno.EADDRINUSE:
+        return _short_error(error)  # pyzmq's, raised here: a port another kernel had just taken
+    if isinstance(error, (RuntimeError, TimeoutError)) and any(s in str(error) for s in KERNEL_START_FAILURES):
+        return _short_error(error)
+    return None
+
+
+def execute_notebook(notebook: Path, output: Path, parameters: dict, log_path: Path | None = None,
+                     log_output: bool = False, kernel_name: str = "python3",
+                     start_timeout: float = KERNEL_START_TIMEOUT, attempts: int = KERNEL_START_ATTEMPTS) -> None:
+    """Execute ``notebook`` into ``output`` with papermill, in a kernel started in the notebook's folder.
+
+    A kernel that does not answer within ``start_timeout`` seconds, or dies before answering (a port that another
+    kernel took between being chosen and being bound: ``ZMQError: Address already in use``), is replaced by a fresh
+    one (new ports), up to ``attempts`` kernels, with a note in ``log_path`` (the run's ``train.log``) for each; the
+    run fails only when the last does not start either. Any other error is raised as it is.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            pm.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+                                log_output=log_output, progress_bar=False, kernel_name=kernel_name,
+                                start_timeout=int(start_timeout))
+            return
+        except Exception as e:
+            why = kernel_start_failure(e)
+            if why is None or attempt == attempts:
+                raise
+            note = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} kernel {attempt} of {attempts} did not start ({why}); "
+                    f"starting a fresh kernel")
+            log.info("%s: %s", output.parent.name, note)
+            if log_path is not None:
+                _append_line(log_path, note)
+            time.sleep(KERNEL_RETRY_PAUSE * attempt)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Add one line to a log file; a log that cannot be written is no reason to stop."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
 def execute_run(params: RunParams, run_dir: Path, data_dir=None, reuse: bool = False, force: bool = False,
                 log_output: bool = False) -> None:
     """Execute the training notebook for one run; its executed copy is ``run_dir/train.ipynb``.
 
     ``log_output`` streams the notebook's own output; by default the study's progress display reports the
-    run instead, and a failure's full output is raised (and printed by :func:`run_study`).
+    run instead, and a failure's full output is raised (and printed by :func:`run_study`). A kernel that does not
+    start is retried with a fresh one (:func:`execute_notebook`), noted in the run's ``train.log``.
     """
     logging.getLogger("papermill").setLevel(logging.WARNING)
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = {**params.to_dict(), "output_dir": str(run_dir), "data_dir": str(data_dir or ""),
                   "reuse": reuse, "force": force}
-    pm.execute_notebook(str(TRAIN_NOTEBOOK), str(run_dir / NOTEBOOK), parameters=parameters,
-                        cwd=str(TRAIN_NOTEBOOK.parent), log_output=log_output, progress_bar=False,
-                        kernel_name="python3")
+    execute_notebook(TRAIN_NOTEBOOK, run_dir / NOTEBOOK, parameters, log_path=Run(run_dir).log_path,
+                     log_output=log_output)
+
+
+def check_study_inputs(data_dir=None) -> Manifest:
+    """What a study checks once, before any run starts: the dataset is there, in a known layout, with TRAIN and
+    TEST and every class (else a :class:`~wbc_utils.errors.DataError` with its one-line message), and which of its
+    files the guarded image reader refuses from the header alone (each printed with its reason: every run will
+    skip them). Returns the manifest (files only, no slide sources)."""
+    manifest = build_manifest(data_dir, sources=False)
+    refused = check_files(manifest)
+    if refused:
+        print(f"warning: {len(refused)} image file(s) of the dataset cannot be read; every run skips them "
+              f"(the report lists them):", flush=True)
+        for s in refused:
+            print(f"  {s.path}: {s.reason}", flush=True)
+    return manifest
 
 
 def plan(profile: Profile, runs_root=None, reuse: bool = False, force: bool = False,
@@ -192,10 +269,12 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     """
     absolute_env()  # the notebooks run with notebooks/ as their working directory
     runs_root = Path(runs_root).resolve() if runs_root else None
-    quiet_tensorflow(profile_dir(profile.name, runs_root) / STUDY_LOG)  # kernels' start-up lines: to study.log
     data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
     pdir = profile_dir(profile.name, runs_root)
+    # checked once, before anything is started or written: the dataset (one line when it is missing), the runs folder
+    check_study_inputs(data_dir)
     check_runs_folder(pdir, 0)
+    quiet_tensorflow(pdir / STUDY_LOG)  # kernels' start-up lines: to study.log
     steps = plan(profile, runs_root, reuse, force, results_root)
     warning = check_runs_folder(pdir, sum(action != "reuse" for _, _, action in steps))
     if warning:

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.patches import Circle
-from PIL import Image
 
 from .. import CLASSES
 from ..cellcrop import locate_cell
-from ..slides import read_image, slide_files
+from ..images import read_array
+from ..slides import slide_files
 from .common import A4_WIDTH, image_panel, style
 
 _K_RE = re.compile(r"^_(\d+)_\d+\.")
@@ -58,8 +58,7 @@ def sample_grid_figure(manifest, split: str = "TRAIN", per_class: int = 6, seed:
         pick = rows.iloc[rng.choice(len(rows), size=min(per_class, len(rows)), replace=False)]
         for j, r in enumerate(pick.itertuples()):
             ax = axes[i][j]
-            with Image.open(r.path) as im:
-                ax.imshow(im.convert("RGB"))
+            ax.imshow(_rgb(Path(r.path)))
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(f"cell {r.cell}", fontsize=7)
             if j == 0:
@@ -89,15 +88,15 @@ def _k(file: str) -> int | None:
 
 
 def _rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image file as RGB uint8 (a grey placeholder when it cannot be read), optionally resized (w, h)."""
+    """An image file as RGB uint8 through the package's guarded reader (a grey placeholder when it cannot be read),
+    optionally resized (w, h) by area averaging."""
 
-
-    bgr = read_image(path, color=True)
-    if bgr is None:
+    rgb = read_array(path, reduce_to=(2 * size[0], 2 * size[1]) if size else (640, 480))
+    if isinstance(rgb, str):
         return np.full((240, 320, 3), 200, np.uint8)
-    if size is not None and (bgr.shape[1], bgr.shape[0]) != size:
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if size is not None and (rgb.shape[1], rgb.shape[0]) != size:
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return rgb
 
 
 def _slide_path(originals_dir: Path, slide: int) -> Path:

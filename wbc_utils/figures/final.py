@@ -8,11 +8,11 @@ import numpy as np
 import seaborn as sns
 from PIL import Image
 
-from .. import CLASSES
+from .. import CLASSES, NATIVE_SIZE
 from ..beyond import lab_and_final, lab_runs
 from ..cellcrop import crop_cell
 from ..config import figures_dir
-from ..data import build_manifest
+from ..data import build_manifest, decode_image
 from ..evaluation import calibration
 from ..params import cell_window
 from ..runs import load_runs
@@ -115,8 +115,9 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell")
             a0.axis("off"), a1.axis("off")
             continue
         r = rows.iloc[k]
-        with Image.open(paths[r["simple_relpath"]]) as im:
-            field = np.asarray(im.convert("RGB").resize((320, 240)))
+        field = decode_image(paths[r["simple_relpath"]], NATIVE_SIZE)  # the guarded reader, as the model read it
+        if isinstance(field, str):
+            field = np.full((*NATIVE_SIZE, 3), 200, np.uint8)  # a grey placeholder for a file that cannot be read
         a0.imshow(field)
         a0.set_title(f"cell {r['cell']} ({r['class'][:3]})" + (", also in TRAIN" if r.get("shared") else ""),
                      fontsize=8)
