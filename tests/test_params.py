@@ -87,3 +87,24 @@ def test_notebook_parameters_match_run_params():
     ns: dict = {}
     exec(src, ns)
     RunParams.from_dict({k: ns[k] for k in fields})
+
+
+def test_the_full_profile_follows_its_pilot():
+    """The full profile's scale is what the pilot's rule (analysis.choose_design) reads from the committed pilot
+    runs (results/pilot/): a change to either shows here."""
+    from wbc_utils.config import RESULTS
+    from wbc_utils.sections import pilot_of
+
+    full = get_profile("full")
+    assert full.pilot == "pilot" and full.validation == "paper" and full.train_subset == 0
+    assert full.order == "seed" and full.precision == "float32"
+    rec = pilot_of(full.pilot, RESULTS)
+    if rec is None:
+        pytest.skip("results/pilot/ is not committed yet")
+    c = rec["choice"]
+    assert (full.learning_rate, full.image_size, full.epochs) == (c["learning_rate"], c["image_size"], c["epochs"])
+    assert len(full.seeds) >= c["seeds"]
+    assert sorted(ctl["learning_rate"] for ctl in full.controls) == c["control_rates"]
+    # every setting on the same seeds, seed by seed
+    runs = full.runs()
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)
