@@ -218,6 +218,9 @@ def test_paired_needs_matched_seeds_and_equivalence_names_the_smallest_margin():
         difference_interval(a, a[:2], c, paired=True)
     same = difference_interval(a, a, c, paired=True)
     assert same["equivalence"] == 2.0 and same["se"] == 0
+    assert same["mde"] == 0
+    d = difference_interval(a, np.flipud(a), c, paired=True)
+    assert d["mde"] > d["hi"] - d["diff"] > 0  # 80% power needs more than the half-width
     assert equivalence_margin(-0.04, 0.049) == 5.0
     assert equivalence_margin(-0.04, 0.06) == 10.0
     assert equivalence_margin(-0.12, 0.01) is None

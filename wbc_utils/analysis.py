@@ -249,7 +249,7 @@ def compare_with_collapse(rows_a, rows_b, name_a: str, name_b: str, scope: str =
         return {}
     out = {**d, "words": verdict_words(d, name_a, name_b)}
     un = compare(rows_a, rows_b, scope, paired=False)
-    out.update({f"unpaired_{k}": un[k] for k in ("diff", "lo", "hi", "se", "df", "resolved", "equivalence")})
+    out.update({f"unpaired_{k}": un[k] for k in ("diff", "lo", "hi", "se", "df", "resolved", "equivalence", "mde")})
     out["unpaired_words"] = verdict_words(un, name_a, name_b)
     ca, cb = _collapsed(rows_a), _collapsed(rows_b)
     out.update({"collapsed_a": int(ca.sum()), "n_a": len(ca), "collapsed_b": int(cb.sum()), "n_b": len(cb),

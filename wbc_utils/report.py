@@ -223,8 +223,10 @@ def readme_block(results: dict) -> str:
                         if cmp.get("paired") and cmp.get("unpaired_lo") is not None else "")
             collapsed = (f"; collapsed {cmp['collapsed_a']}/{cmp['n_a']} vs {cmp['collapsed_b']}/{cmp['n_b']}"
                          if cmp.get("collapsed_a") or cmp.get("collapsed_b") else "")
+            detectable = f"; detectable {100 * cmp['mde']:.1f} points" if cmp.get("mde") is not None else ""
             lines.append(f"- {targets}, {cmp['comparison']}: {100 * cmp['diff']:+.1f} points "
-                         f"[{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}], {cmp['words']}{unpaired}{collapsed}.")
+                         f"[{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}], {cmp['words']}{unpaired}{collapsed}"
+                         f"{detectable}.")
     o = results.get("original", {})
     if o.get("crossentropy"):
         ce = o["crossentropy"]

@@ -869,7 +869,8 @@ class Report:
             unpaired = {k[len("unpaired_"):]: v for k, v in r.items() if k.startswith("unpaired_")}
             learned = {k[len("learned_"):]: v for k, v in r.items() if k.startswith("learned_")}
             name = {"targets": "integer" if r["encoding"] == "paper" else "one-hot", "comparison": r["comparison"]}
-            main.append({**name, "difference [95% CI]": fmt_diff(r), "verdict": r["words"]})
+            main.append({**name, "difference [95% CI]": fmt_diff(r), "verdict": r["words"],
+                         "detectable": f"{100 * r['mde']:.1f} points"})
             more.append({**name, "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(not paired)",
                          "collapsed": f"{r['collapsed_a']}/{r['n_a']} vs {r['collapsed_b']}/{r['n_b']}",
                          "Fisher": fmt_p(r["fisher_p"]),
@@ -878,7 +879,8 @@ class Report:
         doc.table(pd.DataFrame(main), "Differences in seed-pooled accuracy on unseen TEST cells (percentage points), "
                   "first loss minus second, over every finished run: paired on the same cells and, where the two "
                   "losses were trained from the same seeds, on the seeds (section 3). The verdict says how many "
-                  "seeds each side rests on.")
+                  "seeds each side rests on. *Detectable*: the smallest true difference this design resolves with "
+                  "80% power, (t(0.975) + t(0.8)) x its standard error.")
         doc.table(pd.DataFrame(more), "The same comparisons three more ways. *Unpaired*: each side's seeds counted as "
                   "independent runs (what pairing on seeds buys). *Collapsed*: runs that collapsed on each side, with "
                   "Fisher's exact test. *Runs that learned*: the difference over the seeds where neither side "
@@ -1218,7 +1220,7 @@ def findings(profile: str, runs_root=None) -> dict:
                                             "paper_metric_test_mean", "final_train_accuracy_mean", "unseen_sd")})
         out["comparisons"] = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()
                                if k in ("encoding", "comparison", "diff", "lo", "hi", "resolved", "words", "paired",
-                                        "equivalence", "n_seeds_a", "n_seeds_b", "unpaired_lo", "unpaired_hi",
+                                        "equivalence", "mde", "n_seeds_a", "n_seeds_b", "unpaired_lo", "unpaired_hi",
                                         "collapsed_a", "n_a", "collapsed_b", "n_b", "fisher_p", "learned_diff",
                                         "learned_lo", "learned_hi", "learned_words")}
                               for r in d["paired"].to_dict("records")]

@@ -218,6 +218,15 @@ def equivalence_margin(lo: float, hi: float, margins: Sequence[float] = EQUIVALE
     return None
 
 
+def detectable_difference(se: float, df: float, level: float = LEVEL, power: float = 0.8) -> float:
+    """The smallest true difference that a design with this standard error and these degrees of freedom resolves
+    (its interval excludes 0) with probability ``power``: (t_{1-a/2} + t_power) * se."""
+    from scipy.stats import t as student
+
+    d = max(float(df), 1.0)
+    return float((student.ppf(1 - (1 - level) / 2, d) + student.ppf(power, d)) * se)
+
+
 def difference_interval(values_a, values_b, clusters: Clusters, level: float = LEVEL, stratified: bool = True,
                         paired: bool = False, **_) -> dict:
     """Mean of A minus mean of B on the same observations, each pooled over its seeds.
@@ -233,7 +242,8 @@ def difference_interval(values_a, values_b, clusters: Clusters, level: float = L
 
     The interval is difference +- t * sd with Satterthwaite's degrees of freedom. ``resolved`` is True only when
     it excludes 0; ``verdict`` says which is better, or "not resolved"; ``equivalence`` is the smallest margin of
-    :data:`EQUIVALENCE_MARGINS` (points) that the whole interval lies inside, or None. With one seed on a side,
+    :data:`EQUIVALENCE_MARGINS` (points) that the whole interval lies inside, or None; ``mde`` is the smallest true
+    difference this design detects with 80% power (:func:`detectable_difference`). With one seed on a side,
     the comparison is between trained models, not recipes.
     """
     a, b = _as_seeds(values_a), _as_seeds(values_b)
@@ -271,6 +281,7 @@ def difference_interval(values_a, values_b, clusters: Clusters, level: float = L
     lo, hi = min(lo, diff), max(hi, diff)
     resolved = bool(lo > 0 or hi < 0)
     return {"diff": diff, "lo": lo, "hi": hi, "resolved": resolved, "se": float(np.sqrt(var)), "df": float(df),
+            "mde": detectable_difference(float(np.sqrt(var)), df, level),
             "verdict": ("A better" if lo > 0 else "B better") if resolved else "not resolved",
             "equivalence": None if resolved else equivalence_margin(lo, hi), "paired": bool(paired),
             "n_seeds_a": sa, "n_seeds_b": sb, "n_clusters": len(clusters), "stratified": stratified}
