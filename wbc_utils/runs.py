@@ -23,7 +23,7 @@
 (``models/best/``) holds ``model.keras`` and ``model.json``.
 
 Everything here reads or writes files; nothing trains. TensorFlow is imported
-only inside :func:`load_run`, which needs Keras to open a model.
+only inside :func:`load_model`, which needs Keras to open a model.
 """
 from __future__ import annotations
 
@@ -309,7 +309,7 @@ def predictions_frame(frame: pd.DataFrame, scores) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- models: runs and shipped ones
 
 @dataclasses.dataclass
-class LoadedRun:
+class LoadedModel:
     """A trained model and how its inputs are prepared."""
 
     model: object
@@ -348,7 +348,7 @@ def model_params(folder: Path) -> dict | None:
     return None
 
 
-def load_run(path: str | os.PathLike) -> LoadedRun:
+def load_model(path: str | os.PathLike) -> LoadedModel:
     """Load ``model.keras`` and its parameters from a run folder, a shipped-model folder or a .keras file."""
     path = Path(path).expanduser()
     model_file = path / MODEL if path.is_dir() else path
@@ -364,7 +364,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     # registers the custom loss and metric the saved model names.
     from .losses import load_keras_model
 
-    return LoadedRun(load_keras_model(model_file), params, model_file.parent)
+    return LoadedModel(load_keras_model(model_file), params, model_file.parent)
 
 
 def write_shipped(dest: Path, model, meta: dict) -> Path:

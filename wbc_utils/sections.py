@@ -48,7 +48,7 @@ from .figures.study import RECIPES
 from .model import build_model, paper_param_count
 from .params import LOSS_TITLES
 from .runs import load_runs, original_record, read_diagnostics, read_metrics, read_predictions, study_record
-from .saliency import examples_per_class, load_run
+from .saliency import examples_per_class, load_model
 from .slides import find_originals, load_pairs
 from .stats import EQUIVALENCE_MARGINS
 
@@ -1107,7 +1107,7 @@ class Report:
         doc.h(3, "7.5 What it looks at")
 
         r0 = best["final_runs"].iloc[0]
-        brun = load_run(r0.run_dir)
+        brun = load_model(r0.run_dir)
         ex = examples_per_class(read_predictions(r0.run_dir))
         doc.figure(model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, run_split(brun, "TEST")), per_row=3),
                    "Grad-CAM of the first seed's model for one right and one wrong TEST image per class (where "
