@@ -12,7 +12,7 @@ from wbc_utils.config import profile_dir
 from wbc_utils.data import build_manifest
 from wbc_utils.evaluation import EVALUATION_VERSION, evaluate_predictions
 from wbc_utils.params import RunParams
-from wbc_utils.runs import PREDICTION_COLUMNS, load_runs, summary_frame
+from wbc_utils.runs import PREDICTION_COLUMNS, Run, load_runs, summary_frame
 
 
 def _fake_run(root, profile, manifest, loss, enc, seed, skill, collapsed=False, simple=True, lr=3e-4):
@@ -145,18 +145,16 @@ def test_collapse_table_counts_the_one_definition_with_holm_adjusted_fisher(stud
 def test_stale_evaluations_are_refused_until_re_evaluated(study):
     from wbc_utils.errors import WBCError
     from wbc_utils.reevaluate import reevaluate_run
-    from wbc_utils.runs import read_metrics
-
     make, root, data = study
     s = make(seeds=(0,))
     run = s.iloc[0]["run_dir"]
-    m = read_metrics(run)
+    m = Run(run).metrics()
     m["evaluation_version"] = EVALUATION_VERSION - 1
     write_json(f"{run}/metrics.json", m)
     with pytest.raises(WBCError, match="reevaluate --profile fake"):
         load_runs("fake", root)
     assert reevaluate_run(run, build_manifest(data))
-    assert read_metrics(run)["evaluation_version"] == EVALUATION_VERSION
+    assert Run(run).metrics()["evaluation_version"] == EVALUATION_VERSION
     load_runs("fake", root)
 
 

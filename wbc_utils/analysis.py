@@ -23,7 +23,7 @@ import pandas as pd
 from . import CLASSES
 from .evaluation import SCORE_COLUMNS, cell_votes, per_slide, slide_means, softmax
 from .params import ENCODINGS, LOSS_TITLES, LOSSES
-from .runs import read_predictions
+from .runs import Run
 from .stats import Clusters, difference_interval, fisher_exact, holm, mean_interval
 
 #: What the 2020 report stated, per loss (validation accuracy, read off its figures and text).
@@ -95,7 +95,7 @@ def stack(rows, split: str = "TEST") -> SeedStack | None:
         return None
     base, probs = None, []
     for r in rows.itertuples():
-        f = read_predictions(r.run_dir, split)
+        f = Run(r.run_dir).predictions(split)
         if base is None:
             base = f
         elif len(f) != len(base) or (f["relpath"].to_numpy() != base["relpath"].to_numpy()).any():

@@ -33,7 +33,7 @@ from .evaluation import (
     softmax,
 )
 from .params import cell_window, design_key
-from .runs import PARAMS, VAL_PREDICTIONS, Run, load_runs, read_metrics, read_params, read_predictions
+from .runs import PARAMS, VAL_PREDICTIONS, Run, load_runs
 from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
@@ -43,7 +43,7 @@ DESIGN_KEYS = {"view": "input", "image_size": "size", "augment": "augmentation",
 
 
 def _params(row) -> dict:
-    return read_params(row.run_dir)
+    return Run(row.run_dir).params()
 
 
 def describe(params: dict) -> str:
@@ -64,7 +64,7 @@ def lab_runs(summary) -> pd.DataFrame:
     rows = []
     lab = summary[(summary["validation"] == "grouped") & (summary["status"] == "finished")]
     for r in lab.itertuples():
-        m = read_metrics(r.run_dir)
+        m = Run(r.run_dir).metrics()
         p = _params(r)
         rows.append({"run_name": r.run_name, "run_dir": r.run_dir, "design": describe(p), "key": design_key(p),
                      "seed": p["seed"],
@@ -86,7 +86,7 @@ def lab_table(summary) -> pd.DataFrame:
     for _, g in runs.groupby(["key", "folds"], sort=False):
         g = g.sort_values("fold")
         acc = g["val_accuracy"].to_numpy(float)
-        held = pd.concat([read_predictions(d, name=VAL_PREDICTIONS)[["cell"]].drop_duplicates().assign(fold=f)
+        held = pd.concat([Run(d).predictions(name=VAL_PREDICTIONS)[["cell"]].drop_duplicates().assign(fold=f)
                           for d, f in zip(g["run_dir"], g["fold"])])
         twice = int((held.groupby("cell")["fold"].nunique() > 1).sum())
         p = {k: v for k, v in g["params"].iloc[0].items() if k not in ("fold", "seed")}
@@ -185,8 +185,8 @@ def seed_table(summary):
 
     rows = []
     for r in final_runs(summary).itertuples():
-        m = read_metrics(r.run_dir)
-        t = read_predictions(r.run_dir, "TEST")
+        m = Run(r.run_dir).metrics()
+        t = Run(r.run_dir).predictions("TEST")
         unseen = ~t["shared"].to_numpy(bool)
         probs = softmax(scores_of(t))[unseen]
         v = cell_votes(probs, t["label"].to_numpy()[unseen], t["cell"].to_numpy()[unseen])
@@ -203,7 +203,7 @@ def seed_table(summary):
         if "test_simple_accuracy" in m:
             row.update({"simple_accuracy": m["test_simple_accuracy"], "simple_lo": m["test_simple_accuracy_ci"][0],
                         "simple_hi": m["test_simple_accuracy_ci"][1], "simple_slides": m["test_simple_slides"]})
-            s = read_predictions(r.run_dir, "TEST_SIMPLE")
+            s = Run(r.run_dir).predictions("TEST_SIMPLE")
             slides, idx = per_slide(s)
             sp = softmax(scores_of(s))
             conf = slide_means(sp.max(1), idx)
@@ -234,7 +234,7 @@ def confusions(summary) -> dict:
     img = np.zeros((len(CLASSES), len(CLASSES)), int)
     cel = np.zeros_like(img)
     for r in final_runs(summary).itertuples():
-        t = read_predictions(r.run_dir, "TEST")
+        t = Run(r.run_dir).predictions("TEST")
         t = t[~t["shared"].to_numpy(bool)]
         img += confusion(t["label"], t["pred"])
         v = cell_votes(softmax(scores_of(t)), t["label"].to_numpy(), t["cell"].to_numpy())
@@ -257,12 +257,12 @@ def wrong_cells(summary):
 
     simple_path = {}
     for r in runs:
-        t = read_predictions(r.run_dir, "TEST")
+        t = Run(r.run_dir).predictions("TEST")
         v = cell_votes(softmax(scores_of(t)), t["label"].to_numpy(), t["cell"].to_numpy(), t["shared"].to_numpy())
         for c, a, b, sh in zip(v.ids, v.true, v.voted, v.shared):
             if a != b:
                 note(c, a, b, "seeds_wrong_majority", sh)
-        s = read_predictions(r.run_dir, "TEST_SIMPLE")
+        s = Run(r.run_dir).predictions("TEST_SIMPLE")
         if len(s):
             sv = cell_votes(softmax(scores_of(s)), s["label"].to_numpy(), s["cell"].to_numpy(), s["shared"].to_numpy())
             simple_path.update(zip(s["cell"], s["relpath"]))
@@ -286,7 +286,7 @@ def risk_coverage_curves(summary):
 
     out = []
     for r in final_runs(summary).itertuples():
-        t = read_predictions(r.run_dir, "TEST")
+        t = Run(r.run_dir).predictions("TEST")
         t = t[~t["shared"].to_numpy(bool)]
         v = cell_votes(softmax(scores_of(t)), t["label"].to_numpy(), t["cell"].to_numpy())
         rc = risk_coverage(v.confidence, v.correct)

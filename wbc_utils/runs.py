@@ -156,6 +156,10 @@ class Run:
     def write_ood(self, reference: dict) -> Path:
         return write_json(self.path / OOD, reference)
 
+    def is_stale(self) -> bool:
+        """True when a finished run's metrics were computed with an older evaluation definition."""
+        return self.metrics().get("evaluation_version") != EVALUATION_VERSION
+
     def completed_epochs(self) -> int:
         """Epochs saved in the checkpoint (0 when there is none)."""
         p = self.path / CHECKPOINT / CHECKPOINT_STATE
@@ -267,32 +271,6 @@ def import_exported_run(exported: Path, run_dir: Path) -> bool:
     fresh.rename(run_dir)
     shutil.rmtree(old, ignore_errors=True)
     return True
-
-
-def run_status(run_dir: str | os.PathLike) -> str:
-    """'finished' (metrics.json), 'incomplete' (started, no metrics) or 'missing'."""
-    return Run(Path(run_dir)).status
-
-
-def read_predictions(run_dir: str | os.PathLike, split: str | None = None, name: str = PREDICTIONS):
-    """A run's predictions (one split, sorted by path, when ``split`` is given) as a DataFrame."""
-    return Run(Path(run_dir)).predictions(split, name)
-
-
-def read_metrics(run_dir: str | os.PathLike) -> dict:
-    return Run(Path(run_dir)).metrics()
-
-
-def read_params(run_dir: str | os.PathLike) -> dict:
-    return Run(Path(run_dir)).params()
-
-
-def read_history(run_dir: str | os.PathLike):
-    return Run(Path(run_dir)).history()
-
-
-def read_diagnostics(run_dir: str | os.PathLike) -> dict:
-    return Run(Path(run_dir)).diagnostics()
 
 
 def predictions_frame(frame: pd.DataFrame, scores) -> pd.DataFrame:
@@ -518,11 +496,6 @@ def summary_frame(profile: str, runs_root=None, failed: dict | None = None) -> p
     rows = [summary_row(d, failed.get(d.name), prof) for d in sorted(pdir.iterdir())
             if d.is_dir() and ((d / PARAMS).exists() or d.name in failed)]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-
-
-def is_stale(run_dir: Path) -> bool:
-    """True when a finished run's metrics were computed with an older evaluation definition."""
-    return Run(run_dir).metrics().get("evaluation_version") != EVALUATION_VERSION
 
 
 def load_runs(profile: str, runs_root=None):

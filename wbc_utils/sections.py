@@ -47,7 +47,7 @@ from .figures import study as study_figures
 from .figures.study import RECIPES
 from .model import build_model, paper_param_count
 from .params import LOSS_TITLES
-from .runs import load_runs, original_record, read_diagnostics, read_metrics, read_predictions, study_record
+from .runs import Run, load_runs, original_record, study_record
 from .saliency import examples_per_class, load_model
 from .slides import find_originals, load_pairs
 from .stats import EQUIVALENCE_MARGINS
@@ -347,7 +347,7 @@ class Report:
         sw = (d.get("any_metrics") or {}).get("software", {})
         if not sw and d.get("has_best"):
 
-            sw = read_metrics(d["best"]["final_runs"].iloc[0].run_dir).get("software", {})
+            sw = Run(d["best"]["final_runs"].iloc[0].run_dir).metrics().get("software", {})
         title = ("Loss functions for white-blood-cell classification: the 2020 study, reproduced and corrected"
                  if d["has_losses"] else "White-blood-cell classification beyond the 2020 study")
         doc.raw(f"<h1>{html.escape(title)}</h1>")
@@ -939,7 +939,7 @@ class Report:
                    "corner: no better than a constant on its own training data, and near-constant on TEST. Runs that "
                    "learn sit low and to the right; runs above 1 did worse than a constant (diverged).")
         ce = runs[(runs.loss == "crossentropy") & (runs.target_encoding == "paper") & (runs.status == "finished")]
-        diags = {r.run_name: read_diagnostics(r.run_dir) for r in ce.itertuples()}
+        diags = {r.run_name: Run(r.run_dir).diagnostics() for r in ce.itertuples()}
         doc.figure(study_figures.collapse_figure(ce, src["histories"], diags),
                    "Cross-entropy runs with integer labels" + (" of the collapse study" if separate else "")
                    + ". Left: training loss per epoch, one colour per setting; a collapsed run sits on ln 4, the loss "
@@ -1108,7 +1108,7 @@ class Report:
 
         r0 = best["final_runs"].iloc[0]
         brun = load_model(r0.run_dir)
-        ex = examples_per_class(read_predictions(r0.run_dir))
+        ex = examples_per_class(Run(r0.run_dir).predictions())
         doc.figure(model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, run_split(brun, "TEST")), per_row=3),
                    "Grad-CAM of the first seed's model for one right and one wrong TEST image per class (where "
                    "there is one): red marks where the evidence for the predicted class lies.")

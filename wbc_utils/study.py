@@ -42,10 +42,8 @@ from .runs import (
     Run,
     check_runs_folder,
     import_exported_run,
-    is_stale,
     original_path,
     original_record,
-    read_history,
     resource_message,
     study_record,
     summary_frame,
@@ -156,7 +154,7 @@ class Progress:
     @staticmethod
     def _history(run_dir: Path) -> list[dict]:
         try:
-            return read_history(run_dir).to_dict("records")
+            return Run(run_dir).history().to_dict("records")
         except (OSError, ValueError):  # not written yet, or being replaced
             return []
 
@@ -200,7 +198,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     warning = check_runs_folder(pdir, sum(action != "reuse" for _, _, action in steps))
     if warning:
         print(warning, flush=True)
-    stale = [d for _, d, action in steps if action == "reuse" and is_stale(d)]
+    stale = [d for _, d, action in steps if action == "reuse" and Run(d).is_stale()]
     if stale:  # a reused run is counted with today's definitions, never yesterday's
         manifest = build_manifest(data_dir)
         for d in stale:
