@@ -12,7 +12,7 @@ from wbc_utils.config import profile_dir
 from wbc_utils.data import build_manifest
 from wbc_utils.evaluation import EVALUATION_VERSION, evaluate_predictions
 from wbc_utils.params import RunParams
-from wbc_utils.runs import PREDICTION_COLUMNS, load_runs, summary_frame
+from wbc_utils.runs import PREDICTION_COLUMNS, Run, load_study, summary_frame
 
 
 def _fake_run(root, profile, manifest, loss, enc, seed, skill, collapsed=False, simple=True, lr=3e-4):
@@ -62,6 +62,26 @@ def study(tmp_path):
                       lr=1e-3)
         return summary_frame(profile, root)
     return make, root, data
+
+
+def test_a_study_holds_its_main_and_control_runs_split_once_by_its_profile(study):
+    import dataclasses
+
+    from wbc_utils.params import get_profile
+    from wbc_utils.study import _profile_dict
+
+    make, root, _ = study
+    make(seeds=(0, 1))
+    prof = dataclasses.replace(get_profile("smoke"), name="fake", seeds=[0, 1])  # main runs at lr 0.0003
+    write_json(profile_dir("fake", root) / "study.json", {"profile": "fake", "profile_settings": _profile_dict(prof)})
+    st = load_study("fake", root)
+    assert st.kind == "study" and st.settings["losses"] == ["crossentropy", "mse", "huber"]
+    assert set(st.main["learning_rate"]) == {3e-4} and set(st.controls["learning_rate"]) == {1e-3}
+    assert len(st.main) + len(st.controls) == len(st.runs) == len(st.metrics) == len(st.histories) == 8
+    assert st.losses() == ["crossentropy", "mse"] and st.original() is None
+    # comparisons are generated from the losses present, in registry order
+    assert list(an.paired_table(st.main)["comparison"]) == ["CE - MSE", "CE - MSE"]
+    assert an.recipes(st.main) == [("crossentropy", "paper"), ("mse", "paper"), ("mse", "onehot")]
 
 
 def test_group_table_pools_seeds_and_stands_cross_entropy_for_both_encodings(study):
@@ -145,19 +165,17 @@ def test_collapse_table_counts_the_one_definition_with_holm_adjusted_fisher(stud
 def test_stale_evaluations_are_refused_until_re_evaluated(study):
     from wbc_utils.errors import WBCError
     from wbc_utils.reevaluate import reevaluate_run
-    from wbc_utils.runs import read_metrics
-
     make, root, data = study
     s = make(seeds=(0,))
     run = s.iloc[0]["run_dir"]
-    m = read_metrics(run)
+    m = Run(run).metrics()
     m["evaluation_version"] = EVALUATION_VERSION - 1
     write_json(f"{run}/metrics.json", m)
     with pytest.raises(WBCError, match="reevaluate --profile fake"):
-        load_runs("fake", root)
+        load_study("fake", root)
     assert reevaluate_run(run, build_manifest(data))
-    assert read_metrics(run)["evaluation_version"] == EVALUATION_VERSION
-    load_runs("fake", root)
+    assert Run(run).metrics()["evaluation_version"] == EVALUATION_VERSION
+    load_study("fake", root)
 
 
 def test_report_sections_render_without_2020_weights_or_other_studies(study, monkeypatch):

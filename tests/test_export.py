@@ -58,7 +58,7 @@ def test_study_reuse_takes_exported_runs_as_finished_and_trains_only_the_rest(tm
     from wbc_utils.runs import IMPORTED
     from wbc_utils.study import plan
 
-    prof = Profile(name="paper", description="", image_size=[240, 320], epochs=100, seeds=[0, 1, 2],
+    prof = Profile(name="paper", description="", kind="study", image_size=[240, 320], epochs=100, seeds=[0, 1, 2],
                    losses=("mse",), encodings=("onehot",))
     exported_runs = tmp_path / "elsewhere"
     for seed in (0, 1):

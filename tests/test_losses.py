@@ -1,10 +1,13 @@
-"""Losses under both encodings, and the two accuracies, against hand computations."""
+"""Losses under both encodings, and the two accuracies, against hand computations; every registered loss's Keras
+function against its NumPy twin; models saved with the loss class still load."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wbc_utils.losses import loss_value, paper_metric_value
+from wbc_utils import registry
+from wbc_utils.evaluation import paper_metric
+from wbc_utils.losses import loss_value, make_loss, paper_metric_value
 
 
 def _np(x):
@@ -69,3 +72,44 @@ def test_keras_training_uses_the_loss(tmp_path):
     assert res["paper_metric"] == pytest.approx((s.argmax(1) == 0).mean())
     assert res["accuracy"] == pytest.approx((s.argmax(1) == y).mean())
     assert isinstance(keras.__version__, str)
+
+
+def assert_twins_agree(spec, seed: int = 0) -> None:
+    """The Keras loss that trains and the NumPy twin that scores (the collapse verdict's constant prediction) are
+    one function, under both encodings, with label smoothing where the loss takes it; and the 2020 metric's two
+    implementations agree."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, 64)
+    scores = (rng.normal(size=(64, 4)) * 3).astype(np.float32)
+    for enc in registry.ENCODINGS:
+        for ls in (0.0, 0.1) if spec.label_smoothing else (0.0,):
+            got = _np(loss_value(spec.name, enc, y, scores, ls))
+            want = np.asarray(spec.numpy_loss(y, scores.astype(np.float64), enc, ls), float)
+            assert got.shape == want.shape == (64,), (spec.name, enc)
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6, err_msg=f"{spec.name} {enc} ls={ls}")
+        assert _np(paper_metric_value(spec.name, enc, y, scores)).mean() == pytest.approx(
+            paper_metric(spec.name, enc, y, scores))
+    if spec.encodings_coincide:
+        np.testing.assert_allclose(spec.numpy_loss(y, scores, registry.INTEGER, 0.0),
+                                   spec.numpy_loss(y, scores, registry.ONEHOT, 0.0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spec", registry.BUILTIN, ids=lambda s: s.name)
+def test_every_registered_loss_has_one_definition_in_keras_and_numpy(spec):
+    assert_twins_agree(spec)
+
+
+def test_a_model_saved_with_the_loss_class_loads_with_its_config():
+    """Finished runs' model.keras files name ``wbc_utils>_EncodedLoss`` with the keys loss, encoding and
+    label_smoothing: they must keep loading, and compute the same loss."""
+    import keras
+
+    y = np.array([0, 1, 2, 3])
+    s = np.random.default_rng(2).normal(size=(4, 4)).astype(np.float32)
+    for loss, enc, ls in (("mse", "paper", 0.0), ("crossentropy", "onehot", 0.1), ("huber", "onehot", 0.0)):
+        config = keras.saving.serialize_keras_object(make_loss(loss, enc, ls))
+        assert config["registered_name"] == "wbc_utils>_EncodedLoss"
+        assert {k: config["config"][k] for k in ("loss", "encoding", "label_smoothing")} == \
+            {"loss": loss, "encoding": enc, "label_smoothing": ls}
+        back = keras.saving.deserialize_keras_object(config)
+        np.testing.assert_allclose(_np(back(y, s)), _np(make_loss(loss, enc, ls)(y, s)), rtol=1e-6)

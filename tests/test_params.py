@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wbc_utils.errors import ParameterError
-from wbc_utils.params import PROFILES, RunParams, get_profile, parse_seeds
+from wbc_utils.params import ALL_LOSSES, PROFILES, Profile, RunParams, get_profile, parse_seeds
 
 
 @pytest.mark.parametrize("kw, pattern", [
@@ -108,3 +108,25 @@ def test_the_full_profile_follows_its_pilot():
     # every setting on the same seeds, seed by seed
     runs = full.runs()
     assert [r.seed for r in runs] == sorted(r.seed for r in runs)
+
+
+def test_profiles_say_what_they_are_for_and_name_their_losses():
+    kinds = {"smoke": "study", "quick": "study", "paper": "study", "collapse": "collapse", "pilot": "pilot",
+             "best": "lab"}
+    assert kinds.items() <= {p.name: p.kind for p in PROFILES.values()}.items()
+    assert PROFILES["quick"].losses == PROFILES["paper"].losses == ("crossentropy", "mse", "huber")
+    assert PROFILES["smoke"].losses == ALL_LOSSES  # the pipeline check trains every registered loss
+    with pytest.raises(TypeError, match="losses"):  # no default: a new loss joins only the profiles that name it
+        Profile(name="x", description="", kind="study", image_size=[60, 80], epochs=1, seeds=[0])
+    with pytest.raises(ParameterError, match="kind='loss'.*study, collapse, lab, pilot"):
+        dataclasses.replace(PROFILES["quick"], kind="loss")
+    assert get_profile("quick").with_overrides(losses="all").loss_names == ("crossentropy", "mse", "huber")
+
+
+def test_a_study_recorded_before_profiles_had_a_kind_takes_the_built_in_one():
+    from wbc_utils.runs import profile_of
+    from wbc_utils.study import _profile_dict
+
+    old = {k: v for k, v in _profile_dict(PROFILES["best"]).items() if k != "kind"}
+    assert profile_of("best", {"profile_settings": old}).kind == "lab"
+    assert profile_of("mine", {"profile_settings": {**old, "name": "mine"}}).kind == "study"

@@ -84,10 +84,10 @@ def test_without_a_model_the_shipped_one_is_used_or_the_error_says_what_to_do(tm
 def test_ship_model_refuses_to_replace_another_model(tiny_run, tmp_path):
     from wbc_utils.errors import RunExistsError
     from wbc_utils.predict import ship_model
-    from wbc_utils.saliency import load_run
+    from wbc_utils.saliency import load_model
 
     dest = ship_model(tiny_run, tmp_path / "best")
-    assert (dest / "model.keras").exists() and load_run(dest).view == "cell"
+    assert (dest / "model.keras").exists() and load_model(dest).view == "cell"
     assert ship_model(tiny_run, dest) == dest  # the same model again: nothing to do
     other = tmp_path / "other"
     other.mkdir()
@@ -100,9 +100,9 @@ def test_ship_model_refuses_to_replace_another_model(tiny_run, tmp_path):
 
 
 def test_grad_cam_maps_are_normalised_and_input_sized(tiny_run):
-    from wbc_utils.saliency import first_layer_filters, grad_cam, load_run
+    from wbc_utils.saliency import first_layer_filters, grad_cam, load_model
 
-    run = load_run(tiny_run)
+    run = load_model(tiny_run)
     x = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     cams, scores = grad_cam(run.model, x)
     assert cams.shape == (3, 32, 32) and scores.shape == (3, 4)

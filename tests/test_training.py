@@ -13,7 +13,7 @@ import pytest
 
 from wbc_utils.errors import RunExistsError
 from wbc_utils.params import RunParams
-from wbc_utils.runs import HISTORY_COLUMNS, run_status
+from wbc_utils.runs import HISTORY_COLUMNS, Run
 from wbc_utils.training import train_run
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def test_killed_run_resumes_from_its_last_epoch(train_dataset, cache, tmp_path):
     proc.wait()
     done = len(pd.read_csv(run / "history.csv"))
     assert done < epochs, "the run finished before it could be killed"
-    assert run_status(run) == "incomplete" and not (run / "metrics.json").exists()
+    assert Run(run).status == "incomplete" and not (run / "metrics.json").exists()
 
     res = subprocess.run(_train_cmd(train_dataset, run, epochs), cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

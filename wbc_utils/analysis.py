@@ -20,15 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import CLASSES
+from . import CLASSES, registry
 from .evaluation import SCORE_COLUMNS, cell_votes, per_slide, slide_means, softmax
-from .params import ENCODINGS, LOSS_TITLES, LOSSES
-from .runs import read_predictions
+from .params import ARCH_2020
+from .registry import ENCODING_LABELS, ENCODINGS, INTEGER, ONEHOT
+from .runs import Run
 from .stats import Clusters, difference_interval, fisher_exact, holm, mean_interval
-
-#: What the 2020 report stated, per loss (validation accuracy, read off its figures and text).
-PAPER_REPORTED = {"crossentropy": 0.70, "mse": 0.25, "huber": 0.25}
-LOSS_SHORT = {"crossentropy": "CE", "mse": "MSE", "huber": "Huber"}
 
 
 @dataclasses.dataclass
@@ -80,13 +77,28 @@ class SeedStack:
 
 
 def runs_for(summary, loss: str, encoding: str):
-    """The finished runs of one loss and encoding. Cross-entropy with one-hot targets is the same function
-    as with integer labels: when it was not run separately, its integer-label runs stand for it."""
+    """The finished runs of one loss and encoding. A loss whose encodings coincide (cross-entropy) is the same
+    function under one-hot targets as under integer labels: when it was not run separately, its integer-label
+    runs stand for it."""
     rows = summary[(summary["loss"] == loss) & (summary["target_encoding"] == encoding) &
                    (summary["status"] == "finished")]
-    if rows.empty and loss == "crossentropy" and encoding == "onehot":
-        return runs_for(summary, loss, "paper")
+    if rows.empty and encoding != INTEGER and registry.get(loss).encodings_coincide:
+        return runs_for(summary, loss, INTEGER)
     return rows
+
+
+def losses_of(summary) -> list[str]:
+    """The losses a summary's runs trained, in registry order."""
+    return registry.ordered(summary["loss"].dropna()) if len(summary) else []
+
+
+def recipes(summary) -> list[tuple[str, str]]:
+    """The (loss, encoding) settings of a loss study that have finished runs of their own, in the order of its
+    tables and figures (:func:`wbc_utils.registry.recipes`: a loss whose encodings coincide appears once)."""
+    encodings = summary["target_encoding"].dropna().unique() if len(summary) else []
+    fin = summary[summary["status"] == "finished"] if len(summary) else summary
+    return [(l, e) for l, e in registry.recipes(losses_of(summary), encodings)
+            if ((fin["loss"] == l) & (fin["target_encoding"] == e)).any()]
 
 
 def stack(rows, split: str = "TEST") -> SeedStack | None:
@@ -95,7 +107,7 @@ def stack(rows, split: str = "TEST") -> SeedStack | None:
         return None
     base, probs = None, []
     for r in rows.itertuples():
-        f = read_predictions(r.run_dir, split)
+        f = Run(r.run_dir).predictions(split)
         if base is None:
             base = f
         elif len(f) != len(base) or (f["relpath"].to_numpy() != base["relpath"].to_numpy()).any():
@@ -148,21 +160,23 @@ def group_table(summary):
     """One row per loss x encoding: runs, collapses, seed-pooled accuracies with two-stage intervals."""
 
     out = []
-    for loss in LOSSES:
+    for loss in losses_of(summary):
+        spec = registry.get(loss)
         for enc in ENCODINGS:
             rows = runs_for(summary, loss, enc)
             own = summary[(summary["loss"] == loss) & (summary["target_encoding"] == enc)]
             if rows.empty and own.empty:
                 continue
-            same = own.empty  # cross-entropy one-hot, standing on the integer-label runs
+            same = own.empty  # a loss whose encodings coincide, one-hot, standing on the integer-label runs
             src = rows if same else own
-            row = {"loss": loss, "encoding": enc, "same_runs_as": "paper" if same else "",
+            row = {"loss": loss, "encoding": enc, "same_runs_as": INTEGER if same else "",
                    "runs": len(src), "finished": len(rows),
                    "failed": int((src["status"] == "failed").sum()),
                    "incomplete": int((src["status"] == "incomplete").sum()),
                    "collapsed": int((rows["collapsed"] == True).sum()),  # noqa: E712
                    "top_class_share": float(pd.to_numeric(rows["top_class_share"]).mean()) if len(rows) else np.nan,
-                   "paper_reported": PAPER_REPORTED[loss] if enc == "paper" else np.nan}
+                   "paper_reported": (spec.reported_2020 if enc == INTEGER and spec.reported_2020 is not None
+                                      else np.nan)}
             for k in ("paper_metric_test", "final_train_accuracy", "unseen_accuracy"):
                 vals = pd.to_numeric(rows[k], errors="coerce")
                 row[f"{k}_mean"] = vals.mean() if len(vals) else np.nan
@@ -268,19 +282,21 @@ def compare_with_collapse(rows_a, rows_b, name_a: str, name_b: str, scope: str =
     return out
 
 
-def paired_table(summary, pairs=(("crossentropy", "mse"), ("crossentropy", "huber"), ("mse", "huber"))):
+def paired_table(summary, pairs: list[tuple[str, str]] | None = None):
     """Seed-pooled accuracy differences between losses (unseen TEST cells), per encoding, with verdicts: paired
     on seeds where the losses share them, with the unpaired interval, the collapse rates and the learned runs'
-    difference beside (:func:`compare_with_collapse`)."""
+    difference beside (:func:`compare_with_collapse`). ``pairs`` defaults to every pair of the losses present,
+    in registry order (:func:`wbc_utils.registry.pairs`)."""
 
     out = []
     for enc in ENCODINGS:
-        for a, b in pairs:
+        for a, b in (registry.pairs(losses_of(summary)) if pairs is None else pairs):
             ra, rb = runs_for(summary, a, enc), runs_for(summary, b, enc)
             if ra.empty or rb.empty:
                 continue
-            d = compare_with_collapse(ra, rb, LOSS_SHORT[a], LOSS_SHORT[b])
-            out.append({"encoding": enc, "a": a, "b": b, "comparison": f"{LOSS_SHORT[a]} - {LOSS_SHORT[b]}", **d})
+            sa, sb = registry.get(a).short, registry.get(b).short
+            d = compare_with_collapse(ra, rb, sa, sb)
+            out.append({"encoding": enc, "a": a, "b": b, "comparison": f"{sa} - {sb}", **d})
     return pd.DataFrame(out)
 
 
@@ -288,10 +304,10 @@ def encoding_effect(summary):
     """Per loss: one-hot targets minus integer labels, seed-pooled and paired on cells."""
 
     out = []
-    for loss in LOSSES:
-        if loss == "crossentropy":
+    for loss in losses_of(summary):
+        if registry.get(loss).encodings_coincide:
             continue  # the same function under both encodings
-        ro, rp = runs_for(summary, loss, "onehot"), runs_for(summary, loss, "paper")
+        ro, rp = runs_for(summary, loss, ONEHOT), runs_for(summary, loss, INTEGER)
         if ro.empty or rp.empty:
             continue
         out.append({"loss": loss, **compare_with_collapse(ro, rp, "one-hot", "integer labels")})
@@ -300,9 +316,9 @@ def encoding_effect(summary):
 
 def setting_name(r) -> str:
     """'CE, integer labels, lr 0.001' (+ ', He init' / ', BatchNorm' / ', 0-1 inputs')."""
-    enc = "integer labels" if r.target_encoding == "paper" else "one-hot"
-    parts = [LOSS_SHORT.get(r.loss, r.loss), enc, f"lr {float(r.learning_rate):g}"]
-    if r.arch not in ("paper", None) and r.arch == r.arch:
+    parts = [registry.get(r.loss).short, ENCODING_LABELS[r.target_encoding],
+             f"lr {float(r.learning_rate):g}"]
+    if r.arch not in (ARCH_2020, None) and r.arch == r.arch:
         parts.append({"he": "He init", "bn": "BatchNorm"}.get(r.arch, r.arch))
     if r.input_scaling not in ("raw", None) and r.input_scaling == r.input_scaling:
         parts.append("0-1 inputs")
@@ -310,8 +326,8 @@ def setting_name(r) -> str:
 
 
 def is_2020_recipe(r) -> bool:
-    return (r.loss == "crossentropy" and r.target_encoding == "paper" and float(r.learning_rate) == 1e-3
-            and r.arch == "paper" and r.input_scaling == "raw")
+    return (r.loss == "crossentropy" and r.target_encoding == INTEGER and float(r.learning_rate) == 1e-3
+            and r.arch == ARCH_2020 and r.input_scaling == "raw")
 
 
 def collapse_table(allruns):
@@ -347,7 +363,7 @@ def original_table(orig: dict):
     """The 2020 models re-scored: logged figure against what it really measured."""
 
     rows = []
-    for loss in LOSSES:
+    for loss in (s.name for s in registry.losses_2020()):
         m = orig.get("models", {}).get(loss)
         log = orig.get("logs", {}).get(loss)
         row = {"loss": loss, "logged_final_val_accuracy": log["val_accuracy"][-1] if log else np.nan,
@@ -410,10 +426,6 @@ def fmt_p(p) -> str:
     return f"p = {p:.2g}" if p >= 0.001 else "p < 0.001"
 
 
-def loss_title(loss: str) -> str:
-    return LOSS_TITLES[loss]
-
-
 #: The pilot's rule, fixed before its runs finished: a seed has *learned* when it did not collapse and its final
 #: validation accuracy is at least this far above chance (0.25).
 LEARNED_MARGIN = 0.10
@@ -431,8 +443,8 @@ def size_text(size) -> str:
 def candidate_name(r) -> str:
     """A pilot candidate in words: 'CE, integer labels, 60x80, lr 0.0003'."""
     size = size_text(r.image_size)
-    enc = "integer labels" if r.target_encoding == "paper" else "one-hot"
-    return f"{LOSS_SHORT.get(r.loss, r.loss)}, {enc}, {size}, lr {float(r.learning_rate):g}"
+    enc = ENCODING_LABELS[r.target_encoding]
+    return f"{registry.get(r.loss).short}, {enc}, {size}, lr {float(r.learning_rate):g}"
 
 
 def plateau_epoch(curve, tol: float = 0.02, window: int = 3) -> int:

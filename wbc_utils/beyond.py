@@ -20,7 +20,6 @@ from . import CLASSES
 from .analysis import fmt_ci as _ci
 from .analysis import fmt_pct as _pct
 from .analysis import pooled, stack
-from .config import profile_dir
 from .evaluation import (
     abstention,
     calibration,
@@ -33,7 +32,7 @@ from .evaluation import (
     softmax,
 )
 from .params import cell_window, design_key
-from .runs import PARAMS, VAL_PREDICTIONS, Run, load_runs, read_metrics, read_params, read_predictions
+from .runs import PARAMS, VAL_PREDICTIONS, Run, Study, load_study
 from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
@@ -43,7 +42,7 @@ DESIGN_KEYS = {"view": "input", "image_size": "size", "augment": "augmentation",
 
 
 def _params(row) -> dict:
-    return read_params(row.run_dir)
+    return Run(row.run_dir).params()
 
 
 def describe(params: dict) -> str:
@@ -60,11 +59,11 @@ def describe(params: dict) -> str:
 
 
 def lab_runs(summary) -> pd.DataFrame:
-    """One row per lab run (a candidate on one fold of held-out TRAIN cells)."""
+    """One row per lab run (a candidate on one fold of held-out TRAIN cells) among ``summary``'s runs."""
     rows = []
     lab = summary[(summary["validation"] == "grouped") & (summary["status"] == "finished")]
     for r in lab.itertuples():
-        m = read_metrics(r.run_dir)
+        m = Run(r.run_dir).metrics()
         p = _params(r)
         rows.append({"run_name": r.run_name, "run_dir": r.run_dir, "design": describe(p), "key": design_key(p),
                      "seed": p["seed"],
@@ -86,7 +85,7 @@ def lab_table(summary) -> pd.DataFrame:
     for _, g in runs.groupby(["key", "folds"], sort=False):
         g = g.sort_values("fold")
         acc = g["val_accuracy"].to_numpy(float)
-        held = pd.concat([read_predictions(d, name=VAL_PREDICTIONS)[["cell"]].drop_duplicates().assign(fold=f)
+        held = pd.concat([Run(d).predictions(name=VAL_PREDICTIONS)[["cell"]].drop_duplicates().assign(fold=f)
                           for d, f in zip(g["run_dir"], g["fold"])])
         twice = int((held.groupby("cell")["fold"].nunique() > 1).sum())
         p = {k: v for k, v in g["params"].iloc[0].items() if k not in ("fold", "seed")}
@@ -123,9 +122,9 @@ def choose_design(lab: pd.DataFrame) -> dict | None:
     return dict(lab.iloc[0]["params"])
 
 
-def chosen_design(summary) -> dict | None:
+def chosen_design(study: Study) -> dict | None:
     """The parameters of the final (main) runs, or None when there are none yet."""
-    main = summary[(summary["role"] == "main")]
+    main = study.main
     if main.empty or not Run(Path(main.iloc[0].run_dir)).has(PARAMS):
         return None
     return _params(main.iloc[0])
@@ -174,19 +173,16 @@ def tta_effect(lab, chosen: dict | None = None) -> dict | None:
     return out
 
 
-def final_runs(summary):
-    return summary[(summary["role"] == "main") & (summary["status"] == "finished")]
-
-
-def seed_table(summary):
+def seed_table(final):
     """Per final run (seed): TEST on unseen cells and on all of it, cells by vote, TEST_SIMPLE per distinct
     slide, with intervals over cells; ECE with its interval; accuracy when abstaining on the least confident
     10% of cells (the same vote as the cell accuracy)."""
 
     rows = []
-    for r in final_runs(summary).itertuples():
-        m = read_metrics(r.run_dir)
-        t = read_predictions(r.run_dir, "TEST")
+    for r in final.itertuples():
+        run = Run(r.run_dir)
+        m = run.metrics()
+        t = run.predictions("TEST")
         unseen = ~t["shared"].to_numpy(bool)
         probs = softmax(scores_of(t))[unseen]
         v = cell_votes(probs, t["label"].to_numpy()[unseen], t["cell"].to_numpy()[unseen])
@@ -203,7 +199,7 @@ def seed_table(summary):
         if "test_simple_accuracy" in m:
             row.update({"simple_accuracy": m["test_simple_accuracy"], "simple_lo": m["test_simple_accuracy_ci"][0],
                         "simple_hi": m["test_simple_accuracy_ci"][1], "simple_slides": m["test_simple_slides"]})
-            s = read_predictions(r.run_dir, "TEST_SIMPLE")
+            s = run.predictions("TEST_SIMPLE")
             slides, idx = per_slide(s)
             sp = softmax(scores_of(s))
             conf = slide_means(sp.max(1), idx)
@@ -228,13 +224,13 @@ def ensemble_pooled(st, scope: str = "unseen") -> dict:
             "ensemble_probs": ens, "labels": labels, "cells": cells, "seeds": st.n_seeds}
 
 
-def confusions(summary) -> dict:
+def confusions(final) -> dict:
     """Image-level and cell-level (one vote per cell) confusion matrices on TEST's unseen cells, summed over
     the final runs' seeds."""
     img = np.zeros((len(CLASSES), len(CLASSES)), int)
     cel = np.zeros_like(img)
-    for r in final_runs(summary).itertuples():
-        t = read_predictions(r.run_dir, "TEST")
+    for r in final.itertuples():
+        t = Run(r.run_dir).predictions("TEST")
         t = t[~t["shared"].to_numpy(bool)]
         img += confusion(t["label"], t["pred"])
         v = cell_votes(softmax(scores_of(t)), t["label"].to_numpy(), t["cell"].to_numpy())
@@ -242,11 +238,11 @@ def confusions(summary) -> dict:
     return {"image": img, "cell": cel}
 
 
-def wrong_cells(summary):
+def wrong_cells(final):
     """TEST cells the final runs misread: by the vote of the cell's augmented TEST images, or on its
     un-augmented TEST_SIMPLE slide(s); with how many seeds did, what they read, and a TEST_SIMPLE image."""
 
-    runs = list(final_runs(summary).itertuples())
+    runs = list(final.itertuples())
     found: dict = {}
 
     def note(cell, true, read, how, shared):
@@ -257,12 +253,12 @@ def wrong_cells(summary):
 
     simple_path = {}
     for r in runs:
-        t = read_predictions(r.run_dir, "TEST")
+        t = Run(r.run_dir).predictions("TEST")
         v = cell_votes(softmax(scores_of(t)), t["label"].to_numpy(), t["cell"].to_numpy(), t["shared"].to_numpy())
         for c, a, b, sh in zip(v.ids, v.true, v.voted, v.shared):
             if a != b:
                 note(c, a, b, "seeds_wrong_majority", sh)
-        s = read_predictions(r.run_dir, "TEST_SIMPLE")
+        s = Run(r.run_dir).predictions("TEST_SIMPLE")
         if len(s):
             sv = cell_votes(softmax(scores_of(s)), s["label"].to_numpy(), s["cell"].to_numpy(), s["shared"].to_numpy())
             simple_path.update(zip(s["cell"], s["relpath"]))
@@ -280,13 +276,13 @@ def wrong_cells(summary):
     return out.sort_values(["seeds_wrong", "cell"], ascending=[False, True]).reset_index(drop=True)
 
 
-def risk_coverage_curves(summary):
+def risk_coverage_curves(final):
     """Per final run: cell-level accuracy kept against coverage on unseen TEST cells (same vote as the cell
     accuracy, confidence = mean probability of the voted class), with the random-abstention baseline."""
 
     out = []
-    for r in final_runs(summary).itertuples():
-        t = read_predictions(r.run_dir, "TEST")
+    for r in final.itertuples():
+        t = Run(r.run_dir).predictions("TEST")
         t = t[~t["shared"].to_numpy(bool)]
         v = cell_votes(softmax(scores_of(t)), t["label"].to_numpy(), t["cell"].to_numpy())
         rc = risk_coverage(v.confidence, v.correct)
@@ -297,25 +293,26 @@ def risk_coverage_curves(summary):
 
 def lab_and_final(profile: str = "best", runs_root=None) -> dict | None:
     """Everything the report's 'beyond the paper' section shows, or None when the profile has no runs."""
-    if not profile_dir(profile, runs_root).exists():
+    try:
+        study = load_study(profile, runs_root)
+    except FileNotFoundError:
         return None
-    summary, _, _ = load_runs(profile, runs_root)
-    lab = lab_table(summary)
-    chosen = chosen_design(summary)
-    out = {"summary": summary, "lab": lab, "chosen": chosen, "decisions": decisions(lab, chosen),
-           "tta": tta_effect(lab, chosen), "seeds": seed_table(summary), "final_runs": final_runs(summary)}
-    if len(out["final_runs"]):
-        fr = out["final_runs"]
-        st = stack(fr)
-        simple = stack(fr, "TEST_SIMPLE")
+    lab = lab_table(study.controls)
+    chosen = chosen_design(study)
+    final = study.finished()
+    out = {"study": study, "summary": study.runs, "lab": lab, "chosen": chosen, "decisions": decisions(lab, chosen),
+           "tta": tta_effect(lab, chosen), "seeds": seed_table(final), "final_runs": final}
+    if len(final):
+        st = stack(final)
+        simple = stack(final, "TEST_SIMPLE")
         out["pooled"] = pooled(st, simple if simple is not None and len(simple.base) else None)
         out["ensemble"] = ensemble_pooled(st)
         out["pooled_probs"] = st.probs[:, st.mask("unseen")]
         out["pooled_labels"] = st.base["label"].to_numpy()[st.mask("unseen")]
         out["pooled_cells"] = st.base["cell"].to_numpy()[st.mask("unseen")]
-        out["confusions"] = confusions(summary)
-        out["wrong_cells"] = wrong_cells(summary)
-        out["risk_coverage"] = risk_coverage_curves(summary)
+        out["confusions"] = confusions(final)
+        out["wrong_cells"] = wrong_cells(final)
+        out["risk_coverage"] = risk_coverage_curves(final)
     return out
 
 

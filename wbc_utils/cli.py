@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import slides
+from . import registry, slides
 from .artifacts import write_csv
 from .config import RESULTS, SHIPPED_RESULTS, figures_dir, profile_dir
 from .config import data_dir as default_data_dir
@@ -44,11 +44,22 @@ from .data import build_manifest, find_images_root, load_split
 from .download import download
 from .errors import DataError, WBCError
 from .figures import build_all
-from .params import ARCHS, ENCODINGS, INPUT_SCALINGS, LOSSES, PRECISIONS, PROFILES, VALIDATIONS, RunParams, get_profile
+from .params import (
+    ALL_LOSSES,
+    ARCHS,
+    INPUT_SCALINGS,
+    PRECISIONS,
+    PROFILES,
+    VALIDATIONS,
+    RunParams,
+    field_choices,
+    get_profile,
+)
 from .predict import DISCLAIMER, format_table, predict_files, ship_model
 from .reevaluate import reevaluate_profile
+from .registry import ENCODINGS
 from .report import build_report, ship_report, update_readme
-from .runs import export_study, is_model_path, resource_message, summary_frame
+from .runs import export_study, is_model_path, load_study, resource_message, summary_frame
 from .study import run_study, summarize
 from .training import train_run
 
@@ -65,7 +76,8 @@ def _csv_choices(valid) -> str:
 
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help=f"{' | '.join(PROFILES)} (default: quick)")
-    p.add_argument("--losses", help=f"comma-separated subset of: {_csv_choices(LOSSES)}")
+    p.add_argument("--losses", help=f"comma-separated subset of: {_csv_choices(registry.names())}, or "
+                   f"{ALL_LOSSES} (every registered loss; losses of your own: WBC_LOSS_PLUGINS)")
     p.add_argument("--encodings", help=f"comma-separated subset of: {_csv_choices(ENCODINGS)}")
     p.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
@@ -110,8 +122,8 @@ def add_run_params(p: argparse.ArgumentParser) -> None:
         kind = bool if isinstance(default, bool) else (str if isinstance(default, list) else type(default))
         shown = "x".join(map(str, default)) if isinstance(default, list) else default
         kw: dict = {"default": None, "help": f"{_param_help(f.name)} (default: {shown})", "dest": f.name}
-        if f.metadata.get("choices"):
-            kw["choices"] = list(f.metadata["choices"])
+        if field_choices(f):
+            kw["choices"] = list(field_choices(f))
         kw["type"] = _bool if kind is bool else kind
         if kind is bool:
             kw["metavar"] = "true|false"
@@ -304,8 +316,8 @@ def cmd_slides(args) -> int:
 def cmd_profiles(args) -> int:
     for p in PROFILES.values():
         runs = len(p.runs())
-        print(f"{p.name:8s} {p.description}\n         {runs} runs at {p.image_size[0]}x{p.image_size[1]}, "
-              f"{p.epochs} epochs, seeds {p.seeds}\n         trades: {p.trades}\n")
+        print(f"{p.name:8s} {p.description}\n         {p.kind}: {runs} runs at {p.image_size[0]}x{p.image_size[1]}, "
+              f"{p.epochs} epochs, seeds {p.seeds}, losses {', '.join(p.loss_names)}\n         trades: {p.trades}\n")
     return 0
 
 
@@ -452,8 +464,8 @@ def cmd_ship(args) -> int:
     if args.run:
         run = Path(args.run)
     else:
-        f = summary_frame(args.profile, args.runs_dir)
-        main = f[(f["role"] == "main") & (f["status"] == "finished") & (f["seed"] == args.seed)]
+        final = load_study(args.profile, args.runs_dir, check_current=False).finished()
+        main = final[final["seed"] == args.seed]
         if main.empty:
             raise DataError(f"no finished main run with seed {args.seed} in profile {args.profile}: run "
                             f"`make report PROFILE={args.profile}` first, or pass --run.")

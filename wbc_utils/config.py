@@ -10,6 +10,9 @@ variable                    what                                        default
 ``WBC_ORIGINAL_DIR``        the 2020 repository's weights and logs      ``../shared/seed/original-2020``
 ``WBC_CHROMIUM``            the Chromium that exports PDF               the first on ``PATH``
 ``WBC_THREADS``             TensorFlow threads per process              all cores
+``WBC_LOSS_PLUGINS``        losses of your own: modules (names or       none
+                            ``.py`` paths, comma-separated) whose
+                            ``LOSS_SPECS`` the loss registry adds
 ==========================  ==========================================  ====================================
 
 Relative values are read from the user's working directory (:func:`absolute_env` fixes them before the
@@ -47,6 +50,9 @@ OUTPUT_DIR = "WBC_OUTPUT_DIR"
 ORIGINAL_DIR = "WBC_ORIGINAL_DIR"
 CHROMIUM = "WBC_CHROMIUM"
 THREADS = "WBC_THREADS"
+#: Read by :mod:`wbc_utils.registry` in every process, the study's kernels and Dask workers included (they inherit
+#: the variable), so a loss of your own trains and reports like the built-in ones without editing the package.
+LOSS_PLUGINS = "WBC_LOSS_PLUGINS"
 #: The variables that name folders (made absolute before a study runs its notebooks).
 PATH_VARIABLES = (DATA_DIR, RUNS_DIR, CACHE_DIR, OUTPUT_DIR, ORIGINAL_DIR)
 
@@ -119,9 +125,19 @@ def chromium() -> str | None:
     return None
 
 
+def loss_plugins() -> list[str]:
+    """The entries of ``WBC_LOSS_PLUGINS``: importable module names, or paths to ``.py`` files."""
+    return [p.strip() for p in os.environ.get(LOSS_PLUGINS, "").split(",") if p.strip()]
+
+
 def absolute_env() -> None:
-    """Make relative path settings absolute, as the user meant them from their working directory."""
+    """Make relative path settings (and ``.py`` loss plugins) absolute, as the user meant them from their working
+    directory: the notebooks run with ``notebooks/`` as theirs."""
     for name in PATH_VARIABLES:
         v = os.environ.get(name)
         if v and not os.path.isabs(os.path.expanduser(v)):
             os.environ[name] = str(Path(v).expanduser().resolve())
+    plugins = loss_plugins()
+    if any(p.endswith(".py") for p in plugins):
+        os.environ[LOSS_PLUGINS] = ",".join(str(Path(p).expanduser().resolve()) if p.endswith(".py") else p
+                                            for p in plugins)

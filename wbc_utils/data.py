@@ -544,7 +544,7 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
 
 
 def run_split(model, split: str = "TEST", data_dir=None, cache_dir=None) -> SplitData:
-    """A split decoded the way ``model`` (a :class:`~wbc_utils.runs.LoadedRun`: its ``image_size`` and ``view``)
+    """A split decoded the way ``model`` (a :class:`~wbc_utils.runs.LoadedModel`: its ``image_size`` and ``view``)
     takes its inputs, cached like training's."""
     return load_split(build_manifest(data_dir), split, model.image_size, cache_dir, progress=False, view=model.view)
 

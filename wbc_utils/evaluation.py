@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from . import CLASSES
+from . import CLASSES, registry
 from .stats import BOOT_SEED, N_BOOT, Clusters, mean_interval
 
 #: Bumped when a metric's definition changes; `python -m wbc_utils reevaluate` recomputes old runs.
@@ -63,13 +63,14 @@ def softmax(scores) -> np.ndarray:
 
 
 def regression_outputs(loss: str | None, encoding: str | None) -> bool:
-    """True for MSE and Huber trained on integer labels: their outputs regress onto the class index."""
-    return loss is not None and loss != "crossentropy" and encoding == "paper"
+    """True for a loss that regresses integer labels (MSE, Huber: ``LossSpec.regresses_integer_labels``) trained
+    on them: its outputs regress onto the class index."""
+    return loss is not None and registry.get(loss).regresses(encoding)
 
 
 def decision_outputs(scores, loss: str | None = None, encoding: str | None = None) -> np.ndarray:
-    """What the loss compared with the target: softmax probabilities, or the raw outputs for
-    integer-label MSE and Huber."""
+    """What the loss compared with the target: softmax probabilities, or the raw outputs for a loss that
+    regresses integer labels (MSE, Huber) trained on them."""
     return np.asarray(scores, float) if regression_outputs(loss, encoding) else softmax(scores)
 
 
@@ -143,34 +144,19 @@ def slide_means(values, index: np.ndarray) -> np.ndarray:
 def constant_loss(loss: str, encoding: str, class_counts, label_smoothing: float = 0.0) -> float:
     """The lowest training loss a model that ignores its input can reach, for these class counts.
 
-    Found numerically with the same formulas as :func:`wbc_utils.losses.loss_value`
-    (cross-entropy on balanced classes: ln 4; integer-label MSE: the variance of the labels).
+    Found numerically by minimising the registered loss's NumPy twin (``LossSpec.numpy_loss``, the same function
+    as the one that trains) over one constant output for every image (cross-entropy on balanced classes: ln 4;
+    integer-label MSE: the variance of the labels).
     """
-
+    spec = registry.get(loss)
     p = np.asarray(class_counts, float)
     p = p / p.sum()
     k = len(p)
-    onehot = np.eye(k)
-    y = np.arange(k, dtype=float)
-
-    def huber(d):
-        a = np.abs(d)
-        return np.where(a <= 1.0, 0.5 * d * d, a - 0.5)
+    y = np.arange(k)
 
     def f(z):
-        if loss == "crossentropy":
-            t = (1 - label_smoothing) * onehot + label_smoothing / k
-            logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
-            per_class = -(t * logp).sum(1)
-        elif encoding == "paper":
-            d = z[None, :] - y[:, None]
-            per_class = (d * d if loss == "mse" else huber(d)).mean(1)
-        else:
-            s = np.exp(z - z.max())
-            s /= s.sum()
-            d = s[None, :] - onehot
-            per_class = (d * d if loss == "mse" else huber(d)).mean(1)
-        return float((p * per_class).sum())
+        per_class = spec.numpy_loss(y, np.tile(z, (k, 1)), encoding, label_smoothing)
+        return float((p * np.asarray(per_class, float)).sum())
 
     starts = [np.zeros(k), np.log(np.maximum(p, 1e-9)), np.full(k, float((p * y).sum()))]
     return min(minimize(f, s, method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000}).fun

@@ -15,8 +15,8 @@ import numpy as np
 from . import CLASSES
 from .data import run_split
 from .evaluation import scores_of, softmax
-from .runs import read_predictions
-from .saliency import grad_cam, load_run
+from .runs import Run
+from .saliency import grad_cam, load_model
 
 #: Filters on the prediction: every image, the ones the run reads right, the ones it reads wrong.
 OUTCOMES = ("all", "right", "wrong")
@@ -45,9 +45,9 @@ class _Explorable:
     """One finished run: its model, its decoded split and its saved predictions, in the same row order."""
 
     def __init__(self, run_dir, split: str = "TEST", data_dir=None):
-        self.run = load_run(run_dir)
+        self.run = load_model(run_dir)
         self.data = run_split(self.run, split, data_dir)
-        pred = read_predictions(run_dir, split)
+        pred = Run(run_dir).predictions(split)
         pos = {r: i for i, r in enumerate(self.data.frame["relpath"])}
         pred = pred[pred["relpath"].isin(pos)]
         self.rows = np.array([pos[r] for r in pred["relpath"]], int)

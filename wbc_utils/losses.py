@@ -1,27 +1,22 @@
-"""The three losses under two target encodings, and the two accuracies.
+"""The registered losses as Keras objects, and the two accuracies.
 
-The model always outputs 4 raw scores. The *encoding* decides what the loss compares them with:
-
-``paper``
-    what the 2020 code did: the integer label ``y`` (0-3) goes to every loss.
-    Sparse cross-entropy reads it correctly. MSE and Huber broadcast it against
-    all four outputs, so each output regresses towards the class *index*: the
-    four scores become equal and their argmax carries no information.
-``onehot``
-    the correct formulation: MSE and Huber compare ``softmax(scores)`` with the
-    one-hot target; cross-entropy compares it with the one-hot target, which is
-    the same function as sparse cross-entropy from logits.
+Each loss is defined once, in :mod:`wbc_utils.registry` (its ``LossSpec``: the Keras function that trains and its
+NumPy twin); this module wraps it in the Keras loss class that training compiles and that saved models name
+(``_EncodedLoss``, serialised with the keys ``loss``, ``encoding`` and ``label_smoothing``: models saved by
+finished runs load unchanged).
 
 ``accuracy`` is always the true argmax accuracy against the true class.
 ``paper_metric`` is what the original code's ``metrics=['accuracy']`` printed
-under TF 2.1: sparse categorical accuracy for cross-entropy, but for MSE and
-Huber, Keras picked ``categorical_accuracy``, which takes the argmax of the
-(N, 1) integer label, always 0, so it printed the share of predictions whose
-argmax is class 0 (EOSINOPHIL): about 25% whatever the model learned.
+under TF 2.1: sparse categorical accuracy for a loss that reads the integer label
+as a class, but for one that regresses it (MSE and Huber: ``LossSpec.regresses_integer_labels``),
+Keras picked ``categorical_accuracy``, which takes the argmax of the (N, 1) integer label,
+always 0, so it printed the share of predictions whose argmax is class 0
+(EOSINOPHIL): about 25% whatever the model learned.
 """
 from __future__ import annotations
 
-from .params import ENCODINGS, LOSS_TITLES, LOSSES, PAPER_LOSS_NAMES, check_encoding, check_loss  # noqa: F401
+from . import registry
+from .params import check_encoding, check_loss
 from .tfenv import import_tf
 
 
@@ -32,32 +27,18 @@ def make_loss(loss: str, encoding: str, label_smoothing: float = 0.0):
 
 
 def loss_value(loss: str, encoding: str, y, scores, label_smoothing: float = 0.0):
-    """Per-example loss (N,) for integer labels ``y`` and raw scores, under an encoding.
+    """Per-example loss (N,) for integer labels ``y`` and raw scores, under an encoding: the registered loss's
+    Keras function (``LossSpec.keras_loss``).
 
-    ``label_smoothing`` (cross-entropy only) mixes the one-hot target with the
+    ``label_smoothing`` (losses that accept it) mixes the one-hot target with the
     uniform one: 1 - e + e/4 on the true class, e/4 elsewhere.
     """
-    import keras
     from keras import ops
 
+    spec = registry.get(loss)
     scores = ops.cast(scores, "float32")
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
-    if loss == "crossentropy":
-        if label_smoothing:
-            return keras.losses.categorical_crossentropy(ops.one_hot(y, 4), scores, from_logits=True,
-                                                         label_smoothing=label_smoothing)
-        return keras.losses.sparse_categorical_crossentropy(y, scores, from_logits=True)
-    if encoding == "paper":
-        target = ops.cast(ops.reshape(y, (-1, 1)), "float32")  # broadcast against all 4 outputs
-        pred = scores
-    else:
-        target = ops.one_hot(y, 4)
-        pred = ops.softmax(scores, axis=-1)
-    diff = pred - target
-    if loss == "mse":
-        return ops.mean(ops.square(diff), axis=-1)
-    abs_d = ops.abs(diff)  # Huber with delta = 1, Keras's default
-    return ops.mean(ops.where(abs_d <= 1.0, 0.5 * ops.square(diff), abs_d - 0.5), axis=-1)
+    return spec.keras_loss(y, scores, encoding, float(label_smoothing))
 
 
 def paper_metric_value(loss: str, encoding: str, y, scores):
@@ -66,7 +47,7 @@ def paper_metric_value(loss: str, encoding: str, y, scores):
 
     pred = ops.argmax(scores, axis=-1)
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
-    if loss != "crossentropy" and encoding == "paper":
+    if registry.get(loss).regresses(encoding):
         return ops.cast(ops.equal(pred, 0), "float32")
     return ops.cast(ops.equal(ops.cast(pred, "int32"), y), "float32")
 
@@ -82,7 +63,7 @@ keras = _keras()
 
 @keras.saving.register_keras_serializable(package="wbc_utils")
 class _EncodedLoss(keras.losses.Loss):
-    def __init__(self, loss: str = "crossentropy", encoding: str = "paper", label_smoothing: float = 0.0,
+    def __init__(self, loss: str = "crossentropy", encoding: str = registry.INTEGER, label_smoothing: float = 0.0,
                  name: str | None = None, **kw):
         super().__init__(name=name or f"{loss}_{encoding}", **kw)
         self.loss, self.encoding, self.label_smoothing = loss, encoding, float(label_smoothing)
@@ -99,7 +80,7 @@ class _EncodedLoss(keras.losses.Loss):
 class PaperMetric(keras.metrics.MeanMetricWrapper):
     """What the 2020 code's ``metrics=['accuracy']`` printed for this loss."""
 
-    def __init__(self, loss: str = "crossentropy", encoding: str = "paper", name: str = "paper_metric", **kw):
+    def __init__(self, loss: str = "crossentropy", encoding: str = registry.INTEGER, name: str = "paper_metric", **kw):
         kw.pop("fn", None)
         super().__init__(fn=lambda y, s: paper_metric_value(loss, encoding, y, s), name=name, **kw)
         self.loss, self.encoding = loss, encoding

@@ -21,8 +21,9 @@ from pathlib import Path
 from .config import NOTEBOOKS, profile_dir
 from .errors import WBCError
 from .explorer import explorer as _explorer
-from .params import RunParams
-from .runs import load_runs
+from .params import ARCH_2020, RunParams
+from .registry import INTEGER
+from .runs import load_study
 
 #: What a solution cell prints while its answer is hidden.
 HIDDEN_ANSWER = ("(The answer is hidden. Try the exercise first; then set SHOW_SOLUTIONS = True in the cell under "
@@ -237,34 +238,11 @@ def show(fig):
         plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- the runs the report shows
-
-@dataclasses.dataclass
-class Study:
-    """A study's runs as the report reads them: ``summary`` holds the main runs only (role "main" in
-    summary.csv), ``controls`` the control runs (the quick profile's lr 0.001 runs), which the report keeps
-    to a section of their own; ``metrics`` and ``histories`` are those of the main runs."""
-
-    summary: object
-    controls: object
-    metrics: dict
-    histories: dict
-    all_runs: object
-
+# ----------------------------------------------------------------------------- runs (a study: runs.load_study)
 
 def run_dir_for(params, output_dir: str = ""):
     """Notebook 03's run folder: ``output_dir`` when given, else ``runs/<profile>/<run name>/``."""
     return Path(output_dir) if output_dir else profile_dir(params.profile) / params.run_name
-
-
-def study_runs(profile: str, runs_root=None) -> Study:
-    """Load a study and select the runs the report selects (see :class:`Study`)."""
-    allruns, metrics, histories = load_runs(profile, runs_root)
-    main = allruns[allruns["role"] == "main"].reset_index(drop=True)
-    controls = allruns[allruns["role"] == "control"].reset_index(drop=True)
-    names = set(main["run_name"])
-    return Study(main, controls, {k: v for k, v in metrics.items() if k in names},
-                 {k: v for k, v in histories.items() if k in names}, allruns)
 
 
 def paper_model_run(profile: str, runs_root=None):
@@ -272,9 +250,8 @@ def paper_model_run(profile: str, runs_root=None):
     labels with the paper architecture, lowest seed first. Returns its summary row, or None."""
     if not profile or not profile_dir(profile, runs_root).exists():
         return None
-    runs = study_runs(profile, runs_root).summary
-    pick = runs[(runs["status"] == "finished") & (runs["loss"] == "crossentropy")
-                & (runs["target_encoding"] == "paper") & (runs["arch"] == "paper")]
+    runs = load_study(profile, runs_root).finished()
+    pick = runs[(runs["loss"] == "crossentropy") & (runs["target_encoding"] == INTEGER) & (runs["arch"] == ARCH_2020)]
     return None if pick.empty else pick.sort_values("seed").iloc[0]
 
 

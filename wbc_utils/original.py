@@ -22,7 +22,7 @@ import pandas as pd
 from .config import original_dir as default_original_dir
 from .evaluation import evaluate_predictions
 from .model import build_model
-from .params import LOSSES, PAPER_LOSS_NAMES
+from .registry import INTEGER, losses_2020
 from .runs import predictions_frame
 from .tfenv import import_tf
 from .training import predict_scores
@@ -32,11 +32,12 @@ LOG_LINE = re.compile(r"- loss: (?P<loss>[\d.e+-]+) - accuracy: (?P<accuracy>[\d
 
 
 def find_original(root: str | os.PathLike | None = None) -> dict:
-    """{loss: {"checkpoint": prefix or None, "log": path or None}} for whatever is present."""
+    """{loss: {"checkpoint": prefix or None, "log": path or None}} for each of the 2020 losses (files named by
+    ``LossSpec.name_2020``), whatever is present."""
     root = Path(root) if root else default_original_dir()
     out = {}
-    for loss in LOSSES:
-        name = PAPER_LOSS_NAMES[loss]
+    for spec in losses_2020():
+        loss, name = spec.name, spec.name_2020
         ck = None
         for ext in ("ckpt", "cpkt"):
             prefix = root / "checkpoints" / f"{name}.{ext}"
@@ -105,7 +106,7 @@ def rescore(loss: str, checkpoint, test, test_simple=None, batch_size: int = 32,
     simple_pred = predictions_frame(test_simple.frame, predict_scores(model, test_simple, batch_size)) \
         if test_simple is not None else None
     final_loss = float(log["loss"].iloc[-1]) if log is not None and len(log) else None
-    out = evaluate_predictions(test_pred, simple_pred, loss=loss, encoding="paper", regression=True,
+    out = evaluate_predictions(test_pred, simple_pred, loss=loss, encoding=INTEGER, regression=True,
                                final_train_loss=final_loss, train_class_counts=train_class_counts)
     out["loss"] = loss
     out["checkpoint"] = str(checkpoint)

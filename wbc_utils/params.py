@@ -11,25 +11,31 @@ import dataclasses
 import json
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import NATIVE_SIZE
+from . import NATIVE_SIZE, registry
 from .errors import ParameterError
+from .registry import ENCODINGS, INTEGER, ONEHOT
 
-LOSSES = ("crossentropy", "mse", "huber")
-ENCODINGS = ("paper", "onehot")
-VALIDATIONS = ("paper", "grouped", "none")
-ARCHS = ("paper", "he", "bn", "wbcnet")
+#: validation="paper": TEST is the validation set, as in 2020 (the value is kept: run folder names omit it).
+TEST_AS_VALIDATION = "paper"
+VALIDATIONS = (TEST_AS_VALIDATION, "grouped", "none")
+#: arch="paper": the 2020 network (the encoder half of a U-Net).
+ARCH_2020 = "paper"
+ARCHS = (ARCH_2020, "he", "bn", "wbcnet")
 AUGMENTS = ("none", "geometric", "geometric+color")
 LR_SCHEDULES = ("constant", "cosine")
 INPUT_SCALINGS = ("raw", "unit")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
-LOSS_TITLES = {"crossentropy": "Sparse categorical cross-entropy", "mse": "Mean squared error", "huber": "Huber"}
-ENCODING_TITLES = {"paper": "integer labels (as in 2020)", "onehot": "one-hot targets vs softmax"}
-#: Names the 2020 code (and its checkpoints and logs) used.
-PAPER_LOSS_NAMES = {"crossentropy": "sparse_categorical_crossentropy", "mse": "mean_squared_error",
-                    "huber": "huber"}
+#: What a profile is for, which decides how its report and figures read it:
+#: a loss study (losses x encodings x seeds), a collapse study (one recipe against one change at a time), a lab
+#: (candidate designs on folds of TRAIN, then the kept design), or a pilot (candidates that size another profile).
+KINDS = ("study", "collapse", "lab", "pilot")
+#: ``Profile(losses=ALL_LOSSES)``: every registered loss (the smoke profile, which checks the pipeline for each).
+ALL_LOSSES = "all"
+#: The three losses of the 2020 study (cross-entropy, MSE, Huber), in its order: the loss studies' losses.
+LOSSES_2020 = tuple(s.name for s in registry.BUILTIN if s.is_2020)
 
 
 def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
@@ -39,7 +45,8 @@ def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
 
 
 def check_loss(loss: str) -> str:
-    return check_choice("loss", loss, LOSSES)
+    """``loss`` when it is registered (:mod:`wbc_utils.registry`), else a ParameterError naming the choices."""
+    return registry.get(loss).name
 
 
 def check_encoding(encoding: str) -> str:
@@ -127,36 +134,43 @@ def parse_seeds(value: Any) -> list[int]:
     return [_int("seeds", v, 0) for v in value]
 
 
-def _field(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
-    """A run parameter: its default, what it does and (when it is a choice) what it accepts. The command line's
-    ``train`` options, the training notebook's parameters cell and ``--help`` are all read from these."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None}
+def _field(default: Any, help: str, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None) -> Any:
+    """A run parameter: its default, what it does and (when it is a choice) what it accepts, a sequence or a
+    function that returns one (the losses: the registry can grow). The command line's ``train`` options, the
+    training notebook's parameters cell and ``--help`` are all read from these (:func:`field_choices`)."""
+    meta = {"help": help, "choices": choices if callable(choices) else (tuple(choices) if choices else None)}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def field_choices(field: dataclasses.Field) -> tuple | None:
+    """The values a run parameter accepts, or None when it is not a choice."""
+    c = field.metadata.get("choices")
+    return tuple(c()) if callable(c) else c
 
 
 @dataclasses.dataclass
 class RunParams:
     """Everything that defines one training run (the papermill parameters)."""
 
-    loss: str = _field("crossentropy", "the loss", LOSSES)
-    target_encoding: str = _field("paper", "paper: integer labels fed to every loss (2020); onehot: one-hot "
+    loss: str = _field("crossentropy", "the loss (wbc_utils.registry)", registry.names)
+    target_encoding: str = _field(INTEGER, "paper: integer labels fed to every loss (2020); onehot: one-hot "
                                   "targets against the softmax", ENCODINGS)
     seed: int = _field(0, "seeds the weights, the order of batches, augmentation and the validation split")
     epochs: int = _field(100, "epochs to train")
     batch_size: int = _field(32, "images per batch")
     image_size: list = _field([240, 320], "input size, height x width (e.g. 60x80)")
     train_subset: int = _field(0, "a class-balanced subset of TRAIN of this many images; 0 = all of TRAIN")
-    validation: str = _field("paper", "paper: TEST as validation (as in 2020); grouped: held-out TRAIN cells; "
-                             "none: all of TRAIN, no validation (TEST only scored at the end)", VALIDATIONS)
+    validation: str = _field(TEST_AS_VALIDATION, "paper: TEST as validation (as in 2020); grouped: held-out TRAIN "
+                             "cells; none: all of TRAIN, no validation (TEST only scored at the end)", VALIDATIONS)
     val_fraction: float = _field(0.2, "share of TRAIN's same-cell clusters held out when validation=grouped "
                                  "(without folds)")
     folds: int = _field(0, "validation=grouped: split TRAIN's same-cell clusters into this many folds "
                         "(stratified by class, the same folds for every seed) and hold out one; 0 = no folds")
     fold: int = _field(0, "which fold is held out (0 to folds-1)")
     learning_rate: float = _field(1e-3, "Adam's learning rate")
-    arch: str = _field("paper", "the model: the 2020 one, its variants he (He init) and bn (BatchNorm), "
+    arch: str = _field(ARCH_2020, "the model: the 2020 one, its variants he (He init) and bn (BatchNorm), "
                        "or wbcnet", ARCHS)
     input_scaling: str = _field("raw", "raw 0-255 pixels (2020) or unit 0-1", INPUT_SCALINGS)
     precision: str = _field("float32", "Keras dtype policy; auto = mixed_float16 on a GPU, mixed_bfloat16 on a CPU "
@@ -211,9 +225,10 @@ class RunParams:
             self.label_smoothing = 0.0
         else:
             self.label_smoothing = _float("label_smoothing", self.label_smoothing, 0.0, 0.5)
-            if self.loss != "crossentropy":
-                raise ParameterError(f"label_smoothing={self.label_smoothing} applies to loss='crossentropy' only; "
-                                     f"set it to 0 for loss={self.loss!r}.")
+            if not registry.get(self.loss).label_smoothing:
+                takes = [s.name for s in registry.specs() if s.label_smoothing]
+                raise ParameterError(f"label_smoothing={self.label_smoothing} applies to "
+                                     f"loss={' or '.join(map(repr, takes))} only; set it to 0 for loss={self.loss!r}.")
         if not isinstance(self.tta, bool):
             raise ParameterError(f"tta must be True or False, got {self.tta!r} ({type(self.tta).__name__})")
         self.width = _int("width", self.width, 4)
@@ -244,7 +259,7 @@ class RunParams:
     @property
     def run_name(self) -> str:
         parts = [self.loss, self.target_encoding]
-        if self.arch != "paper":
+        if self.arch != ARCH_2020:
             parts.append(self.arch + (f"{self.width}e{self.epochs}" if self.arch == "wbcnet" else ""))
         if self.view != "full":
             parts.append(self.view)
@@ -263,7 +278,7 @@ class RunParams:
         if self.input_scaling != "raw":
             parts.append(self.input_scaling)
         parts.append(f"lr{self.learning_rate:g}")
-        if self.validation != "paper":
+        if self.validation != TEST_AS_VALIDATION:
             parts.append({"grouped": "gval", "none": "noval"}[self.validation])
         parts.append(f"s{self.seed}")
         return "_".join(parts)
@@ -281,15 +296,19 @@ class Profile:
 
     name: str
     description: str
+    #: what the profile is for (KINDS): decides how the report and the figures read its runs, never guessed
+    kind: str
     image_size: list
     epochs: int
     seeds: list
+    #: the losses of its main runs, by name (no default: a new loss joins a profile only where it is named), or
+    #: ALL_LOSSES for every registered loss
+    losses: tuple | str
     train_subset: int = 0
     batch_size: int = 32
-    losses: tuple = LOSSES
     encodings: tuple = ENCODINGS
-    validation: str = "paper"
-    arch: str = "paper"
+    validation: str = TEST_AS_VALIDATION
+    arch: str = ARCH_2020
     input_scaling: str = "raw"
     learning_rate: float = 1e-3
     precision: str = "float32"
@@ -307,6 +326,21 @@ class Profile:
     jobs: int = 1                  # notebooks run at once (2 suits many short runs on 2 cores)
     trades: str = ""
 
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, KINDS)
+        if isinstance(self.losses, str) and self.losses != ALL_LOSSES:
+            raise ParameterError(f"profile {self.name!r}: losses must be a tuple of loss names or "
+                                 f"{ALL_LOSSES!r} (every registered loss), got {self.losses!r}")
+        if isinstance(self.losses, list):
+            self.losses = tuple(self.losses)
+        if not self.losses:
+            raise ParameterError(f"profile {self.name!r} names no loss")
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The losses of the main runs (ALL_LOSSES resolved against the registry now)."""
+        return registry.names() if self.losses == ALL_LOSSES else tuple(self.losses)
+
     def _run(self, loss, encoding, seed, **over) -> RunParams:
         kw = dict(loss=loss, target_encoding=encoding, seed=seed, epochs=self.epochs, batch_size=self.batch_size,
                   image_size=list(self.image_size), train_subset=self.train_subset, validation=self.validation,
@@ -317,16 +351,18 @@ class Profile:
         return RunParams(**kw)
 
     def same_function(self, loss: str, encoding: str) -> bool:
-        """True for cross-entropy with one-hot targets when the profile also runs it with integer labels:
-        sparse cross-entropy from logits and cross-entropy against one-hot targets are the same function
-        (``tests/test_losses.py`` checks it), so the runs would repeat each other; the study runs it once."""
-        return (loss == "crossentropy" and encoding == "onehot" and "paper" in self.encodings
+        """True for a loss whose encodings coincide (``LossSpec.encodings_coincide``: cross-entropy, which reads the
+        integer label as a class) under one-hot targets, when the profile also runs it with integer labels: the
+        runs would repeat each other (``tests/test_losses.py`` checks the functions agree), so the study runs it
+        once."""
+        return (encoding != INTEGER and INTEGER in self.encodings and registry.get(loss).encodings_coincide
                 and not self.extra.get("label_smoothing"))
 
     def runs(self) -> list[RunParams]:
-        main = [self._run(l, e, s) for l in self.losses for e in self.encodings for s in self.seeds
+        losses = self.loss_names
+        main = [self._run(l, e, s) for l in losses for e in self.encodings for s in self.seeds
                 if not self.same_function(l, e)]
-        default_loss, default_enc = self.losses[0], self.encodings[0]
+        default_loss, default_enc = losses[0], self.encodings[0]
         # a control with "folds": k runs once per fold (k-fold validation over TRAIN's same-cell clusters)
         extra = [self._run(c.get("loss", default_loss), c.get("target_encoding", default_enc), s,
                            **{k: v for k, v in c.items() if k not in ("loss", "target_encoding", "seeds")},
@@ -351,13 +387,15 @@ class Profile:
         if "seeds" in kw:
             kw["seeds"] = parse_seeds(kw["seeds"])
         if "losses" in kw:
-            kw["losses"] = tuple(check_loss(v) for v in _listify(kw["losses"]))
+            kw["losses"] = (ALL_LOSSES if kw["losses"] == ALL_LOSSES
+                            else tuple(check_loss(v) for v in _listify(kw["losses"])))
         if "encodings" in kw:
             kw["encodings"] = tuple(check_encoding(v) for v in _listify(kw["encodings"]))
         if "losses" in kw or "encodings" in kw:
             # a control that names a loss or encoding left out by the override goes with it (a control that names
             # none takes the main runs' first); a profile may itself name controls outside its main runs (a pilot)
-            losses, encodings = kw.get("losses", self.losses), kw.get("encodings", self.encodings)
+            losses = registry.names() if kw.get("losses") == ALL_LOSSES else kw.get("losses", self.loss_names)
+            encodings = kw.get("encodings", self.encodings)
             kw["controls"] = tuple(c for c in self.controls
                                    if c.get("loss", losses[0]) in losses
                                    and c.get("target_encoding", encodings[0]) in encodings)
@@ -372,45 +410,51 @@ def _listify(v) -> list:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        name="smoke", description="the whole pipeline on a few images, to check it works",
+        name="smoke", kind="study", description="the whole pipeline on a few images, to check it works",
+        # every registered loss, a loss of your own included (WBC_LOSS_PLUGINS): the pipeline is checked for each
+        losses=ALL_LOSSES,
         image_size=[48, 64], epochs=2, seeds=[0], train_subset=256, batch_size=32, rescore_split="TEST_SIMPLE",
         learning_rate=3e-4, jobs=2,
-        controls=({"loss": "crossentropy", "target_encoding": "paper", "learning_rate": 1e-3},),
+        controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
         trades="256 training images, 2 epochs, 48x64 pixels, one seed: numbers are meaningless; "
                "the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
     "quick": Profile(
-        name="quick", description="the study at reduced size, in under 30 minutes on a 2-core CPU",
+        name="quick", kind="study", description="the study at reduced size, in under 30 minutes on a 2-core CPU",
+        losses=LOSSES_2020,
         image_size=[60, 80], epochs=6, seeds=[0, 1, 2, 3, 4], train_subset=3000, batch_size=32, learning_rate=3e-4,
-        jobs=2, controls=({"loss": "crossentropy", "target_encoding": "paper", "learning_rate": 1e-3},),
+        jobs=2, controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
         trades="60x80 pixels instead of 240x320 (16x fewer), a class-balanced 3,000-image subset of TRAIN, "
                "6 epochs instead of 100, and Adam's learning rate lowered from 0.001 to 0.0003, which learned more "
                "reliably while this profile was designed (5 control runs at 0.001 on the same seeds measure what "
                "the change does; the collapse profile tests it on its own); five seeds per loss and encoding, "
                "cross-entropy run once (its two encodings are the same function)"),
     "collapse": Profile(
-        name="collapse", description="the collapse study: cross-entropy with integer labels, the 2020 recipe "
-        "against one change at a time, on the same seeds",
+        name="collapse", kind="collapse",
+        description="the collapse study: cross-entropy with integer labels, the 2020 recipe against one change at a "
+        "time, on the same seeds",
         image_size=[60, 80], epochs=6, seeds=[0, 1, 2, 3, 4], train_subset=2000, batch_size=32, learning_rate=1e-3,
-        losses=("crossentropy",), encodings=("paper",), rescore_split="TEST_SIMPLE", jobs=2,
+        losses=("crossentropy",), encodings=(INTEGER,), rescore_split="TEST_SIMPLE", jobs=2,
         controls=({"learning_rate": 3e-4}, {"input_scaling": "unit"}, {"arch": "he"}, {"arch": "bn"}),
         trades="60x80 pixels, 2,000 TRAIN images, 6 epochs (at 3, runs that learn slowly could not yet be told from "
                "runs held at ln 4): enough to see a run stay at ln 4 or leave it"),
     "pilot": Profile(
-        name="pilot", description="the pilot that chose the full profile's size, epochs and rate, on TRAIN alone "
-        "(a fifth of TRAIN's same-cell clusters held out per seed; TEST is scored at the end but chooses nothing)",
+        name="pilot", kind="pilot",
+        description="the pilot that chose the full profile's size, epochs and rate, on TRAIN alone (a fifth of "
+        "TRAIN's same-cell clusters held out per seed; TEST is scored at the end but chooses nothing)",
         image_size=[60, 80], epochs=15, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=3e-4,
-        losses=("crossentropy",), encodings=("paper",), validation="grouped", rescore_split="TEST_SIMPLE", jobs=2,
+        losses=("crossentropy",), encodings=(INTEGER,), validation="grouped", rescore_split="TEST_SIMPLE", jobs=2,
         # the candidates, each on the same three seeds (so the same held-out cells): the 2020 rate, twice the
         # resolution, and MSE with one-hot targets (its paired difference with cross-entropy sizes the full profile)
         controls=({"learning_rate": 1e-3}, {"image_size": [120, 160]},
-                  {"loss": "mse", "target_encoding": "onehot"}),
+                  {"loss": "mse", "target_encoding": ONEHOT}),
         trades="all of TRAIN but a held-out fifth of its cells, 15 epochs (the validation curve per epoch shows "
                "where each candidate's plateau starts), three seeds per candidate"),
     "best": Profile(
-        name="best", description="beyond the paper: a from-scratch model whose design was chosen by 5-fold "
-        "validation over TRAIN's same-cell clusters (the lab), then trained on all of TRAIN with three seeds",
+        name="best", kind="lab",
+        description="beyond the paper: a from-scratch model whose design was chosen by 5-fold validation over "
+        "TRAIN's same-cell clusters (the lab), then trained on all of TRAIN with three seeds",
         image_size=[64, 64], epochs=10, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=1e-3,
-        losses=("crossentropy",), encodings=("onehot",), validation="none", arch="wbcnet", input_scaling="unit",
+        losses=("crossentropy",), encodings=(ONEHOT,), validation="none", arch="wbcnet", input_scaling="unit",
         rescore_split="TEST_SIMPLE", jobs=2, controls_first=True,
         # The kept design, by the rule fixed before the lab ran (beyond.choose_design): the candidate with the
         # highest mean validation accuracy over the 5 folds; candidates whose fold ranges overlap it are reported
@@ -427,7 +471,9 @@ PROFILES: dict[str, Profile] = {
         ),
         trades="64x64 crops around the white cell; the lab's candidates are one seed each, five folds each"),
     "paper": Profile(
-        name="paper", description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN, Adam at 0.001",
+        name="paper", kind="study",
+        description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN, Adam at 0.001",
+        losses=LOSSES_2020,
         image_size=[240, 320], epochs=100, seeds=[0, 1, 2], train_subset=0, batch_size=32, learning_rate=1e-3,
         jobs=1, precision="auto",
         trades="nothing but the precision: the 2020 set-up, three seeds (cross-entropy once: its two encodings are "

@@ -36,7 +36,7 @@ from .data import build_manifest, decode_image, decode_images, stratified_subset
 from .errors import DataError, RunExistsError
 from .evaluation import SCORE_COLUMNS, softmax
 from .params import design_key
-from .runs import MODEL, PARAMS, VAL_PREDICTIONS, LoadedRun, Run, load_run, read_shipped, write_shipped
+from .runs import MODEL, PARAMS, VAL_PREDICTIONS, LoadedModel, Run, load_model, read_shipped, write_shipped
 
 DISCLAIMER = ("Research code, not a diagnostic tool: trained on one lab's BCCD smears (320x240, four classes); "
               "its output on other images means nothing.")
@@ -87,7 +87,7 @@ def logits_of(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
                            for i in range(0, len(images), batch_size)])
 
 
-def ood_reference(run: LoadedRun, data_dir=None) -> dict | None:
+def ood_reference(run: LoadedModel, data_dir=None) -> dict | None:
     """The model's out-of-distribution thresholds: from a shipped model's ``model.json``, a run folder's
     ``ood.json``, or fitted now on TRAIN when the dataset is there (cached in the run folder, or for a model file
     elsewhere in the cache folder under its SHA-256); None when there is none and no dataset to fit one."""
@@ -117,7 +117,7 @@ def ood_reference(run: LoadedRun, data_dir=None) -> dict | None:
     return ref
 
 
-def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE, held_out_logits=None) -> dict:
+def fit_ood_reference(run: LoadedModel, data_dir=None, n: int = OOD_SAMPLE, held_out_logits=None) -> dict:
     """Fit :func:`wbc_utils.ood.fit_reference` on a class-balanced sample of TRAIN, prepared as the model's inputs
     and as 240x320 fields. ``held_out_logits`` (the scores the same design gave images it had not trained on: the
     lab's folds) set the energy threshold instead of TRAIN's, on which a trained model is over-confident."""
@@ -133,7 +133,7 @@ def fit_ood_reference(run: LoadedRun, data_dir=None, n: int = OOD_SAMPLE, held_o
     return ref
 
 
-def _ood_inputs(run: LoadedRun, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _ood_inputs(run: LoadedModel, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(image statistics of each 240x320 field, the model's scores) for the files that decode."""
     fields, bad = decode_images(paths, NATIVE_SIZE, view="full")
     inputs, bad2 = decode_images(paths, run.image_size, view=run.view)
@@ -153,7 +153,7 @@ def held_out_logits(run_dir: Path) -> np.ndarray | None:
     return np.concatenate([f[SCORE_COLUMNS].to_numpy(np.float64) for f in frames])
 
 
-def ood_rate(run: LoadedRun, reference: dict, split: str = "TEST", data_dir=None) -> dict:
+def ood_rate(run: LoadedModel, reference: dict, split: str = "TEST", data_dir=None) -> dict:
     """How often the flag fires on a split the model was not trained on but that is like TRAIN (TEST): the
     in-distribution false-alarm rate, with how often each test fired."""
     feats, logits = _ood_inputs(run, build_manifest(data_dir).split(split)["path"].tolist())
@@ -187,7 +187,7 @@ def predict_files(inputs: Iterable[str | os.PathLike], model: str | os.PathLike 
     class, ``ood`` (True when the image looks unlike TRAIN; empty without a reference), ``ood_reason``, and
     ``error`` (empty when the file was classified).
     """
-    run = run or load_run(model or default_model())
+    run = run or load_model(model or default_model())
     reference = ood_reference(run, data_dir)
     items = expand_inputs(list(inputs))
     rows, batch, fields, where = [], [], [], []
@@ -276,7 +276,7 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     meta = {"params": run.params(), "metrics": {k: m.get(k) for k in keep},
             "source_run": f"{run.path.parent.name}/{run.name}", "source_sha256": digest,
             "shipped": datetime.date.today().isoformat(), "classes": list(CLASSES), "disclaimer": DISCLAIMER}
-    loaded = load_run(run.path)
+    loaded = load_model(run.path)
     # what predict calls unlike TRAIN: image statistics from TRAIN, the energy threshold from the lab's held-out folds
     meta["ood"] = fit_ood_reference(loaded, data_dir, held_out_logits=held_out_logits(run.path))
     # its false alarms on TEST (augmented copies, like TRAIN) and on TEST_SIMPLE (un-augmented original fields)

@@ -31,7 +31,8 @@ from nbconvert.exporters.webpdf import WebPDFExporter
 from playwright.async_api import BrowserType, Page
 from traitlets.config import Config
 
-from .analysis import LOSS_SHORT, PAPER_REPORTED, fmt_ci, fmt_pct
+from . import registry
+from .analysis import fmt_ci, fmt_pct
 from .artifacts import atomic_path, copy_file, write_json, write_text
 from .config import (
     README,
@@ -207,18 +208,19 @@ def readme_block(results: dict) -> str:
                   f"also in TRAIN; 95% intervals count the seeds and the cells:", "",
                   "| loss | targets | 2020 reported | 2020 metric (ours) | true accuracy [95% CI] | all of TEST | "
                   "collapsed |", "|---|---|---|---|---|---|---|"]
-        reported = PAPER_REPORTED
         for r in results["recipes"]:
-            same = r.get("same_runs_as") == "paper"
-            lines.append(f"| {LOSS_SHORT[r['loss']]} | {'integer' if r['encoding'] == 'paper' else 'one-hot'} | "
-                         f"{fmt_pct(reported[r['loss']]) if r['encoding'] == 'paper' else '-'} | "
+            spec = registry.get(r["loss"])
+            same = r.get("same_runs_as") == registry.INTEGER
+            integer = r["encoding"] == registry.INTEGER
+            lines.append(f"| {spec.short} | {registry.ENCODING_SHORT[r['encoding']]} | "
+                         f"{fmt_pct(spec.reported_2020) if integer and spec.reported_2020 is not None else '-'} | "
                          f"{fmt_pct(r.get('paper_metric_test_mean'))} | "
                          f"{fmt_ci(r.get('unseen'), r.get('unseen_lo'), r.get('unseen_hi'))} | "
                          f"{fmt_ci(r.get('test'), r.get('test_lo'), r.get('test_hi'))} | "
                          f"{'same runs' if same else str(r.get('collapsed')) + '/' + str(r.get('finished'))} |")
         lines.append("")
-        for cmp in sorted(results.get("comparisons", []), key=lambda c: c["encoding"] != "onehot"):
-            targets = "One-hot targets" if cmp["encoding"] == "onehot" else "Integer labels"
+        for cmp in sorted(results.get("comparisons", []), key=lambda c: c["encoding"] != registry.ONEHOT):
+            targets = registry.ENCODING_WORDS[cmp["encoding"]].capitalize()
             unpaired = (f"; unpaired [{100 * cmp['unpaired_lo']:+.1f}, {100 * cmp['unpaired_hi']:+.1f}]"
                         if cmp.get("paired") and cmp.get("unpaired_lo") is not None else "")
             collapsed = (f"; collapsed {cmp['collapsed_a']}/{cmp['n_a']} vs {cmp['collapsed_b']}/{cmp['n_b']}"

@@ -22,8 +22,13 @@
 ``original-2020.json`` (the 2020 weights re-scored) and ``study.log`` (the kernels' start-up lines). A shipped model
 (``models/best/``) holds ``model.keras`` and ``model.json``.
 
+A study is read whole by :func:`load_study`: a :class:`Study` holds its main and control runs (each run's role
+is decided here once, by the profile it ran with), their metrics and histories, and the profile's ``kind``;
+the report, the figures, the notebooks and the command line all read a study through it. A run's files are
+read through :class:`Run`'s methods.
+
 Everything here reads or writes files; nothing trains. TensorFlow is imported
-only inside :func:`load_run`, which needs Keras to open a model.
+only inside :func:`load_model`, which needs Keras to open a model.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import CLASSES
+from . import CLASSES, registry
 from .artifacts import atomic_path, copy_file, read_json, write_csv, write_json
 from .config import profile_dir
 from .errors import DataError, WBCError
@@ -156,6 +161,10 @@ class Run:
     def write_ood(self, reference: dict) -> Path:
         return write_json(self.path / OOD, reference)
 
+    def is_stale(self) -> bool:
+        """True when a finished run's metrics were computed with an older evaluation definition."""
+        return self.metrics().get("evaluation_version") != EVALUATION_VERSION
+
     def completed_epochs(self) -> int:
         """Epochs saved in the checkpoint (0 when there is none)."""
         p = self.path / CHECKPOINT / CHECKPOINT_STATE
@@ -269,32 +278,6 @@ def import_exported_run(exported: Path, run_dir: Path) -> bool:
     return True
 
 
-def run_status(run_dir: str | os.PathLike) -> str:
-    """'finished' (metrics.json), 'incomplete' (started, no metrics) or 'missing'."""
-    return Run(Path(run_dir)).status
-
-
-def read_predictions(run_dir: str | os.PathLike, split: str | None = None, name: str = PREDICTIONS):
-    """A run's predictions (one split, sorted by path, when ``split`` is given) as a DataFrame."""
-    return Run(Path(run_dir)).predictions(split, name)
-
-
-def read_metrics(run_dir: str | os.PathLike) -> dict:
-    return Run(Path(run_dir)).metrics()
-
-
-def read_params(run_dir: str | os.PathLike) -> dict:
-    return Run(Path(run_dir)).params()
-
-
-def read_history(run_dir: str | os.PathLike):
-    return Run(Path(run_dir)).history()
-
-
-def read_diagnostics(run_dir: str | os.PathLike) -> dict:
-    return Run(Path(run_dir)).diagnostics()
-
-
 def predictions_frame(frame: pd.DataFrame, scores) -> pd.DataFrame:
     """One row per image of ``frame`` (a split's manifest rows): its source (slide, same-cell cluster, shared with
     TRAIN), label, predicted class and the four raw scores: the rows of ``predictions.csv``."""
@@ -306,10 +289,10 @@ def predictions_frame(frame: pd.DataFrame, scores) -> pd.DataFrame:
     return f
 
 
-# ----------------------------------------------------------------------------- models: runs and shipped ones
+# ----------------------------------------------------------------------------- models: a run's and shipped ones
 
 @dataclasses.dataclass
-class LoadedRun:
+class LoadedModel:
     """A trained model and how its inputs are prepared."""
 
     model: object
@@ -348,7 +331,7 @@ def model_params(folder: Path) -> dict | None:
     return None
 
 
-def load_run(path: str | os.PathLike) -> LoadedRun:
+def load_model(path: str | os.PathLike) -> LoadedModel:
     """Load ``model.keras`` and its parameters from a run folder, a shipped-model folder or a .keras file."""
     path = Path(path).expanduser()
     model_file = path / MODEL if path.is_dir() else path
@@ -364,7 +347,7 @@ def load_run(path: str | os.PathLike) -> LoadedRun:
     # registers the custom loss and metric the saved model names.
     from .losses import load_keras_model
 
-    return LoadedRun(load_keras_model(model_file), params, model_file.parent)
+    return LoadedModel(load_keras_model(model_file), params, model_file.parent)
 
 
 def write_shipped(dest: Path, model, meta: dict) -> Path:
@@ -473,15 +456,19 @@ SUMMARY_COLUMNS = (
     + [f"recall_{c}" for c in CLASSES] + [f"cells_{c}" for c in CLASSES] + ["error", "run_dir"])
 
 
+#: A run's role in its study (summary.csv's ``role``): one of the profile's main runs, or a control run.
+MAIN, CONTROL = "main", "control"
+
+
 def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
     run = Run(run_dir)
     status = run.status
     row = {"run_name": run.name, "status": "failed" if error else status, "error": error or "",
-           "run_dir": str(run_dir), "role": "main"}
+           "run_dir": str(run_dir), "role": MAIN}
     if run.has(PARAMS):
         p = run.params()
         if profile is not None and not profile.is_main(p):
-            row["role"] = "control"
+            row["role"] = CONTROL
         row.update({k: p.get(k) for k in ("loss", "target_encoding", "seed", "arch", "input_scaling",
                                            "learning_rate", "validation", "epochs", "train_subset")})
         row["image_size"] = "x".join(str(v) for v in p.get("image_size", []))
@@ -499,12 +486,14 @@ def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None
 
 
 def profile_of(name: str, study: dict | None) -> Profile | None:
-    """The profile a study ran with: as recorded in study.json, else the named built-in one."""
+    """The profile a study ran with: as recorded in study.json, else the named built-in one. A record written
+    before profiles had a ``kind`` takes the built-in profile's of the same name (else "study")."""
     settings = (study or {}).get("profile_settings")
     if settings:
         fields = {f.name for f in dataclasses.fields(Profile)}
-        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") else v)
+        kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") and isinstance(v, list) else v)
               for k, v in settings.items() if k in fields}
+        kw.setdefault("kind", PROFILES[name].kind if name in PROFILES else "study")
         return Profile(**kw)
     return PROFILES.get(name)
 
@@ -520,20 +509,71 @@ def summary_frame(profile: str, runs_root=None, failed: dict | None = None) -> p
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def is_stale(run_dir: Path) -> bool:
-    """True when a finished run's metrics were computed with an older evaluation definition."""
-    return Run(run_dir).metrics().get("evaluation_version") != EVALUATION_VERSION
+@dataclasses.dataclass
+class Study:
+    """A study as everything downstream reads it (:func:`load_study`): its runs, main and control, with their
+    metrics and histories, and the profile it ran with.
+
+    ``runs`` has one row per run folder (:func:`summary_frame`: finished, failed or incomplete); its ``role``
+    column says whether the run is one of the profile's main runs or a control run, decided once, in
+    :func:`summary_row`. ``main`` and ``controls`` are its two parts; ``metrics`` (finished runs) and
+    ``histories`` are keyed by run name and cover both."""
+
+    name: str
+    path: Path
+    profile: Profile | None
+    record: dict
+    runs: pd.DataFrame
+    metrics: dict
+    histories: dict
+    runs_root: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the profile is for (``Profile.kind``): "study", "collapse", "lab" or "pilot"."""
+        return self.profile.kind if self.profile is not None else "study"
+
+    @property
+    def main(self) -> pd.DataFrame:
+        """The profile's main runs (what a loss study's tables and figures show)."""
+        return self.runs[self.runs["role"] == MAIN].reset_index(drop=True)
+
+    @property
+    def controls(self) -> pd.DataFrame:
+        """The control runs (the quick profile's 2020 rate, the collapse study's changes, the lab's candidates)."""
+        return self.runs[self.runs["role"] == CONTROL].reset_index(drop=True)
+
+    @property
+    def settings(self) -> dict:
+        """The profile's settings as study.json recorded them ({} without a record)."""
+        return self.record.get("profile_settings", {})
+
+    def finished(self, role: str | None = MAIN) -> pd.DataFrame:
+        """The finished runs of one role (None: both)."""
+        rows = self.runs if role is None else self.runs[self.runs["role"] == role]
+        return rows[rows["status"] == "finished"].reset_index(drop=True)
+
+    def losses(self) -> list[str]:
+        """The losses of the main runs, in registry order."""
+        return registry.ordered(self.main["loss"].dropna())
+
+    def original(self) -> dict | None:
+        """The 2020 weights re-scored by this study (``original-2020.json``), or None."""
+        return original_record(self.name, self.runs_root)
 
 
-def load_runs(profile: str, runs_root=None):
-    """(summary DataFrame, {run_name: metrics}, {run_name: history DataFrame}) for the analysis. Reads only."""
+def load_study(profile: str, runs_root=None, check_current: bool = True) -> Study:
+    """Read a study (``<runs>/<profile>/``): every run folder, the metrics of the finished ones, the histories.
+    Reads only. With ``check_current``, finished runs evaluated with an older definition are refused (``python -m
+    wbc_utils reevaluate`` brings them up to date)."""
     pdir = profile_dir(profile, runs_root)
     if not pdir.exists():
         raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
+    record = study_record(profile, runs_root) or {}
     summary = summary_frame(profile, runs_root)
     stale = [r.run_name for r in summary.itertuples()
              if r.status == "finished" and r.evaluation_version != EVALUATION_VERSION]
-    if stale:
+    if stale and check_current:
         raise WBCError(f"{len(stale)} run(s) of {pdir} were evaluated with an older definition (e.g. {stale[0]}): "
                        f"run `python -m wbc_utils reevaluate --profile {profile}` (or `make report`, which does).")
     metrics, histories = {}, {}
@@ -543,4 +583,5 @@ def load_runs(profile: str, runs_root=None):
             metrics[row.run_name] = run.metrics()
         if run.has(HISTORY):
             histories[row.run_name] = run.history()
-    return summary, metrics, histories
+    return Study(name=profile, path=pdir, profile=profile_of(profile, record), record=record, runs=summary,
+                 metrics=metrics, histories=histories, runs_root=Path(runs_root) if runs_root else None)

@@ -7,7 +7,7 @@ evidence for that class lies. It answers the teaching question directly: does
 the network look at the nucleus, or at red cells and background?
 
 Everything here works on a finished run (``runs/<profile>/<run>/``) or on a
-shipped model (``models/best/``): :func:`load_run` returns the model with the
+shipped model (``models/best/``): :func:`~wbc_utils.runs.load_model` returns the model with the
 parameters that say how its inputs were prepared.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pandas as pd
 from . import CLASSES
 from .evaluation import SCORE_COLUMNS, softmax
 from .predict import predict_arrays
-from .runs import LoadedRun, load_run, predictions_frame
+from .runs import LoadedModel, load_model, predictions_frame
 
-__all__ = ["LoadedRun", "load_run", "grad_cam", "first_layer_filters", "activations", "confidently_wrong",
+__all__ = ["LoadedModel", "load_model", "grad_cam", "first_layer_filters", "activations", "confidently_wrong",
            "examples_per_class", "score_split"]
 
 

@@ -33,22 +33,21 @@ import pandas as pd
 from IPython.display import HTML, display
 from scipy.stats import mannwhitneyu
 
-from . import CLASSES, beyond
+from . import CLASSES, beyond, registry
 from . import analysis as an
 from .analysis import fmt_ci, fmt_diff, fmt_p, fmt_pct
 from .beyond import lab_and_final
-from .config import SHIPPED_RESULTS, profile_dir
+from .config import SHIPPED_RESULTS
 from .data import build_manifest, run_split
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from .figures import data as data_figures
 from .figures import final as final_figures
 from .figures import model as model_figures
 from .figures import study as study_figures
-from .figures.study import RECIPES
 from .model import build_model, paper_param_count
-from .params import LOSS_TITLES
-from .runs import load_runs, original_record, read_diagnostics, read_metrics, read_predictions, study_record
-from .saliency import examples_per_class, load_run
+from .registry import ENCODING_SHORT, INTEGER, ONEHOT, losses_2020
+from .runs import Run, load_study, profile_of, study_record
+from .saliency import examples_per_class, load_model
 from .slides import find_originals, load_pairs
 from .stats import EQUIVALENCE_MARGINS
 
@@ -182,9 +181,15 @@ class Doc:
         return '<div class="wbc">' + "\n".join(self.sections.get(name, [])) + "</div>"
 
 
-def _lower(loss: str) -> str:
-    """A loss's name inside a sentence."""
-    return {"crossentropy": "cross-entropy", "mse": "mean squared error", "huber": "Huber"}[loss]
+def _number(n: int) -> str:
+    """'two', 'three', ... (digits from eleven on)."""
+    words = "zero one two three four five six seven eight nine ten".split()
+    return words[n] if 0 <= n < len(words) else str(n)
+
+
+def _and(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _inline(s: str) -> str:
@@ -244,32 +249,31 @@ class Report:
         d = self.data
         root = self.runs_root
         d["manifest"] = build_manifest()
-        settings = (study_record(self.profile, root) or {}).get("profile_settings", {})
-        if settings.get("arch") == "wbcnet":  # a best-profile report: the loss study beside it is another profile's
+        record = study_record(self.profile, root)
+        prof = profile_of(self.profile, record) if record is not None else None
+        if prof is not None and prof.kind == "lab":  # a lab's report: the loss study beside it is another profile's
             self.best_profile = self.profile
             self.profile = loss_profile or ("quick" if study_record("quick", root) is not None else "")
         d["has_losses"] = bool(self.profile) and study_record(self.profile, root) is not None
         if d["has_losses"]:
-            pdir = profile_dir(self.profile, root)
-            allruns, metrics, histories = load_runs(self.profile, root)
-            d.update(pdir=pdir, allruns=allruns, metrics=metrics, histories=histories,
-                     summary=allruns[allruns.role == "main"], controls=allruns[allruns.role == "control"])
-            study = study_record(self.profile, root)
-            d["study"] = study
-            d["settings"] = study.get("profile_settings", {})
-            d["orig"] = original_record(self.profile, root)
+            study = load_study(self.profile, root)
+            d.update(study=study, pdir=study.path, allruns=study.runs, metrics=study.metrics,
+                     histories=study.histories, summary=study.main, controls=study.controls)
+            d["settings"] = study.settings
+            d["orig"] = study.original()
+            d["losses"] = an.losses_of(d["summary"])
             d["groups"] = an.group_table(d["summary"])
             d["paired"] = an.paired_table(d["summary"])
             d["encoding"] = an.encoding_effect(d["summary"])
-            d["collapse_quick"] = an.collapse_table(allruns[allruns.loss == "crossentropy"])
+            d["collapse_quick"] = an.collapse_table(study.runs[study.runs.loss == "crossentropy"])
             d["pilot"] = pilot_of(d["settings"].get("pilot"), root)
-            d["any_metrics"] = next(iter(metrics.values()), {})
+            d["any_metrics"] = next(iter(study.metrics.values()), {})
         d["collapse"] = None
         if self.collapse_profile and self.collapse_profile != self.profile and \
                 study_record(self.collapse_profile, root) is not None:
-            c_all, _, c_hist = load_runs(self.collapse_profile, root)
-            d["collapse"] = {"allruns": c_all, "histories": c_hist, "table": an.collapse_table(c_all),
-                             "settings": study_record(self.collapse_profile, root).get("profile_settings", {})}
+            c = load_study(self.collapse_profile, root)
+            d["collapse"] = {"allruns": c.runs, "histories": c.histories, "table": an.collapse_table(c.runs),
+                             "settings": c.settings}
         elif d["has_losses"] and self.profile == self.collapse_profile:
             d["collapse"] = {"allruns": d["allruns"], "histories": d["histories"],
                              "table": an.collapse_table(d["allruns"]), "settings": d["settings"]}
@@ -312,8 +316,8 @@ class Report:
         logged figure (None without weights); (b) by training here: this profile's interval holds the ~70%?"""
         ce = self.orig_row("crossentropy")
         weights = None if not ce else bool(ce["true_lo"] <= ce["logged_final_val_accuracy"] <= ce["true_hi"])
-        claimed = an.PAPER_REPORTED["crossentropy"]
-        trained = bool(self.g("crossentropy", "paper", "test_lo") <= claimed <= self.g("crossentropy", "paper", "test_hi"))
+        claimed = registry.get("crossentropy").reported_2020
+        trained = bool(self.g("crossentropy", INTEGER, "test_lo") <= claimed <= self.g("crossentropy", INTEGER, "test_hi"))
         return weights, trained
 
     def counts(self) -> dict:
@@ -347,7 +351,7 @@ class Report:
         sw = (d.get("any_metrics") or {}).get("software", {})
         if not sw and d.get("has_best"):
 
-            sw = read_metrics(d["best"]["final_runs"].iloc[0].run_dir).get("software", {})
+            sw = Run(d["best"]["final_runs"].iloc[0].run_dir).metrics().get("software", {})
         title = ("Loss functions for white-blood-cell classification: the 2020 study, reproduced and corrected"
                  if d["has_losses"] else "White-blood-cell classification beyond the 2020 study")
         doc.raw(f"<h1>{html.escape(title)}</h1>")
@@ -381,7 +385,6 @@ class Report:
         ce = self.orig_row("crossentropy")
         mse = self.orig_row("mse")
         c = self.counts()
-        n = self.seeds("crossentropy", "paper")
         parts = ["A 2020 course report trained one small convolutional network on the *Blood Cell Images* dataset "
                  "three times, once per loss, and reported about 70% validation accuracy with cross-entropy and "
                  "about 25% with mean squared error (MSE) and Huber."]
@@ -398,21 +401,30 @@ class Report:
                      f"showing {c['TEST']['cells']} independent cells, {c['shared_cells']} of which are also in TRAIN; "
                      f"headline figures are on the {c['unseen_cells']} cells a model has not seen, with intervals that "
                      f"count both the cells and the training seeds as sources of variation.")
-        oh_mse, oh_h = self.pair("onehot", "crossentropy", "mse"), self.pair("onehot", "crossentropy", "huber")
-        if n:
-            s = d["settings"]
-            size = "x".join(str(v) for v in s.get("image_size", []))
-            parts.append(
-                f"Retrained at reduced size ({size} pixels, {s.get('epochs')} epochs, {n} seeds per setting), "
-                f"cross-entropy reaches {self.acc('crossentropy', 'paper')}; with one-hot targets MSE reaches "
-                f"{self.acc('mse', 'onehot')} and Huber {self.acc('huber', 'onehot')}"
-                + (f" (cross-entropy minus MSE: {fmt_diff(oh_mse)}, {an.verdict_words(oh_mse, 'cross-entropy', 'MSE')}; "
-                   f"minus Huber: {fmt_diff(oh_h)}, {an.verdict_words(oh_h, 'cross-entropy', 'Huber')})" if oh_mse and oh_h else "")
-                + ".")
+        parts.append(self._retrained_sentence())
         txt = self._collapse_sentence(short=True)
         if txt:
             parts.append(txt)
         doc.md(" ".join(parts))
+
+    def _retrained_sentence(self) -> str:
+        """Every loss this profile trained, in one sentence: the first (in registry order: cross-entropy) with
+        integer labels as in 2020, the others with one-hot targets, and the first minus each other, paired."""
+        losses = self.data.get("losses") or []
+        n = self.seeds(losses[0], INTEGER) if losses else 0
+        if not n:
+            return ""
+        s = self.data["settings"]
+        size = "x".join(str(v) for v in s.get("image_size", []))
+        ref, others = registry.get(losses[0]), [registry.get(l) for l in losses[1:]]
+        reach = [f"{o.short}{' reaches' if i == 0 else ''} {self.acc(o.name, ONEHOT)}" for i, o in enumerate(others)]
+        pairs = [(o, self.pair(ONEHOT, ref.name, o.name)) for o in others]
+        diffs = "; ".join(f"{ref.words + ' ' if i == 0 else ''}minus {o.short}: {fmt_diff(p)}, "
+                          f"{an.verdict_words(p, ref.words, o.short)}" for i, (o, p) in enumerate(pairs) if p)
+        return (f"Retrained at reduced size ({size} pixels, {s.get('epochs')} epochs, {n} seeds per setting), "
+                f"{ref.words} reaches {self.acc(ref.name, INTEGER)}"
+                + (f"; with one-hot targets {_and(reach)}" if reach else "")
+                + (f" ({diffs})" if diffs and all(p for _, p in pairs) else "") + ".")
 
     def _collapse_sentence(self, short: bool = False) -> str:
         """The collapse study in one sentence: the 2020 recipe's count, and each change's, with Holm-adjusted
@@ -449,7 +461,7 @@ class Report:
         doc.h(2, "What the 2020 report claimed, and what stands")
         ce, mse, hub = self.orig_row("crossentropy"), self.orig_row("mse"), self.orig_row("huber")
         rows = []
-        n_ce = self.seeds("crossentropy", "paper")
+        n_ce = self.seeds("crossentropy", INTEGER)
         size = "x".join(str(v) for v in d["settings"].get("image_size", []))
         split = (d.get("orig") or {}).get("split", "TEST")
         where = "all of TEST" if split == "TEST" else split
@@ -459,9 +471,9 @@ class Report:
                         None: "Not checked (no weights)"}[weights_ok]
         trained = ("**reproduced** by training" if trained_ok else "**not reproduced** by training at this profile's size")
         rows.append(("Cross-entropy reaches about 70% validation accuracy", f"{from_weights}; {trained}",
-                     f"{ev}; trained here ({size}, {n_ce} seeds): {self.acc('crossentropy', 'paper', 'test')} on all of "
-                     f"TEST, {self.acc('crossentropy', 'paper')} on unseen cells"))
-        tr = self.g("crossentropy", "paper", "final_train_accuracy_mean")
+                     f"{ev}; trained here ({size}, {n_ce} seeds): {self.acc('crossentropy', INTEGER, 'test')} on all of "
+                     f"TEST, {self.acc('crossentropy', INTEGER)} on unseen cells"))
+        tr = self.g("crossentropy", INTEGER, "final_train_accuracy_mean")
         in_log = ce and ce.get("logged_final_train_accuracy", 0) >= 0.995
         rows.append(("Cross-entropy's training accuracy reaches 100%",
                      ("**Reproduced** in its log" if in_log else "**Not found** in its log")
@@ -476,12 +488,12 @@ class Report:
                          f"[metric selection]({LINKS['keras_metric']}) picks `categorical_accuracy` for a non-sparse "
                          f"loss); true accuracy {fmt_ci(mse['true_accuracy'], mse['true_lo'], mse['true_hi'])} and "
                          f"{fmt_ci(hub['true_accuracy'], hub['true_lo'], hub['true_hi'])}"))
-        p1, p2 = self.pair("onehot", "crossentropy", "mse"), self.pair("onehot", "crossentropy", "huber")
+        p1, p2 = self.pair(ONEHOT, "crossentropy", "mse"), self.pair(ONEHOT, "crossentropy", "huber")
         if p1 and p2:
             rows.append(("Cross-entropy is the loss to use; MSE and Huber fail",
                          "**Corrected**: with one-hot targets they are classification losses too",
-                         f"MSE {self.acc('mse', 'onehot')}, Huber {self.acc('huber', 'onehot')} vs cross-entropy "
-                         f"{self.acc('crossentropy', 'onehot')}; CE - MSE {fmt_diff(p1)}: {an.verdict_words(p1, 'CE', 'MSE')}; "
+                         f"MSE {self.acc('mse', ONEHOT)}, Huber {self.acc('huber', ONEHOT)} vs cross-entropy "
+                         f"{self.acc('crossentropy', ONEHOT)}; CE - MSE {fmt_diff(p1)}: {an.verdict_words(p1, 'CE', 'MSE')}; "
                          f"CE - Huber {fmt_diff(p2)}: {an.verdict_words(p2, 'CE', 'Huber')}"))
         if ce and ce.get("unit_inputs_accuracy") == ce.get("unit_inputs_accuracy"):
             rows.append(("The images were normalised (its text)",
@@ -651,11 +663,10 @@ class Report:
         seeds {", ".join(str(v) for v in s.get("seeds", []))}, {(d.get("any_metrics") or {}).get("precision_policy", "float32")}
         precision. As in 2020, TEST is the validation set whose curves are drawn during training.
 
-        **Losses and target encodings.** Each loss is trained under two encodings: *integer labels*, the class
-        index 0-3 given to every loss as the 2020 code did (MSE and Huber then regress all four outputs onto the
-        index), and *one-hot targets* compared with the softmax of the outputs, the correct formulation for MSE and
-        Huber. For cross-entropy the two are the same function (a test checks it), so it is trained once and stands
-        for both.
+        **Losses and target encodings.** The losses trained here: {self._losses_words()}. Each loss is trained under
+        two encodings: *integer labels*, the class index 0-3 given to every loss as the 2020 code did (MSE and Huber
+        then regress all four outputs onto the index), and *one-hot targets* compared with the softmax of the
+        outputs, the correct formulation for MSE and Huber. {self._once_words()}
 
         **Metrics.** *Accuracy* is the true argmax accuracy. The *2020 metric* is what the 2020 code's
         `metrics=["accuracy"]` printed: for MSE and Huber, Keras's [metric selection]({LINKS['keras_metric']})
@@ -690,6 +701,20 @@ class Report:
             doc.md(self._pilot_text())
             self._pilot_table()
 
+
+    def _losses_words(self) -> str:
+        """'cross-entropy, mean squared error and Huber' (+ ' (not in the 2020 study)' after a loss of one's own)."""
+        specs = [registry.get(l) for l in self.data.get("losses") or []]
+        return _and([s.words + ("" if s.is_2020 else " (not in the 2020 study)") for s in specs]) if specs else "none"
+
+    def _once_words(self) -> str:
+        """Which losses are the same function under both encodings, and so trained once."""
+        once = [registry.get(l).words for l in self.data.get("losses") or [] if registry.get(l).encodings_coincide]
+        if not once:
+            return ""
+        one = len(once) == 1
+        return (f"For {_and(once)} the two are the same function (a test checks it), so {'it is' if one else 'each is'} "
+                "trained once, with integer labels, and those runs stand for both.")
 
     def _pilot_text(self) -> str:
         p = self.data.get("pilot")
@@ -737,11 +762,12 @@ class Report:
         doc.h(3, "4.1 The paper's numbers against ours")
         rows, cells = [], []
         for r in d["groups"].itertuples():
-            if getattr(r, "same_runs_as", "") == "paper":
-                continue  # cross-entropy with one-hot targets: the integer-label runs, the same function
-            name = {"loss": an.LOSS_SHORT[r.loss], "targets": "integer" if r.encoding == "paper" else "one-hot"}
-            if r.loss == "crossentropy":
-                name["targets"] = "integer = one-hot" if self.g("crossentropy", "onehot", "seeds", 0) else "integer"
+            if getattr(r, "same_runs_as", "") == INTEGER:
+                continue  # a loss whose encodings coincide, with one-hot targets: its integer-label runs
+            spec = registry.get(r.loss)
+            name = {"loss": spec.short, "targets": ENCODING_SHORT[r.encoding]}
+            if spec.encodings_coincide and self.g(r.loss, ONEHOT, "seeds", 0):
+                name["targets"] = f"{ENCODING_SHORT[INTEGER]} = {ENCODING_SHORT[ONEHOT]}"
             rows.append({**name, "2020 reported": fmt_pct(r.paper_reported),
                          "2020 metric, ours": fmt_pct(r.paper_metric_test_mean),
                          "true accuracy, all of TEST": fmt_ci(r.test, r.test_lo, r.test_hi),
@@ -753,25 +779,29 @@ class Report:
                           "TEST_SIMPLE, per distinct slide": fmt_ci(getattr(r, "simple", np.nan),
                                                                     getattr(r, "simple_lo", np.nan),
                                                                     getattr(r, "simple_hi", np.nan))})
-        n = max((self.seeds(l, e) for l, e in study_figures.RECIPES), default=0)
+        n = max((self.seeds(l, e) for l, e in an.recipes(d["summary"])), default=0)
+        once = [registry.get(l) for l in d["losses"] if registry.get(l).encodings_coincide]
         doc.table(pd.DataFrame(rows), f"Accuracy per loss and target encoding, pooled over seeds ({n} per setting), "
                   "with 95% intervals over seeds and cells. *2020 reported*: what the 2020 report stated; *2020 metric, "
                   "ours*: what its code would print for our runs (mean over seeds, all of TEST). *Unseen cells*: TEST "
                   "without the cells shared with TRAIN, the headline. *Sd over seeds*: the spread of single runs on "
-                  "unseen cells. *Collapsed*: runs that collapsed out of those finished (section 4.8). Cross-entropy "
-                  "is one function under both encodings, so it has one row.")
+                  "unseen cells. *Collapsed*: runs that collapsed out of those finished (section 4.8)."
+                  + (f" {_and([o.words for o in once]).capitalize()} {'is one function' if len(once) == 1 else 'are each one function'} "
+                     f"under both encodings, so {'it has' if len(once) == 1 else 'each has'} one row." if once else ""))
         doc.table(pd.DataFrame(cells), "The same runs counted per cell: each unseen TEST cell read as the majority "
                   "of its images (one vote per cell), and TEST_SIMPLE's un-augmented images, one per distinct slide "
                   "(all of its slides, the shared cells included); pooled over seeds, with 95% intervals over seeds "
                   "and cells.")
         doc.h(3, "4.2 Training curves")
         orig = d["orig"]
-        for n_, loss in enumerate(("crossentropy", "mse", "huber"), 1):
-            if d["summary"][(d["summary"].loss == loss) & (d["summary"].target_encoding == "paper")].empty:
+        for loss in d["losses"]:
+            if d["summary"][(d["summary"].loss == loss) & (d["summary"].target_encoding == INTEGER)].empty:
                 continue
+            spec = registry.get(loss)
             log = pd.DataFrame(orig["logs"][loss]) if orig and loss in orig.get("logs", {}) else None
+            as_2020 = f" as in 2020 (the paper's Figure {spec.figure_2020})" if spec.figure_2020 else ""
             doc.figure(study_figures.curves_figure(d["summary"], d["histories"], loss, log),
-                       f"{LOSS_TITLES[loss]}, integer labels as in 2020 (the paper's Figure {n_}), per epoch. Left: "
+                       f"{spec.title}, integer labels{as_2020}, per epoch. Left: "
                        "the accuracy as the 2020 code printed it; middle: the true accuracy. Blue: training; red: "
                        "validation (TEST). Faint lines: single seeds; bold: their mean" +
                        ("; dashed: the 2020 run's own log over the same epochs (left) and over all its 100 "
@@ -800,19 +830,19 @@ class Report:
                    "folder holding `checkpoints/` and `logfiles/`); the rest of the report stands without them.")
             return
         ot = an.original_table(orig)
-        rows = [{"loss": LOSS_TITLES[r.loss], "logged val. 'accuracy'": fmt_pct(r.logged_final_val_accuracy),
+        rows = [{"loss": registry.get(r.loss).title, "logged val. 'accuracy'": fmt_pct(r.logged_final_val_accuracy),
                  "2020 metric, recomputed": fmt_pct(r.recomputed_2020_metric),
                  "share of class 0": fmt_pct(r.argmax_class0_share),
                  "true accuracy, all of TEST": fmt_ci(r.true_accuracy, r.true_lo, r.true_hi),
                  "unseen cells": fmt_ci(r.unseen_accuracy, r.unseen_lo, r.unseen_hi),
-                 "as a regression": "-" if r.loss == "crossentropy" else
+                 "as a regression": "-" if not registry.get(r.loss).regresses_integer_labels else
                  fmt_ci(r.regression_accuracy, r.regression_lo, r.regression_hi)}
                 for r in ot.itertuples() if not pd.isna(getattr(r, "true_accuracy", np.nan))]
         doc.table(pd.DataFrame(rows), f"The 2020 weights (240x320, raw pixels, epoch 100) loaded into this "
                   f"package's model and scored on {orig['split']}. *As a regression*: the mean of the four outputs "
                   "rounded to a class index, the reading integer-label MSE and Huber were trained for. Intervals "
                   "count the cells (one model each). " + (
-                      "Collapsed by this report's definition: " + ", ".join(LOSS_TITLES[r.loss] for r in ot.itertuples()
+                      "Collapsed by this report's definition: " + ", ".join(registry.get(r.loss).title for r in ot.itertuples()
                                                                             if r.collapsed is True) + "."
                       if (ot["collapsed"] == True).any() else  # noqa: E712
                       "None of them collapsed by this report's definition."))
@@ -827,10 +857,10 @@ class Report:
                          + f" On 0-1 pixels the same weights give {fmt_pct(ce['unit_inputs_accuracy'])}"
                          + (": the 2020 code fed raw pixels, whatever its text says." if
                             ce["unit_inputs_accuracy"] < ce["true_lo"] else "."))
-        for loss in ("mse", "huber"):
-            r = self.orig_row(loss)
+        for spec in (s for s in losses_2020() if s.regresses_integer_labels):
+            r = self.orig_row(spec.name)
             if r:
-                lines.append(f"For {_lower(loss)}, the logged 'accuracy' {r['logged_final_val_accuracy']:.4f} is the "
+                lines.append(f"For {spec.words}, the logged 'accuracy' {r['logged_final_val_accuracy']:.4f} is the "
                              f"share of predictions whose argmax is class 0 (EOSINOPHIL), {r['recomputed_2020_metric']:.4f} "
                              f"recomputed from the weights; its four outputs differ within an image by a standard "
                              f"deviation of {r['score_spread_within_image']:.4f}, so that argmax is decided by noise.")
@@ -845,15 +875,17 @@ class Report:
                  "no information. And its 'accuracy' for those losses was Keras's `categorical_accuracy` against a "
                  "one-column label, whose argmax is always 0: it counted predictions of class 0, about a quarter on "
                  "balanced data, whatever the model learned."]
-        for loss in ("mse", "huber"):
-            p, o = self.acc(loss, "paper"), self.acc(loss, "onehot")
-            lines.append(f"Here, {_lower(loss)} with integer labels reaches {p} true accuracy on unseen cells "
-                         f"(its 2020 metric: {fmt_pct(self.g(loss, 'paper', 'paper_metric_test_mean'))}); with one-hot "
-                         f"targets {o}.")
+        for spec in (registry.get(l) for l in d["losses"]):
+            if not spec.regresses_integer_labels:
+                continue
+            p, o = self.acc(spec.name, INTEGER), self.acc(spec.name, ONEHOT)
+            lines.append(f"Here, {spec.words} with integer labels reaches {p} true accuracy on unseen cells "
+                         f"(its 2020 metric: {fmt_pct(self.g(spec.name, INTEGER, 'paper_metric_test_mean'))}); with "
+                         f"one-hot targets {o}.")
         ee = d.get("encoding")
         if ee is not None and len(ee):
             lines.append("One-hot targets minus integer labels, paired on cells: " + "; ".join(
-                f"{_lower(r.loss)} {fmt_diff(r._asdict())}, {r.words}" for r in ee.itertuples()) + ".")
+                f"{registry.get(r.loss).words} {fmt_diff(r._asdict())}, {r.words}" for r in ee.itertuples()) + ".")
         doc.md("\n\n".join(lines))
 
     def _results_pairs(self) -> None:
@@ -868,7 +900,7 @@ class Report:
         for r in pt.to_dict("records"):
             unpaired = {k[len("unpaired_"):]: v for k, v in r.items() if k.startswith("unpaired_")}
             learned = {k[len("learned_"):]: v for k, v in r.items() if k.startswith("learned_")}
-            name = {"targets": "integer" if r["encoding"] == "paper" else "one-hot", "comparison": r["comparison"]}
+            name = {"targets": ENCODING_SHORT[r["encoding"]], "comparison": r["comparison"]}
             main.append({**name, "difference [95% CI]": fmt_diff(r), "verdict": r["words"],
                          "detectable": f"{100 * r['mde']:.1f} points"})
             more.append({**name, "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(not paired)",
@@ -891,12 +923,9 @@ class Report:
 
 
         rows = []
-        for loss, enc in RECIPES:
-            rr = an.runs_for(d["summary"], loss, enc)
-            if rr.empty or (enc == "onehot" and loss == "crossentropy"):
-                continue
-            st = an.stack(rr)
-            row = {"setting": f"{an.LOSS_SHORT[loss]}, {'integer' if enc == 'paper' else 'one-hot'}"}
+        for loss, enc in an.recipes(d["summary"]):
+            st = an.stack(an.runs_for(d["summary"], loss, enc))
+            row = {"setting": f"{registry.get(loss).short}, {ENCODING_SHORT[enc]}"}
             for r in an.per_class(st):
                 row[f"{r['class'].lower()} ({r['cells']} cells)"] = fmt_ci(r["recall"], r["lo"], r["hi"])
             rows.append(row)
@@ -945,8 +974,8 @@ class Report:
                    "its outputs vary across TEST images relative to the targets. A run is *collapsed* in the shaded "
                    "corner: no better than a constant on its own training data, and near-constant on TEST. Runs that "
                    "learn sit low and to the right; runs above 1 did worse than a constant (diverged).")
-        ce = runs[(runs.loss == "crossentropy") & (runs.target_encoding == "paper") & (runs.status == "finished")]
-        diags = {r.run_name: read_diagnostics(r.run_dir) for r in ce.itertuples()}
+        ce = runs[(runs.loss == "crossentropy") & (runs.target_encoding == INTEGER) & (runs.status == "finished")]
+        diags = {r.run_name: Run(r.run_dir).diagnostics() for r in ce.itertuples()}
         doc.figure(study_figures.collapse_figure(ce, src["histories"], diags),
                    "Cross-entropy runs with integer labels" + (" of the collapse study" if separate else "")
                    + ". Left: training loss per epoch, one colour per setting; a collapsed run sits on ln 4, the loss "
@@ -1008,12 +1037,13 @@ class Report:
                          f"while read as the regressions they were trained to be, they score "
                          f"{fmt_ci(mse['regression_accuracy'], mse['regression_lo'], mse['regression_hi'])} and "
                          f"{fmt_ci(hub['regression_accuracy'], hub['regression_lo'], hub['regression_hi'])}.")
-        n = self.seeds("crossentropy", "paper")
-        sd = self.g("crossentropy", "paper", "unseen_sd")
-        oh = [self.g(l, "onehot", "unseen") for l in ("crossentropy", "mse", "huber")]
+        n = self.seeds("crossentropy", INTEGER)
+        sd = self.g("crossentropy", INTEGER, "unseen_sd")
+        oh = [self.g(l, ONEHOT, "unseen") for l in d["losses"]]
         oh = [v for v in oh if v == v]
         if len(oh) > 1:
-            lines.append(f"At this profile's size, with one-hot targets, the three losses' pooled accuracies lie within "
+            lines.append(f"At this profile's size, with one-hot targets, the {_number(len(oh))} losses' pooled "
+                         f"accuracies lie within "
                          f"{100 * (max(oh) - min(oh)):.1f} points of each other, and section 4.6 says which differences "
                          f"{n} seeds and {self.counts()['unseen_cells']} cells can resolve.")
         pt = d.get("paired")
@@ -1035,7 +1065,7 @@ class Report:
         if not d["has_losses"]:
             return
         doc.h(2, "6. Conclusion")
-        claimed = an.PAPER_REPORTED["crossentropy"]
+        claimed = registry.get("crossentropy").reported_2020
         weights_ok, trained_ok = self._reproduced()
         w = {True: "is reproduced from its own weights", False: "is not reproduced even from its own weights",
              None: "could not be checked against its weights (not found)"}[weights_ok]
@@ -1068,8 +1098,7 @@ class Report:
                   "folds of TRAIN's same-cell clusters, scored on the remaining one (the same folds for every "
                   "candidate). Sorted by mean validation accuracy; *tied* where the fold ranges overlap the pick's. "
                   "Negative results stay in.")
-        doc.figure(final_figures.lab_curves_figure(best["summary"], load_runs(self.best_profile,
-                                                                                self.runs_root)[2]),
+        doc.figure(final_figures.lab_curves_figure(best["summary"], best["study"].histories),
                    "The lab's learning curves: each candidate's mean over its folds, the folds' range shaded.")
         lines = [f"- {x}" for x in best["decisions"]]
         if best["tta"]:
@@ -1114,8 +1143,8 @@ class Report:
         doc.h(3, "7.5 What it looks at")
 
         r0 = best["final_runs"].iloc[0]
-        brun = load_run(r0.run_dir)
-        ex = examples_per_class(read_predictions(r0.run_dir))
+        brun = load_model(r0.run_dir)
+        ex = examples_per_class(Run(r0.run_dir).predictions())
         doc.figure(model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, run_split(brun, "TEST")), per_row=3),
                    "Grad-CAM of the first seed's model for one right and one wrong TEST image per class (where "
                    "there is one): red marks where the evidence for the predicted class lies.")
@@ -1190,14 +1219,15 @@ def pilot_of(name: str | None, runs_root=None) -> dict | None:
     what the rule chooses from them (None when the profile names no pilot, or it has not run)."""
     if not name or study_record(name, runs_root) is None:
         return None
-    summary, _, histories = load_runs(name, runs_root)
+    pilot = load_study(name, runs_root)
+    summary, histories = pilot.runs, pilot.histories  # the candidates are the pilot's runs, main and control
     table = an.pilot_table(summary, histories)
     if table.empty or not (table["loss"] == "crossentropy").any():
         return None
     choice = an.choose_design(table)
     ce = table[(table["loss"] == "crossentropy") & (table["learning_rate"] == choice["learning_rate"])
                & (table["image_size"] == "x".join(str(v) for v in choice["image_size"]))]
-    mse = table[(table["loss"] == "mse") & (table["encoding"] == "onehot")]
+    mse = table[(table["loss"] == "mse") & (table["encoding"] == ONEHOT)]
     spread = an.paired_spread(summary, ce["candidate"].iloc[0], mse["candidate"].iloc[0]) \
         if len(ce) and len(mse) else None
     return {"name": name, "table": table, "spread": spread, "choice": an.choose_design(table, spread)}
@@ -1224,7 +1254,7 @@ def findings(profile: str, runs_root=None) -> dict:
                                         "collapsed_a", "n_a", "collapsed_b", "n_b", "fisher_p", "learned_diff",
                                         "learned_lo", "learned_hi", "learned_words")}
                               for r in d["paired"].to_dict("records")]
-        out["original"] = {loss: rep.orig_row(loss) for loss in ("crossentropy", "mse", "huber") if rep.orig_row(loss)}
+        out["original"] = {s.name: rep.orig_row(s.name) for s in losses_2020() if rep.orig_row(s.name)}
         out["original_split"] = (d.get("orig") or {}).get("split")
         ct = (d.get("collapse") or {}).get("table")
         if ct is not None and len(ct):

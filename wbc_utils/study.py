@@ -26,7 +26,7 @@ import papermill as pm
 from distributed import Client, as_completed
 
 from .artifacts import write_csv, write_json
-from .config import DATA_DIR, PATH_VARIABLES, RESULTS, THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
+from .config import DATA_DIR, LOSS_PLUGINS, PATH_VARIABLES, RESULTS, THREADS, TRAIN_NOTEBOOK, absolute_env, profile_dir
 from .data import Manifest, build_manifest, check_files, load_split
 from .errors import RunExistsError
 from .evaluation import EVALUATION_VERSION
@@ -42,10 +42,8 @@ from .runs import (
     Run,
     check_runs_folder,
     import_exported_run,
-    is_stale,
     original_path,
     original_record,
-    read_history,
     resource_message,
     study_record,
     summary_frame,
@@ -233,7 +231,7 @@ class Progress:
     @staticmethod
     def _history(run_dir: Path) -> list[dict]:
         try:
-            return read_history(run_dir).to_dict("records")
+            return Run(run_dir).history().to_dict("records")
         except (OSError, ValueError):  # not written yet, or being replaced
             return []
 
@@ -279,7 +277,7 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
     warning = check_runs_folder(pdir, sum(action != "reuse" for _, _, action in steps))
     if warning:
         print(warning, flush=True)
-    stale = [d for _, d, action in steps if action == "reuse" and is_stale(d)]
+    stale = [d for _, d, action in steps if action == "reuse" and Run(d).is_stale()]
     if stale:  # a reused run is counted with today's definitions, never yesterday's
         manifest = build_manifest(data_dir)
         for d in stale:
@@ -300,7 +298,8 @@ def run_study(profile: Profile, runs_root=None, data_dir=None, reuse: bool = Fal
               (f" ({imported} of them exported earlier, read from {Path(results_root or RESULTS) / profile.name})"
                if imported else ""), flush=True)
 
-    env = {k: os.environ[k] for k in (*PATH_VARIABLES, DATA_DIR) if os.environ.get(k)}
+    # what a Dask worker needs to see this study's folders and losses (kernels started here inherit os.environ)
+    env = {k: os.environ[k] for k in (*PATH_VARIABLES, DATA_DIR, LOSS_PLUGINS) if os.environ.get(k)}
     if data_dir is not None:
         env[DATA_DIR] = str(data_dir)
     os.environ[OWNER_VARIABLE] = identity()  # the kernels started here train under this study's locks
@@ -463,7 +462,10 @@ def _indent(text: str, pad: str = "      ") -> str:
 
 
 def _profile_dict(profile: Profile) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(profile).items()}
+    """The profile as study.json records it: its losses by name (every registered loss resolved now)."""
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(profile).items()}
+    out["losses"] = list(profile.loss_names)
+    return out
 
 
 def _short_error(e: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""What every figure shares: the theme, the loss colours, saving as PNG and SVG, and image panels."""
+"""What every figure shares: the theme, saving as PNG and SVG, and image panels. (A loss's colour is its
+``LossSpec.colour``, :mod:`wbc_utils.registry`.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,6 @@ import seaborn as sns
 
 from ..artifacts import atomic_path
 
-#: One colour per loss, in every figure.
-PALETTE = {"crossentropy": "#1b9e77", "mse": "#d95f02", "huber": "#7570b3"}
 #: Width of a figure that fills an A4 page between margins (inches).
 A4_WIDTH = 7.2
 

@@ -15,7 +15,6 @@ from ..config import figures_dir
 from ..data import build_manifest, decode_image
 from ..evaluation import calibration
 from ..params import cell_window
-from ..runs import load_runs
 from .common import save_all, style
 
 
@@ -162,9 +161,8 @@ def lab_curves_figure(summary, histories):
 def build_beyond(profile: str, runs_root=None, out_dir=None, data_dir=None) -> dict:
     """Every figure of a beyond-the-paper study (the ``best`` profile), saved as PNG and SVG."""
     res = lab_and_final(profile, runs_root)
-    _, _, histories = load_runs(profile, runs_root)
     out_dir = out_dir or figures_dir(profile)
-    figs = {"lab_curves": lab_curves_figure(res["summary"], histories)}
+    figs = {"lab_curves": lab_curves_figure(res["summary"], res["study"].histories)}
     if len(res["final_runs"]):
         cms = res["confusions"]
         figs["confusion_image_and_cell"] = confusion_pair_figure(cms["image"], cms["cell"], len(res["final_runs"]))

@@ -1,6 +1,6 @@
 """Figures that look inside one trained model (notebook 05, the report): saliency, filters, activations, errors.
 
-Each function takes a :class:`~wbc_utils.runs.LoadedRun` and the images it
+Each function takes a :class:`~wbc_utils.runs.LoadedModel` and the images it
 was scored on, prepared the way it was trained (:func:`wbc_utils.data.run_split`).
 """
 from __future__ import annotations

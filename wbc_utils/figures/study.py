@@ -1,7 +1,8 @@
 """A study's figures (notebooks 03-04, report sections 3-5), drawn from its run artifacts only.
 
-Every function takes what :func:`wbc_utils.runs.load_runs` returns and gives a matplotlib Figure;
-:func:`build_all` writes them to ``figures/<profile>/`` as PNG and SVG.
+Every function takes the parts of a :class:`~wbc_utils.runs.Study` it draws (its main runs, their metrics or
+histories) and gives a matplotlib Figure; each loss is drawn in its ``LossSpec.colour`` and named by its title
+(:mod:`wbc_utils.registry`). :func:`build_all` writes them to ``figures/<profile>/`` as PNG and SVG.
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from .. import CLASSES
-from ..analysis import runs_for, setting_name
+from .. import CLASSES, registry
+from ..analysis import losses_of, recipes, runs_for, setting_name
 from ..config import figures_dir
 from ..evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
-from ..params import ENCODING_TITLES, LOSS_TITLES, LOSSES
-from ..runs import Run, load_runs, original_record
-from .common import PALETTE, save_all, style
+from ..params import TEST_AS_VALIDATION
+from ..registry import ENCODING_TITLES, ENCODING_WORDS, ENCODINGS, INTEGER
+from ..runs import Run, load_study
+from .common import save_all, style
 from .final import build_beyond
 
 
@@ -29,7 +31,7 @@ def _runs_of(summary, loss: str, encoding: str, finished_only: bool = True):
     return s[s["status"] == "finished"] if finished_only else s
 
 
-def curves_figure(summary, histories, loss: str, original_log=None, title: str = "", encoding: str = "paper"):
+def curves_figure(summary, histories, loss: str, original_log=None, title: str = "", encoding: str = INTEGER):
     """Training and validation accuracy of one loss trained on integer labels, as in 2020, per epoch: as the
     2020 code printed it (left) and the true accuracy (middle); beside them (right), the 2020 run's own log over
     its 100 epochs.
@@ -59,7 +61,7 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
                 if r.status == "finished":
                     stack.append(h[f"{split}{col}"].to_numpy())
             if stack and len({len(s) for s in stack}) == 1:
-                grouped = "validation" in runs and (runs["validation"] != "paper").any()
+                grouped = "validation" in runs and (runs["validation"] != TEST_AS_VALIDATION).any()
                 val = "held-out TRAIN cells" if grouped else "TEST"
                 what = f"validation ({val})" if split else "training"
                 line, = ax.plot(np.arange(1, len(stack[0]) + 1), np.mean(stack, 0), color=color, lw=2.2)
@@ -94,15 +96,16 @@ def curves_figure(summary, histories, loss: str, original_log=None, title: str =
 
 def comparison_figure(summary, histories):
     """True validation (TEST) accuracy per epoch across losses, one panel per target encoding: the mean over
-    seeds (line) and the range from the lowest to the highest seed (band). Cross-entropy is the same function
-    under both encodings; its one-hot panel shows its integer-label runs."""
+    seeds (line) and the range from the lowest to the highest seed (band), one colour per loss. A loss whose
+    encodings coincide (cross-entropy) is the same function under both; its one-hot panel shows its integer-label
+    runs."""
     style()
 
-
-    encs = [e for e in ("paper", "onehot") if (summary["target_encoding"] == e).any()]
+    encs = [e for e in ENCODINGS if (summary["target_encoding"] == e).any()]
     fig, axes = plt.subplots(1, max(1, len(encs)), figsize=(5 * max(1, len(encs)), 3.5), sharey=True, squeeze=False)
     for ax, enc in zip(axes[0], encs):
-        for loss in LOSSES:
+        for loss in losses_of(summary):
+            spec = registry.get(loss)
             rows = runs_for(summary, loss, enc)
             stack = [histories[r.run_name]["val_accuracy"].to_numpy() for r in rows.itertuples()
                      if r.run_name in histories]
@@ -110,10 +113,10 @@ def comparison_figure(summary, histories):
                 continue
             a = np.array(stack)
             x = np.arange(1, a.shape[1] + 1)
-            same = " (same runs)" if enc == "onehot" and (rows["target_encoding"] == "paper").all() else ""
-            ax.plot(x, a.mean(0), color=PALETTE[loss], lw=2, label=f"{LOSS_TITLES[loss]}, {len(a)} seeds{same}")
+            same = " (same runs)" if enc != INTEGER and (rows["target_encoding"] == INTEGER).all() else ""
+            ax.plot(x, a.mean(0), color=spec.colour, lw=2, label=f"{spec.title}, {len(a)} seeds{same}")
             if len(a) > 1:
-                ax.fill_between(x, a.min(0), a.max(0), color=PALETTE[loss], alpha=0.15)
+                ax.fill_between(x, a.min(0), a.max(0), color=spec.colour, alpha=0.15)
         ax.axhline(0.25, color="grey", lw=0.8, ls=":")
         ax.set_title(ENCODING_TITLES[enc], fontsize=10)
         ax.set_xlabel("epoch")
@@ -124,23 +127,19 @@ def comparison_figure(summary, histories):
     return fig
 
 
-#: The recipes of a loss study, in the order of its tables and confusion matrices.
-RECIPES = (("crossentropy", "paper"), ("mse", "paper"), ("huber", "paper"), ("mse", "onehot"), ("huber", "onehot"))
-
-
 def confusion_figure(metrics: dict, summary):
     """Confusion matrices on TEST's unseen cells, summed over seeds, each row divided by the number of images
-    of its true class (rows sum to 1): one panel per recipe."""
+    of its true class (rows sum to 1): one panel per recipe (:func:`wbc_utils.analysis.recipes`)."""
     style()
 
-    recipes = [(l, e) for l, e in RECIPES if not _runs_of(summary, l, e).empty]
+    settings = recipes(summary)
     cols = 3
-    nrows = -(-len(recipes) // cols) or 1
+    nrows = -(-len(settings) // cols) or 1
     fig, axes = plt.subplots(nrows, cols, figsize=(10, 3.1 * nrows), squeeze=False)
     short = [c[:3] for c in CLASSES]
     for ax in axes.flat:
         ax.set_axis_off()
-    for ax, (loss, enc) in zip(axes.flat, recipes):
+    for ax, (loss, enc) in zip(axes.flat, settings):
         mats = [np.array(metrics[r.run_name]["confusion"]) for r in _runs_of(summary, loss, enc).itertuples()
                 if r.run_name in metrics]
         if not mats:
@@ -150,8 +149,7 @@ def confusion_figure(metrics: dict, summary):
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
         sns.heatmap(m, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="Blues", cbar=False, ax=ax,
                     xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8})
-        enc_words = "integer labels" if enc == "paper" else "one-hot targets"
-        ax.set_title(f"{LOSS_TITLES[loss]}, {enc_words}\n{len(mats)} seeds summed", fontsize=8.5)
+        ax.set_title(f"{registry.get(loss).title}, {ENCODING_WORDS[enc]}\n{len(mats)} seeds summed", fontsize=8.5)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
     fig.tight_layout()
@@ -165,7 +163,7 @@ def collapse_figure(summary, histories, diagnostics: dict):
     style()
 
 
-    ce = summary[(summary["loss"] == "crossentropy") & (summary["target_encoding"] == "paper")].copy()
+    ce = summary[(summary["loss"] == "crossentropy") & (summary["target_encoding"] == INTEGER)].copy()
     ce["setting"] = [setting_name(r) for r in ce.itertuples()]
     ce["setting"] = ce["setting"].str.replace("CE, integer labels, ", "", regex=False)
     collapsed = ce["collapsed"] == True  # noqa: E712
@@ -243,24 +241,31 @@ def collapse_map_figure(summary):
     return fig
 
 
+def curves_name(loss: str) -> str:
+    """The curves figure's file name: ``figure<n>_<loss>`` for the 2020 losses (the 2020 report's Figure n),
+    ``curves_<loss>`` for any other."""
+    n = registry.get(loss).figure_2020
+    return f"figure{n}_{loss}" if n else f"curves_{loss}"
+
+
 def build_all(profile: str, runs_root=None, out_dir: Path | None = None, data_dir=None) -> dict:
     """Draw and save every figure of a study into ``figures/<profile>/``; returns {name: Figure}."""
-    allruns, metrics, histories = load_runs(profile, runs_root)
-    summary = allruns[allruns["role"] == "main"]  # control runs appear in the collapse figure only
-    if (summary["arch"] == "wbcnet").any():  # a beyond-the-paper study: its own figures
+    study = load_study(profile, runs_root)
+    if study.kind == "lab":  # a beyond-the-paper study: its own figures
         return build_beyond(profile, runs_root, out_dir, data_dir)
+    summary, histories = study.main, study.histories  # control runs appear in the collapse figures only
     out_dir = out_dir or figures_dir(profile)
-    logs = (original_record(profile, runs_root) or {}).get("logs", {})
+    logs = (study.original() or {}).get("logs", {})
     figs = {}
-    for n, loss in enumerate(LOSSES, 1):
-        if _runs_of(summary, loss, "paper", finished_only=False).empty:
+    for loss in losses_of(summary):
+        if _runs_of(summary, loss, INTEGER, finished_only=False).empty:
             continue
         log = pd.DataFrame(logs[loss]) if loss in logs else None
-        figs[f"figure{n}_{loss}"] = curves_figure(summary, histories, loss, log)
+        figs[curves_name(loss)] = curves_figure(summary, histories, loss, log)
     figs["validation_comparison"] = comparison_figure(summary, histories)
-    if metrics:
-        figs["confusion_matrices"] = confusion_figure(metrics, summary)
-    diags = {r.run_name: d for r in allruns.itertuples() if (d := Run(Path(r.run_dir)).diagnostics())}
-    figs["collapse"] = collapse_figure(allruns, histories, diags)
-    figs["collapse_map"] = collapse_map_figure(allruns)
+    if study.metrics:
+        figs["confusion_matrices"] = confusion_figure(study.metrics, summary)
+    diags = {r.run_name: d for r in study.runs.itertuples() if (d := Run(Path(r.run_dir)).diagnostics())}
+    figs["collapse"] = collapse_figure(study.runs, histories, diags)
+    figs["collapse_map"] = collapse_map_figure(study.runs)
     return save_all(figs, out_dir)
