@@ -528,9 +528,9 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     """The pilot's rule, as a pure function of its table (:func:`pilot_table`) and the paired spread of
     cross-entropy minus MSE (:func:`paired_spread`):
 
-    1. the rate: the 2020 rate if every seed of cross-entropy at it learned, else the lowest rate at which every
-       seed learned, else the rate at which the largest share of seeds learned (on a tie, the one with the higher
-       seed-mean validation accuracy);
+    1. the rate (compared at the size where several rates were tried): the 2020 rate if every seed of
+       cross-entropy at it learned, else the lowest rate at which every seed learned, else the rate at which the
+       largest share of seeds learned (on a tie, the one with the higher seed-mean validation accuracy);
     2. the size: among cross-entropy's candidates at that rate (or at any rate, when the sizes were tried at
        another), the smallest whose seed-mean validation accuracy is within SIZE_TOLERANCE of the best size's;
     3. the epochs: the latest epoch at which a candidate at that size (cross-entropy at that rate, and every other
@@ -544,11 +544,11 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     if ce.empty:
         raise ValueError("the pilot has no finished cross-entropy candidate")
     reasons = []
-    by_rate = {}
-    for r in ce.itertuples():
-        ok, n = r.learned, r.runs
-        prev = by_rate.get(r.learning_rate, (0, 0))
-        by_rate[r.learning_rate] = (prev[0] + ok, prev[1] + n)
+    # rates are compared where they were tried side by side: at the size with the most rates (the smallest on a tie)
+    px = {s: int(np.prod([int(v) for v in s.split("x")])) for s in ce["image_size"]}
+    rate_size = min(px, key=lambda s: (-ce.loc[ce["image_size"] == s, "learning_rate"].nunique(), px[s]))
+    by_rate = {r.learning_rate: (int(r.learned), int(r.runs))
+               for r in ce[ce["image_size"] == rate_size].itertuples()}
     tie = False
     if rate_2020 in by_rate and by_rate[rate_2020][0] == by_rate[rate_2020][1]:
         rate = rate_2020
@@ -556,7 +556,7 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     else:
         full = sorted(lr for lr, (k, n) in by_rate.items() if k == n)
         # no rate where every seed learned: the most reliable one; on a tie, the higher seed-mean validation accuracy
-        mean_val = ce.groupby("learning_rate")["val_mean"].max()
+        mean_val = ce[ce["image_size"] == rate_size].groupby("learning_rate")["val_mean"].max()
         rate = full[0] if full else max(sorted(by_rate), key=lambda lr: (by_rate[lr][0] / by_rate[lr][1],
                                                                          mean_val[lr]))
         share = by_rate[rate][0] / by_rate[rate][1]
@@ -568,7 +568,6 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
                           else "") + f": {rate:g} chosen, the other rate kept as a control on the same seeds")
     at_rate = ce[ce["learning_rate"] == rate]
     sizes = at_rate if at_rate["image_size"].nunique() > 1 else ce
-    px = {s: int(np.prod([int(v) for v in s.split("x")])) for s in sizes["image_size"]}
     mean_by_size = sizes.groupby("image_size")["val_mean"].max()
     best = float(mean_by_size.max())
     size = min((s for s, v in mean_by_size.items() if v >= best - SIZE_TOLERANCE), key=px.get)

@@ -1215,8 +1215,9 @@ class Report:
 
 
 def pilot_of(name: str | None, runs_root=None) -> dict | None:
-    """The pilot study that chose a profile's scale: its table, the paired CE - MSE spread at the chosen rate, and
-    what the rule chooses from them (None when the profile names no pilot, or it has not run)."""
+    """The pilot study that chose a profile's scale: its table, the paired CE - MSE spread (where both were tried:
+    the same size, rate and seeds), and what the rule chooses from them (None when the profile names no pilot, or
+    it has not run)."""
     if not name or study_record(name, runs_root) is None:
         return None
     pilot = load_study(name, runs_root)
@@ -1224,10 +1225,11 @@ def pilot_of(name: str | None, runs_root=None) -> dict | None:
     table = an.pilot_table(summary, histories)
     if table.empty or not (table["loss"] == "crossentropy").any():
         return None
-    choice = an.choose_design(table)
-    ce = table[(table["loss"] == "crossentropy") & (table["learning_rate"] == choice["learning_rate"])
-               & (table["image_size"] == "x".join(str(v) for v in choice["image_size"]))]
+    # the spread of paired loss differences, where both losses were tried: cross-entropy at MSE's size and rate
     mse = table[(table["loss"] == "mse") & (table["encoding"] == ONEHOT)]
+    ce = table[table["loss"] == "crossentropy"]
+    if len(mse):
+        ce = ce[(ce["image_size"] == mse["image_size"].iloc[0]) & (ce["learning_rate"] == mse["learning_rate"].iloc[0])]
     spread = an.paired_spread(summary, ce["candidate"].iloc[0], mse["candidate"].iloc[0]) \
         if len(ce) and len(mse) else None
     return {"name": name, "table": table, "spread": spread, "choice": an.choose_design(table, spread)}
