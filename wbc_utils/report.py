@@ -203,8 +203,13 @@ def readme_block(results: dict) -> str:
              f"report/shipped/{results['profile']}/results.json; do not edit -->"]
     if results.get("recipes"):
         size = "x".join(str(v) for v in s.get("image_size", []))
+        done = sorted({int(r["seeds"]) for r in results["recipes"] if r.get("seeds")})
+        planned = len(s.get("seeds", []))
+        seeds = ("-".join(str(v) for v in (done[0], done[-1])) if len(done) > 1 else str(done[0])) if done else "0"
+        seeds += " seeds per setting" + (f" of the {planned} planned (the study goes on)" if done and
+                                         done[-1] < planned else "")
         lines += [f"Measured by the shipped `{results['profile']}` report ({size} pixels, {s.get('epochs')} epochs, "
-                  f"{len(s.get('seeds', []))} seeds per setting), on TEST's {c.get('unseen_cells')} cells that are not "
+                  f"{seeds}), on TEST's {c.get('unseen_cells')} cells that are not "
                   f"also in TRAIN; 95% intervals count the seeds and the cells:", "",
                   "| loss | targets | 2020 reported | 2020 metric (ours) | true accuracy [95% CI] | all of TEST | "
                   "collapsed |", "|---|---|---|---|---|---|---|"]
