@@ -1150,41 +1150,30 @@ class Report:
                    "there is one): red marks where the evidence for the predicted class lies.")
 
     def _s_changes(self) -> None:
-        doc = self.doc
-        c = self.counts()
-        kg = c.get("kgroup_slides")
-        seeds = len(self.data.get("settings", {}).get("seeds", []))
-        doc.h(2, "What changed since the previous version of this report")
-        doc.md(f"""
-        - **Source cells.** The previous version took the `k` in `_<k>_<n>.jpeg` for the source cell. It is not: each
-          of TRAIN's `(class, k)` groups mixes {f"{kg[0]}-{kg[1]}" if kg else "many"} slides. Every image is now
-          matched to its original slide, and slides showing the same cell are merged (section 2). Intervals that
-          resampled k-groups were too narrow; the cell accuracy voted per k-group, not per cell (which is how it
-          could read 100%); the lab's validation split by k was close to a random image split (which is why it could
-          not rank designs, and why the lab now picks another design); TEST_SIMPLE was taken for one image per cell.
-          All of these are recomputed on true cells.
-        - **Seeds in every interval.** The previous intervals treated the trained models as fixed. Pooled figures and
-          comparisons now count the seeds' spread as well as the cells', with Student's t on few degrees of freedom,
-          and every verdict states its seeds; two machines had reached opposite verdicts on the same comparison
-          within the old intervals.
-        - **Headline scope.** The cells shared by TRAIN and TEST are left out of headline figures.
-        - **One collapse definition**, from the training loss and the spread of the outputs, replaces "one class for
-          95% of TEST", which missed runs held at ln 4.
-        - **Cross-entropy run once** (its two encodings are the same function), {seeds} seed{"s" * (seeds != 1)} per
-          setting.
-        """)
-        prev = (self.data.get("previous") or {}).get("best")
-        now = self.data.get("best_findings")
-        if self.data.get("has_best") and now:
-            was = (f" The previous version's model read {fmt_ci(prev['unseen'], prev['unseen_lo'], prev['unseen_hi'])} "
-                   f"there and {fmt_ci(prev.get('simple'), prev.get('simple_lo'), prev.get('simple_hi'))} on "
-                   "TEST_SIMPLE (from the results.json shipped with it)." if prev else "")
-            doc.md(f"- **Beyond the paper: a {now.get('folds', 5)}-fold lab.** The previous lab held out one 20% split "
-                   "of TRAIN's cells, too small to rank candidates; every candidate now runs on 5 folds of TRAIN's "
-                   "same-cell clusters, ties are called ties, and `predict` flags images unlike TRAIN. The final "
-                   f"model reads {fmt_ci(now['unseen'], now['unseen_lo'], now['unseen_hi'])} on TEST's unseen cells "
-                   f"and {fmt_ci(now.get('simple'), now.get('simple_lo'), now.get('simple_hi'))} on TEST_SIMPLE's "
-                   f"slides (section 7).{was}")
+        """What this version changes in what the package shipped before (the full history: CHANGES.md)."""
+        d, doc = self.data, self.doc
+        if not d["has_losses"]:
+            return
+        prev = d.get("previous") or {}
+        doc.h(2, "What changed since the previous reference report")
+        items = []
+        if prev.get("profile") and prev["profile"] != self.profile:
+            items.append(f"- **The reference is now the `{self.profile}` profile.** The previous reference report was "
+                         f"the `{prev['profile']}` profile's, at a size where the network had not learned (its "
+                         "comparisons between losses could not be resolved); that report stays in "
+                         f"`report/shipped/{prev['profile']}/`, unchanged.")
+        items += [
+            "- **Comparisons paired on seeds.** A seed fixes the initial weights, the training images and the batch "
+            "order, so two settings trained from the same seed are compared seed by seed (section 3); the previous "
+            "report counted each setting's seeds as independent runs, which made its intervals wider than the "
+            "design needs. The unpaired interval is still shown beside each comparison (section 4.6).",
+            "- **Verdicts that bound.** Beside resolved / not resolved, a comparison whose interval lies inside a "
+            "margin fixed in advance (2, 5 or 10 points) says there is no difference larger than that, and every "
+            "comparison states the smallest difference its design detects with 80% power.",
+            "- **Figures 1-3 per epoch.** They stretched this study's few epochs over the 2020 run's 100 (\"% of "
+            "epochs\"), comparing unlike points; the x axis is now the epoch, the 2020 log beside it.",
+        ]
+        doc.md("\n".join(items) + "\n\nThe full history of changes is in `CHANGES.md`.")
 
     def _s_appendix(self) -> None:
         d, doc = self.data, self.doc
