@@ -124,11 +124,15 @@ def test_same_seeds_are_paired_and_the_unpaired_interval_stands_beside(study):
     assert r["collapsed_a"] == 0 and r["n_a"] == 3 and r["fisher_p"] == 1.0
     assert r["learned_diff"] == pytest.approx(r["diff"])  # nothing collapsed: the learned runs are all the runs
     ce, mse = an.runs_for(main, "crossentropy", "paper"), an.runs_for(main, "mse", "paper")
+    # a study stopped part-way: seed 2 trained on one side only is left out, the rest stays paired
     d = an.compare(ce, mse[mse["seed"] != 2])
-    assert not d["paired"] and d["pairing"] == "unpaired: the seed sets differ"
-    assert "unpaired: the seed sets differ" in an.verdict_words(d, "CE", "MSE")
-    with pytest.raises(ValueError, match="same seeds"):
-        an.compare(ce, mse[mse["seed"] != 2], paired=True)
+    assert d["paired"] and d["dropped_seeds"] == [2] and d["seeds_a"] == [0, 1] and d["n_seeds_a"] == 2
+    assert "seed 2 of one side left out" in an.verdict_words(d, "CE", "MSE")
+    assert d["diff"] == pytest.approx(an.compare(ce[ce["seed"] != 2], mse[mse["seed"] != 2])["diff"])
+    d1 = an.compare(ce, mse[mse["seed"] == 0])
+    assert not d1["paired"] and d1["pairing"] == "unpaired: fewer than two seeds on both sides"
+    with pytest.raises(ValueError, match="at least two seeds"):
+        an.compare(ce, mse[mse["seed"] == 0], paired=True)
 
 
 def test_a_collapsed_run_leaves_the_learned_comparison_and_counts_in_fisher(study):

@@ -34,10 +34,11 @@ def test_export_keeps_what_the_report_reads_and_not_the_models(tmp_path):
     assert (out / "study.json") in written
     s = summary_frame("paper", tmp_path / "results")
     assert s["status"].tolist() == ["finished"]  # the unfinished run is not exported
-    # an exported run that is no longer finished does not linger in a later export
+    # a run retrained here and not finished (yet) does not take the finished export's place: an export never
+    # drops a finished run it cannot replace
     (done.path / "metrics.json").unlink()
     export_study("paper", tmp_path / "results", runs)
-    assert not (out / done.name).exists() and (out / "study.json").exists()
+    assert (out / done.name / "metrics.json").exists() and (out / "study.json").exists()
     with pytest.raises(WBCError, match="no study at"):
         export_study("nothing", tmp_path / "results", runs)
 
@@ -75,6 +76,11 @@ def test_study_reuse_takes_exported_runs_as_finished_and_trains_only_the_rest(tm
     assert actions == {0: "reuse", 1: "train", 2: "train"}
     d0 = steps[0][1]
     assert Run(d0).status == "finished" and (d0 / IMPORTED).exists() and not (d0 / "model.keras").exists()
+    from wbc_utils.errors import DataError
+    from wbc_utils.runs import load_model
+
+    with pytest.raises(DataError, match="copied from an export"):  # its weights were never exported: say so
+        load_model(d0)
     # without --reuse nothing is read from results/
     assert {a for _, _, a in plan(prof, tmp_path / "runs_b", results_root=tmp_path / "results")} == {"train"}
 
@@ -89,3 +95,22 @@ def test_a_finished_run_with_other_parameters_is_never_taken_for_this_one(tmp_pa
     entry = train_one(other.to_dict(), str(done.path), None, False, {})
     assert entry["action"] == "train" and "different parameters" in entry["error"]
     assert done.status == "finished" and done.params()["image_size"] == [240, 320]
+
+
+def test_a_run_folder_the_profile_does_not_plan_is_kept_out_of_the_tables(tmp_path):
+    """A folder left by an older version of a profile (another naming of a run) is 'other': not
+    pooled with the planned seeds."""
+    from wbc_utils.params import PROFILES
+    from wbc_utils.runs import OTHER, load_study
+    from wbc_utils.study import _profile_dict
+
+    runs = tmp_path / "runs"
+    planned = _fake_run(runs, 0)
+    old = Run(runs / "paper" / "mse_onehot_lr0.001_s0_v1")  # an older naming of the same run
+    old.write_params(planned.params())
+    write_json(runs / "paper" / "study.json", {"profile": "paper", "runs": [],
+                                               "profile_settings": _profile_dict(PROFILES["paper"])})
+    st = load_study("paper", runs, check_current=False)
+    roles = dict(zip(st.runs["run_name"], st.runs["role"]))
+    assert roles[planned.name] == "main" and roles[old.name] == OTHER
+    assert list(st.others["run_name"]) == [old.name] and old.name not in set(st.main["run_name"])

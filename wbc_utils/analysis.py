@@ -201,24 +201,32 @@ def _seed_list(rows) -> list[int]:
 def compare(rows_a, rows_b, scope: str = "unseen", paired: bool | None = None) -> dict:
     """Recipe A minus recipe B, seed-pooled, on the same cells.
 
-    Paired on seeds (``paired=None``: whenever both recipes were trained on the same set of seeds) the seed's
-    shared part cancels: see :func:`wbc_utils.stats.difference_interval`. Otherwise each recipe's seeds count
-    as independent runs, and ``pairing`` says why."""
+    Paired on seeds (``paired=None``: whenever at least two seeds were trained on both sides) the seed's shared
+    part cancels (:func:`wbc_utils.stats.difference_interval`); a seed trained on one side only (a study stopped
+    part-way, a failed run) is left out, and ``dropped_seeds`` names it. ``paired=False`` counts every run of
+    each side as independent; ``pairing`` says which was done, and why."""
     if rows_a is None or rows_b is None or len(rows_a) == 0 or len(rows_b) == 0:
         return {}
     rows_a, rows_b = rows_a.sort_values("seed"), rows_b.sort_values("seed")
     sa, sb = _seed_list(rows_a), _seed_list(rows_b)
-    same = sa == sb and len(set(sa)) == len(sa)
-    if paired and not same:
-        raise ValueError(f"a comparison paired on seeds needs the same seeds on both sides: {sa} vs {sb}")
-    paired = same if paired is None else bool(paired)
+    shared = sorted(set(sa) & set(sb))
+    can_pair = len(shared) >= 2 and len(set(sa)) == len(sa) and len(set(sb)) == len(sb)
+    if paired and not can_pair:
+        raise ValueError(f"a comparison paired on seeds needs at least two seeds trained on both sides, once "
+                         f"each: {sa} vs {sb}")
+    paired = can_pair if paired is None else bool(paired)
+    dropped = sorted(set(sa) ^ set(sb)) if paired else []
+    if paired:
+        rows_a, rows_b = rows_a[rows_a["seed"].isin(shared)], rows_b[rows_b["seed"].isin(shared)]
     a, b = stack(rows_a), stack(rows_b)
     if (a.base["relpath"].to_numpy() != b.base["relpath"].to_numpy()).any():
         raise ValueError("a paired comparison needs both recipes scored on the same TEST images")
     d = difference_interval(a.correct(scope), b.correct(scope), a.clusters(scope), paired=paired)
-    d["seeds_a"], d["seeds_b"] = sa, sb
-    d["pairing"] = ("paired on seeds" if paired else
-                    "unpaired: the seed sets differ" if not same else "unpaired")
+    d["seeds_a"], d["seeds_b"] = _seed_list(rows_a), _seed_list(rows_b)
+    d["dropped_seeds"] = dropped
+    d["pairing"] = ("paired on seeds" + (f" (seed{'s' * (len(dropped) > 1)} {', '.join(map(str, dropped))} "
+                                         "trained on one side only, left out)" if dropped else "")
+                    if paired else "unpaired: fewer than two seeds on both sides" if not can_pair else "unpaired")
     return d
 
 
@@ -229,8 +237,11 @@ def _seeds_words(d: dict) -> str:
         seeds = f"{d['n_seeds_a']} seed{'s' * (d['n_seeds_a'] > 1)} each"
     if min(d["n_seeds_a"], d["n_seeds_b"]) < 2:
         return seeds + ": two trained models compared, not two recipes"
-    return seeds + (", paired" if d.get("paired") else
-                    ", unpaired: the seed sets differ" if d.get("pairing", "").endswith("differ") else "")
+    if d.get("paired"):
+        dropped = d.get("dropped_seeds") or []
+        return seeds + ", paired" + (f"; seed{'s' * (len(dropped) > 1)} {', '.join(map(str, dropped))} of one side "
+                                     "left out" if dropped else "")
+    return seeds + (", unpaired" if d.get("pairing", "").startswith("unpaired:") else "")
 
 
 def verdict_words(d: dict, name_a: str, name_b: str) -> str:

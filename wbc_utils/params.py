@@ -358,10 +358,15 @@ class Profile:
         return (encoding != INTEGER and INTEGER in self.encodings and registry.get(loss).encodings_coincide
                 and not self.extra.get("label_smoothing"))
 
-    def runs(self) -> list[RunParams]:
-        losses = self.loss_names
-        main = [self._run(l, e, s) for l in losses for e in self.encodings for s in self.seeds
+    def main_runs(self) -> list[RunParams]:
+        """The main runs: every loss x encoding x seed (a loss whose encodings coincide, once)."""
+        return [self._run(l, e, s) for l in self.loss_names for e in self.encodings for s in self.seeds
                 if not self.same_function(l, e)]
+
+    def runs(self) -> list[RunParams]:
+        """Every run, main and control, in the order the study trains them."""
+        losses = self.loss_names
+        main = self.main_runs()
         default_loss, default_enc = losses[0], self.encodings[0]
         # a control with "folds": k runs once per fold (k-fold validation over TRAIN's same-cell clusters)
         extra = [self._run(c.get("loss", default_loss), c.get("target_encoding", default_enc), s,
@@ -375,12 +380,17 @@ class Profile:
             out.sort(key=lambda p: rank.get(p.seed, len(rank)))  # stable: settings keep their order within a seed
         return out
 
+    def role_of(self, run_name: str) -> str:
+        """'main' for one of the profile's main runs, 'control' for one of its control runs, 'other' for a run
+        folder the profile does not plan (left by an older version of the profile, or by other settings): the
+        tables leave it out instead of pooling it with the planned seeds."""
+        if run_name in {p.run_name for p in self.main_runs()}:
+            return "main"
+        return "control" if run_name in {p.run_name for p in self.runs()} else "other"
+
     def is_main(self, params: dict) -> bool:
-        """True for the profile's main runs, False for its control runs."""
-        defaults = RunParams()
-        keys = {"arch": self.arch, "input_scaling": self.input_scaling, "learning_rate": self.learning_rate,
-                "validation": self.validation, **self.extra}
-        return all(params.get(k, getattr(defaults, k, None)) == v for k, v in keys.items())
+        """True for the profile's main runs (by the run's name)."""
+        return self.role_of(RunParams.from_dict(params).run_name) == "main"
 
     def with_overrides(self, **kw) -> Profile:
         kw = {k: v for k, v in kw.items() if v is not None}

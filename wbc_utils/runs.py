@@ -225,8 +225,8 @@ EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL)
 def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     """Copy a study's small artifacts (:data:`EXPORTED` of each finished run, and the study's own files) to
     ``dest_root/<profile>/``; returns what was written. The copy is made beside the destination and swapped in
-    whole, so an earlier export's runs that this runs folder holds unfinished (retrained, failed) do not linger;
-    earlier exported runs that it does not hold at all are kept. ``dest_root`` then reads as a runs folder: the
+    whole; earlier exported runs that this runs folder does not hold finished are kept (an export never drops a
+    finished run it cannot replace). ``dest_root`` then reads as a runs folder: the
     report builds from it without the models, and ``study --reuse`` takes its runs as finished
     (:func:`import_exported_run`)."""
     src = profile_dir(profile, runs_root)
@@ -237,10 +237,10 @@ def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     shutil.rmtree(fresh, ignore_errors=True)
     out = []
     finished = [x for x in src.iterdir() if x.is_dir() and Run(x).status == "finished"]
-    # a run exported earlier (another session, another machine) whose folder this runs folder does not have at
-    # all is kept: an export never drops a finished run it cannot replace
+    # a run exported earlier (another session, another machine) that this runs folder does not hold finished is
+    # kept: an export never drops a finished run it cannot replace
     kept = [x for x in dest.iterdir() if x.is_dir() and Run(x).status == "finished"
-            and not (src / x.name).exists()] if dest.is_dir() else []
+            and Run(src / x.name).status != "finished"] if dest.is_dir() else []
     for d in sorted(finished + kept):
         for name in EXPORTED:
             if (d / name).exists():
@@ -259,7 +259,7 @@ def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
 def import_exported_run(exported: Path, run_dir: Path) -> bool:
     """Copy a finished run's exported artifacts (``results/<profile>/<run>/``) into an empty or unfinished run
     folder, swapped in whole, so the study counts it as finished without training it again (its model is not
-    exported: what needs the model, such as a saliency map, is skipped for it). Returns False, copying nothing,
+    exported: :func:`load_model` says so for such a run). Returns False, copying nothing,
     when there is no finished export there."""
     if Run(exported).status != "finished":
         return False
@@ -336,8 +336,16 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     path = Path(path).expanduser()
     model_file = path / MODEL if path.is_dir() else path
     if not model_file.exists():
-        hint = ("it holds no model.keras: is the run finished? (a run folder without metrics.json is not)"
-                if path.is_dir() else "the file does not exist")
+        if path.is_dir() and (path / IMPORTED).exists():
+            hint = (f"it was copied from an export ({(path / IMPORTED).read_text().strip()}), which keeps no models: "
+                    "its predictions and metrics are here, its weights are not. Train it here to have them "
+                    "(remove the folder, then run the study again), or use a run trained on this machine")
+        elif path.is_dir() and Run(path).status == "finished":
+            hint = "it holds no model.keras (a finished run whose model was removed or never exported)"
+        elif path.is_dir():
+            hint = "it holds no model.keras: is the run finished? (a run folder without metrics.json is not)"
+        else:
+            hint = "the file does not exist"
         raise DataError(f"cannot load a model from {path}: {hint}.")
     params = model_params(model_file.parent)
     if params is None:
@@ -456,19 +464,18 @@ SUMMARY_COLUMNS = (
     + [f"recall_{c}" for c in CLASSES] + [f"cells_{c}" for c in CLASSES] + ["error", "run_dir"])
 
 
-#: A run's role in its study (summary.csv's ``role``): one of the profile's main runs, or a control run.
-MAIN, CONTROL = "main", "control"
+#: A run's role in its study (summary.csv's ``role``): one of the profile's main runs, a control run, or a folder
+#: the profile does not plan (``OTHER``: an older version's run, kept on disk but out of every table).
+MAIN, CONTROL, OTHER = "main", "control", "other"
 
 
 def summary_row(run_dir: Path, error: str | None = None, profile: Profile | None = None) -> dict:
     run = Run(run_dir)
     status = run.status
     row = {"run_name": run.name, "status": "failed" if error else status, "error": error or "",
-           "run_dir": str(run_dir), "role": MAIN}
+           "run_dir": str(run_dir), "role": MAIN if profile is None else profile.role_of(run.name)}
     if run.has(PARAMS):
         p = run.params()
-        if profile is not None and not profile.is_main(p):
-            row["role"] = CONTROL
         row.update({k: p.get(k) for k in ("loss", "target_encoding", "seed", "arch", "input_scaling",
                                            "learning_rate", "validation", "epochs", "train_subset")})
         row["image_size"] = "x".join(str(v) for v in p.get("image_size", []))
@@ -542,6 +549,11 @@ class Study:
     def controls(self) -> pd.DataFrame:
         """The control runs (the quick profile's 2020 rate, the collapse study's changes, the lab's candidates)."""
         return self.runs[self.runs["role"] == CONTROL].reset_index(drop=True)
+
+    @property
+    def others(self) -> pd.DataFrame:
+        """Run folders the profile does not plan (an older version's runs): in no table or figure."""
+        return self.runs[self.runs["role"] == OTHER].reset_index(drop=True)
 
     @property
     def settings(self) -> dict:

@@ -37,7 +37,7 @@ from . import CLASSES, beyond, registry
 from . import analysis as an
 from .analysis import fmt_ci, fmt_diff, fmt_p, fmt_pct
 from .beyond import lab_and_final
-from .config import SHIPPED_RESULTS
+from .config import RESULTS, SHIPPED_RESULTS
 from .data import build_manifest, run_split
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from .figures import data as data_figures
@@ -266,7 +266,8 @@ class Report:
             d["paired"] = an.paired_table(d["summary"])
             d["encoding"] = an.encoding_effect(d["summary"])
             d["collapse_quick"] = an.collapse_table(study.runs[study.runs.loss == "crossentropy"])
-            d["pilot"] = pilot_of(d["settings"].get("pilot"), root)
+            pilot = d["settings"].get("pilot")
+            d["pilot"] = pilot_of(pilot, root) or pilot_of(pilot, RESULTS)  # the pilot ships in results/
             d["any_metrics"] = next(iter(study.metrics.values()), {})
         d["collapse"] = None
         if self.collapse_profile and self.collapse_profile != self.profile and \
