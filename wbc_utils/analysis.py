@@ -266,8 +266,8 @@ def compare_with_collapse(rows_a, rows_b, name_a: str, name_b: str, scope: str =
     * the mean over all runs (``diff``, ``lo``, ``hi``, ``words``: paired on seeds where it can be), beside the
       same comparison unpaired (``unpaired_*``), so the reader sees what pairing buys;
     * the collapse rates (``collapsed_a`` of ``n_a`` against ``collapsed_b`` of ``n_b``, Fisher's exact ``fisher_p``);
-    * the accuracy of the runs that learned (``learned_*``): paired on the seeds where neither side collapsed, or
-      unpaired over each side's learned runs when fewer than two seeds learned on both sides.
+    * the accuracy of the runs that did not collapse (``learned_*``): paired on the seeds where neither side
+      collapsed, or unpaired over each side's runs that did not collapse when fewer than two such seeds remain.
     """
     d = compare(rows_a, rows_b, scope)
     if not d:
@@ -289,7 +289,7 @@ def compare_with_collapse(rows_a, rows_b, name_a: str, name_b: str, scope: str =
         ld = d
     out.update({f"learned_{k}": ld.get(k, np.nan) for k in ("diff", "lo", "hi", "resolved", "equivalence")})
     out["learned_seeds"] = (f"{ld['n_seeds_a']} vs {ld['n_seeds_b']}" if ld else "0")
-    out["learned_words"] = verdict_words(ld, name_a, name_b) if ld else "no run learned on one side"
+    out["learned_words"] = verdict_words(ld, name_a, name_b) if ld else "every run of one side collapsed"
     return out
 
 
@@ -535,6 +535,21 @@ def seeds_for_margin(sd: float, margin: float = 0.05, cell_se: float = 0.0, leve
             "mde": {n: mde(n) for n in ns}}
 
 
+#: The pilot rule's history: when each part of :func:`choose_design` was written or changed, and what of the
+#: pilot's results was in view then (the report renders it whole). No version of the rule reads TEST.
+PILOT_RULE_REVISIONS = (
+    ("first version", "before any pilot run had finished", "rate: the 2020 rate unless another learned on every "
+     "seed; size within 2 points of the best; epochs at the plateau of cross-entropy's seed-mean curve; seeds "
+     "from the paired CE - MSE spread"),
+    ("a tie between rates", "6 of the 12 runs finished (the 60x80 cross-entropy candidates)", "a tie in seeds "
+     "that learned first went to the 2020 rate, then to the higher seed-mean validation accuracy"),
+    ("the plateau", "the same 6 runs, before any MSE run had started", "read on a 3-epoch moving average (one "
+     "lucky epoch at 4 of 15 had passed for it), and the latest among the losses tried at the chosen size"),
+    ("rates compared at one size", "10 of the 12 runs finished", "a rate's seeds counted at the size where "
+     "several rates were tried, not pooled over sizes"),
+)
+
+
 def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: float = 1e-3) -> dict:
     """The pilot's rule, as a pure function of its table (:func:`pilot_table`) and the paired spread of
     cross-entropy minus MSE (:func:`paired_spread`):
@@ -584,7 +599,8 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
     size = min((s for s, v in mean_by_size.items() if v >= best - SIZE_TOLERANCE), key=px.get)
     reasons.append("; ".join(f"{s}: {100 * v:.1f}%" for s, v in sorted(mean_by_size.items(), key=lambda t: px[t[0]]))
                    + f" seed-mean validation accuracy: {size} is the smallest within "
-                     f"{100 * SIZE_TOLERANCE:g} points of the best")
+                     f"{100 * SIZE_TOLERANCE:g} points of the best (a larger input is kept only when clearly better; "
+                     "three seeds do not tell sizes this close apart)")
     # the epochs: every loss tried at the chosen size must reach its plateau (a loss that learns more slowly than
     # cross-entropy is not cut short)
     at_size = table[table["image_size"] == size]
@@ -602,13 +618,16 @@ def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: fl
                        f"pilot's {epochs} epochs are kept (the plateau is not shown to be reached)")
     seeds = MIN_SEEDS
     if spread and spread.get("sd") == spread.get("sd") and spread.get("sd") is not None:
-        need = seeds_for_margin(spread["sd"], 0.05)["seeds"]
+        design = seeds_for_margin(spread["sd"], 0.05)
+        need = design["seeds"]
         seeds = int(min(MAX_SEEDS, max(MIN_SEEDS, need or MAX_SEEDS)))
         diffs = ", ".join(f"{100 * d:+.1f}" for d in spread["diffs"])
-        enough = need or f"more than {MAX_SEEDS}"
+        enough = need or f"more than {max(design['half_width'])}"
         reasons.append(f"paired CE - MSE validation differences per seed {diffs} points "
                        f"(sd {100 * spread['sd']:.1f}): {enough} seeds bound a zero difference inside +-5 points "
-                       f"from the seeds alone; {seeds} planned")
+                       f"from the seeds alone; {seeds} planned (the budget), which from the seeds alone give an "
+                       f"interval of +-{100 * design['half_width'][seeds]:.1f} points and detect a difference of "
+                       f"{100 * design['mde'][seeds]:.1f} points with 80% power")
     others = sorted(lr for lr in by_rate if lr != rate)
     return {"learning_rate": rate, "control_rates": others, "rate_tie": tie,
             "image_size": [int(v) for v in size.split("x")], "epochs": epochs, "seeds": seeds, "reasons": reasons}

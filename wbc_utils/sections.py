@@ -544,7 +544,8 @@ class Report:
             f"TEST cells (only {c['unseen_per_class_cells']['MONOCYTE']} monocytes and "
             f"{c['unseen_per_class_cells']['LYMPHOCYTE']} lymphocytes) bound what any comparison can resolve; "
             f"{c['unseen_per_class_cells']['MONOCYTE']} cells show little of the variation among monocytes. "
-            "Verdicts are given only where an interval excludes 0." + (
+            "A difference is called resolved only where its interval excludes 0, and bounded only where the "
+            "interval lies inside a margin fixed in advance." + (
                 " With one seed, an interval is about one trained model, not its recipe." if seeds == 1 else ""),
             f"**An accuracy over images weighs cells unequally.** Each cell counts with its number of images: the "
             f"{c['unseen_per_class_cells']['MONOCYTE']} unseen monocyte cells carry about as many TEST images as the "
@@ -686,11 +687,15 @@ class Report:
         cell one vote. Differences between losses are paired on the same cells and, where both settings were
         trained from the same seeds, on the seeds too: a seed fixes the initial weights, the training images and
         the batch order, so the difference is computed seed by seed and the seed part of its variance is the spread
-        of the per-seed differences (/ number of seeds, with one fewer degrees of freedom); where the seed sets
-        differ the seeds count as independent runs, and the verdict says so. A difference is called **resolved**
-        only when its interval excludes 0, and **bounded** ("no difference larger than X points") when its whole
-        interval lies inside +-X, X the smallest of {", ".join(f"{x:g}" for x in EQUIVALENCE_MARGINS)} points (margins fixed
-        before the runs); every verdict states its seeds. Single-run intervals (Appendix A) count the cells only.
+        of the per-seed differences (/ number of seeds, with one fewer degrees of freedom); a seed trained on one
+        side only is left out (the verdict names it), and with fewer than two shared seeds the seeds count as
+        independent runs. A difference is called **resolved** only when its interval excludes 0, and **bounded**
+        ("no difference larger than X points") when its whole interval lies inside +-X, X the smallest of
+        {", ".join(f"{x:g}" for x in EQUIVALENCE_MARGINS)} points (margins fixed before the runs; with a 95%
+        interval this is two one-sided tests at 2.5% each); every verdict states its seeds, and each comparison the
+        smallest difference its design detects with 80% power. The comparisons are reported unadjusted for their
+        number (six between losses, two between encodings): read one resolved difference among them with that in
+        mind. Single-run intervals (Appendix A) count the cells only.
 
         **Collapse.** One definition, used throughout: a run has *collapsed* when its training loss (the finished
         model's, on its training images in inference mode) is no better than the best constant prediction's (within {COLLAPSE_LOSS_TOL:.0%}; for cross-entropy on balanced
@@ -727,12 +732,13 @@ class Report:
         return (f"**How the scale was chosen (the pilot, profile `{p['name']}`).** Before any run of this profile, "
                 f"a pilot trained each candidate on TRAIN alone, with a fifth of TRAIN's same-cell clusters held out "
                 f"as validation (another fifth per seed; the same for every candidate of a seed), for "
-                f"{p['table']['epochs'].max()} epochs; TEST was scored but chose nothing. A rule written before the "
-                f"pilot finished (`analysis.choose_design`) reads its table (Table {self.doc.n_tab + 1}): "
+                f"{p['table']['epochs'].max()} epochs. A rule (`analysis.choose_design`) reads its table "
+                f"(Table {self.doc.n_tab + 1}) at each candidate's last epoch: "
                 + "; ".join(c["reasons"]) + ". "
-                + ("The tie-break between rates was settled after the pilot's 60x80 cross-entropy runs had finished "
-                   "(its first version sent a tie to the 2020 rate): a choice made with the pilot's validation in "
-                   "view, though never with TEST. " if c.get("rate_tie") else "")
+                + "The rule changed while the pilot ran, each time with some of its validation results in view: "
+                + "; ".join(f"*{what}* (with {when} in view): {how}" for what, when, how in an.PILOT_RULE_REVISIONS[1:])
+                + ". No version of the rule reads TEST; the pilot's runs scored TEST at the end, as every run does "
+                  "(`results/pilot/`), and those scores are used nowhere. "
                 + ("This profile follows it." if follows else
                    "**This profile departs from it**: see its settings above."))
 
@@ -907,8 +913,8 @@ class Report:
             more.append({**name, "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(not paired)",
                          "collapsed": f"{r['collapsed_a']}/{r['n_a']} vs {r['collapsed_b']}/{r['n_b']}",
                          "Fisher": fmt_p(r["fisher_p"]),
-                         "runs that learned [95% CI]": fmt_diff(learned) if learned.get("diff") == learned.get("diff")
-                         else "-", "seeds that learned": r["learned_seeds"]})
+                         "runs that did not collapse [95% CI]": fmt_diff(learned)
+                         if learned.get("diff") == learned.get("diff") else "-", "their seeds": r["learned_seeds"]})
         doc.table(pd.DataFrame(main), "Differences in seed-pooled accuracy on unseen TEST cells (percentage points), "
                   "first loss minus second, over every finished run: paired on the same cells and, where the two "
                   "losses were trained from the same seeds, on the seeds (section 3). The verdict says how many "
@@ -916,8 +922,9 @@ class Report:
                   "80% power, (t(0.975) + t(0.8)) x its standard error.")
         doc.table(pd.DataFrame(more), "The same comparisons three more ways. *Unpaired*: each side's seeds counted as "
                   "independent runs (what pairing on seeds buys). *Collapsed*: runs that collapsed on each side, with "
-                  "Fisher's exact test. *Runs that learned*: the difference over the seeds where neither side "
-                  "collapsed, paired when at least two such seeds remain.")
+                  "Fisher's exact test. *Runs that did not collapse*: the difference over the seeds where neither side "
+                  "collapsed, paired when at least two such seeds remain; it selects on an outcome the loss itself "
+                  "affects, so it describes, it does not compare like with like.")
 
     def _results_per_class(self) -> None:
         d, doc = self.data, self.doc

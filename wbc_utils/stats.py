@@ -7,9 +7,8 @@ Two sources of uncertainty sit under every accuracy this study quotes:
   one cell succeed or fail together, so the unit of resampling is the
   *same-cell cluster*, never the image. The class mix is fixed by the
   dataset's design (TEST's unseen cells: 12 eosinophils, 5 lymphocytes, 4
-  monocytes, 41 neutrophils), so clusters are resampled *within their class*
-  (a stratified cluster bootstrap); the unstratified interval is kept beside
-  it as a check.
+  monocytes, 41 neutrophils), so the clusters' spread is taken *within their
+  class* (stratified); the unstratified interval is kept beside it as a check.
 * **the training run.** Trained again with another seed, the same recipe
   reaches another accuracy; at the quick profile's size the spread is larger
   than most differences between losses. A figure pooled over seeds therefore
@@ -32,7 +31,8 @@ classical interval for a proportion of independent units where one is
 wanted. The cluster bootstrap (:meth:`Clusters.draw`) remains for statistics
 without a closed-form variance (calibration error, ensembles).
 
-Bootstrap draws are seeded (``BOOT_SEED``), so every interval is reproducible.
+The t intervals are closed-form; the bootstrap's draws are seeded (``BOOT_SEED``), so every interval is
+reproducible.
 """
 from __future__ import annotations
 
