@@ -491,8 +491,15 @@ class Report:
                          f"{fmt_ci(hub['true_accuracy'], hub['true_lo'], hub['true_hi'])}"))
         p1, p2 = self.pair(ONEHOT, "crossentropy", "mse"), self.pair(ONEHOT, "crossentropy", "huber")
         if p1 and p2:
-            rows.append(("Cross-entropy is the loss to use; MSE and Huber fail",
-                         "**Corrected**: with one-hot targets they are classification losses too",
+            ce_better = [d for d in (p1, p2) if d["resolved"] and d["diff"] > 0]
+            verdict = ("**Supported** with one-hot targets too: cross-entropy beats "
+                       + " and ".join(n for n, d in (("MSE", p1), ("Huber", p2)) if d in ce_better)
+                       if len(ce_better) == 2 else
+                       "**Corrected**: with one-hot targets MSE and Huber are classification losses too; "
+                       + ("cross-entropy beats " + " and ".join(n for n, d in (("MSE", p1), ("Huber", p2))
+                                                                 if d in ce_better) + " only"
+                          if ce_better else "no advantage of cross-entropy is resolved"))
+            rows.append(("Cross-entropy is the loss to use; MSE and Huber fail", verdict,
                          f"MSE {self.acc('mse', ONEHOT)}, Huber {self.acc('huber', ONEHOT)} vs cross-entropy "
                          f"{self.acc('crossentropy', ONEHOT)}; CE - MSE {fmt_diff(p1)}: {an.verdict_words(p1, 'CE', 'MSE')}; "
                          f"CE - Huber {fmt_diff(p2)}: {an.verdict_words(p2, 'CE', 'Huber')}"))
