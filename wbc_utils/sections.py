@@ -360,11 +360,17 @@ class Report:
         if d["has_losses"]:
             ar = d["allruns"]
             s = d["settings"]
+            prof = d["study"].profile
+            planned = len(prof.runs()) if prof is not None else len(ar)
+            done = int((ar.status == "finished").sum())
             lines.append(f"**Profile `{self.profile}`**: {s.get('description', '')}. "
-                         f"{int((ar.status == 'finished').sum())} of {len(ar)} runs finished "
+                         f"{done} of the {planned} planned runs finished "
                          f"({int((ar.status == 'failed').sum())} failed, {int((ar.status == 'incomplete').sum())} "
-                         f"incomplete); {len(d['controls'])} of them are control runs. What this profile trades away: "
-                         f"{s.get('trades', 'n/a')}.")
+                         f"incomplete); {len(d['controls'])} of them are control runs."
+                         + (f" **The study goes on**: this report rests on the runs finished so far, every setting on "
+                            f"the same seeds; `make report PROFILE={self.profile}` trains the rest and rebuilds it."
+                            if done < planned else "")
+                         + f" What this profile trades away: {s.get('trades', 'n/a')}.")
         lines.append(f"**Data**: TRAIN {c['TRAIN']['files']:,} images of {c['TRAIN']['slides']} slides "
                      f"({c['TRAIN']['cells']} independent cells); TEST {c['TEST']['files']:,} images of "
                      f"{c['TEST']['slides']} slides ({c['TEST']['cells']} cells, {c['shared_cells']} of them also in "
