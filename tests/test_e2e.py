@@ -80,7 +80,7 @@ def test_report_html_is_self_contained_and_pdf_has_pages(smoke):
     assert "<title>Loss functions for white-blood-cell classification" in html
     for section in ("Abstract", "What the 2020 report claimed", "Limitations", "1. The 2020 study",
                     "2. Where the images come from", "3. Methods", "4. Results", "5. Discussion", "6. Conclusion",
-                    "Table 1.", "Figure 1.", "What changed since the previous version"):
+                    "Table 1.", "Figure 1.", "What changed since the previous reference report"):
         assert section in html, section
     assert 'src="http' not in html and "<script src=" not in html, "the HTML fetches something from a network"
     assert "data:image/png;base64" in html
