@@ -64,7 +64,7 @@ bench-fast: ## the same without the memory runs and the quick profile (a few min
 ship-model: ## copy the best profile's seed-0 model to models/best/ (what `predict` uses by default)
 	$(PY) -m wbc_utils ship --profile best --seed 0 $(ARGS)
 
-readme: ## rewrite the README's findings block from report/shipped/quick/results.json (the shipped report's numbers)
+readme: ## rewrite the README's findings block from report/shipped/full/results.json (the reference report's numbers)
 	$(PY) -m wbc_utils readme
 
 slides: ## check the shipped slide mapping against the dataset (rebuild it with: python -m wbc_utils slides --force)

@@ -36,7 +36,9 @@ REPORT_NOTEBOOK = REPO_ROOT / "report" / "report.ipynb"
 README = REPO_ROOT / "README.md"
 #: The reports shipped with the package (tracked): ``report/shipped/<profile>/``. ``make report`` never writes here.
 SHIPPED_REPORTS = REPO_ROOT / "report" / "shipped"
-SHIPPED_RESULTS = SHIPPED_REPORTS / "quick" / "results.json"
+#: The profile whose shipped report the README quotes: the study that answers the question (``full``).
+REFERENCE_PROFILE = "full"
+SHIPPED_RESULTS = SHIPPED_REPORTS / REFERENCE_PROFILE / "results.json"
 #: Small artifacts of studies too long to rerun here (the paper profile, trained on a GPU): tracked, read as a runs
 #: folder (``--runs-dir results``), written by ``python -m wbc_utils export``.
 RESULTS = REPO_ROOT / "results"

@@ -150,6 +150,8 @@ def export_pdf(executed: Path, out: Path) -> Path:
 
 def build_report(profile: str, runs_root=None, pdf: bool = True) -> dict:
     """Execute and export the report; returns {"html": path, "pdf": path or None, "pdf_error": str or None}."""
+    # the report notebook runs with report/ as its working directory: a relative runs folder means this one's
+    runs_root = Path(runs_root).resolve() if runs_root else None
     out_dir = report_dir(profile)
     executed = execute_report(profile, runs_root, out_dir)
     html = export_html(executed, out_dir / "report.html")
