@@ -759,18 +759,21 @@ class Report:
         p = self.data.get("pilot")
         if not p:
             return
-        rows = [{"candidate": r.candidate, "seeds": ", ".join(str(v) for v in r.seeds),
-                 "validation per seed": ", ".join(f"{100 * v:.1f}" for v in r.val_per_seed),
+        rows = [{"candidate": r.candidate,
+                 "validation per seed (" + ", ".join(str(v) for v in r.seeds) + ")":
+                     ", ".join(f"{100 * v:.1f}" for v in r.val_per_seed),
                  "mean [min, max]": f"{100 * r.val_mean:.1f}% [{100 * r.val_min:.1f}, {100 * r.val_max:.1f}]",
-                 "plateau from epoch": f"{int(r.plateau_epoch)} of {r.epochs}" if r.plateau_epoch == r.plateau_epoch
-                 else "-", "learned": f"{r.learned}/{r.runs}", "collapsed": f"{r.collapsed}/{r.runs}",
-                 "train acc.": fmt_pct(r.train_accuracy), "s/epoch": f"{r.seconds_per_epoch:.0f}"}
+                 "plateau": f"epoch {int(r.plateau_epoch)} of {r.epochs}" if r.plateau_epoch == r.plateau_epoch
+                 else "-", "learned": f"{r.learned}/{r.runs}" + (f" ({r.collapsed} collapsed)" if r.collapsed else ""),
+                 "train acc.": fmt_pct(r.train_accuracy),
+                 "s/epoch": f"{r.seconds_per_epoch:.0f}" if r.seconds_per_epoch == r.seconds_per_epoch else "-"}
                 for r in p["table"].itertuples()]
         return self.doc.table(pd.DataFrame(rows), f"The pilot (profile `{p['name']}`): every candidate, on held-out "
-                              "TRAIN cells (final-epoch validation accuracy, %), negative results included. *Plateau "
-                              "from epoch*: where the seed-mean validation curve comes within 2 points of its best. "
-                              "*Learned*: seeds not collapsed and at least 10 points above chance. *s/epoch*: median "
-                              "wall time of an epoch, two runs at a time on a 2-core CPU.")
+                              "TRAIN cells (final-epoch validation accuracy, %), negative results included. *Plateau*: "
+                              "where the seed-mean validation curve, smoothed over 3 epochs, comes within 2 points of "
+                              "its best. *Learned*: seeds not collapsed and at least 10 points above chance. "
+                              "*s/epoch*: median wall time of an epoch, two runs at a time on a 2-core CPU shared with "
+                              "other work (a rough guide only).")
 
     def _s_results(self) -> None:
         d, doc = self.data, self.doc
