@@ -37,7 +37,7 @@ from . import CLASSES, beyond, registry
 from . import analysis as an
 from .analysis import fmt_ci, fmt_diff, fmt_p, fmt_pct
 from .beyond import lab_and_final
-from .config import RESULTS, SHIPPED_RESULTS
+from .config import REFERENCE_PROFILE, RESULTS, SHIPPED_RESULTS
 from .data import build_manifest, run_split
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from .figures import data as data_figures
@@ -1178,19 +1178,17 @@ class Report:
         d, doc = self.data, self.doc
         if not d["has_losses"]:
             return
-        prev = d.get("previous") or {}
         doc.h(2, "What changed since the previous reference report")
         items = []
-        if prev.get("profile") and prev["profile"] != self.profile:
+        if self.profile == REFERENCE_PROFILE:
             items.append(f"- **The reference is now the `{self.profile}` profile.** The previous reference report was "
-                         f"the `{prev['profile']}` profile's, at a size where the network had not learned (its "
-                         "comparisons between losses could not be resolved); that report stays in "
-                         f"`report/shipped/{prev['profile']}/`, unchanged.")
+                         "the `quick` profile's, at a size where the network had not learned (its comparisons between "
+                         "losses could not be resolved); that report stays in `report/shipped/quick/`, unchanged.")
         items += [
             "- **Comparisons paired on seeds.** A seed fixes the initial weights, the training images and the batch "
             "order, so two settings trained from the same seed are compared seed by seed (section 3); the previous "
-            "report counted each setting's seeds as independent runs, which made its intervals wider than the "
-            "design needs. The unpaired interval is still shown beside each comparison (section 4.6).",
+            "report counted each setting's seeds as independent runs. Section 4.6 shows both intervals side by "
+            "side.",
             "- **Verdicts that bound.** Beside resolved / not resolved, a comparison whose interval lies inside a "
             "margin fixed in advance (2, 5 or 10 points) says there is no difference larger than that, and every "
             "comparison states the smallest difference its design detects with 80% power.",
