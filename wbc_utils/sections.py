@@ -21,7 +21,6 @@ import datetime
 import html
 import inspect
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from . import CLASSES, beyond, registry
 from . import analysis as an
 from .analysis import fmt_ci, fmt_diff, fmt_p, fmt_pct
 from .beyond import lab_and_final
-from .config import REFERENCE_PROFILE, RESULTS, SHIPPED_RESULTS
+from .config import REFERENCE_PROFILE, RESULTS
 from .data import build_manifest, run_split
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from .figures import data as data_figures
@@ -279,7 +278,6 @@ class Report:
             d["collapse"] = {"allruns": d["allruns"], "histories": d["histories"],
                              "table": an.collapse_table(d["allruns"]), "settings": d["settings"]}
         d["best"] = lab_and_final(self.best_profile, root) if self.best_profile else None
-        d["previous"] = json.loads(SHIPPED_RESULTS.read_text()) if SHIPPED_RESULTS.exists() else None
         d["has_best"] = d["best"] is not None and len(d["best"]["final_runs"]) > 0
         d["best_findings"] = best_findings(d["best"]) if d["has_best"] else None
 
