@@ -55,10 +55,10 @@ def study(tmp_path):
 
     def make(seeds=(0, 1, 2), simple=True, profile="fake"):
         for s in seeds:
-            _fake_run(root, profile, manifest, "crossentropy", "paper", s, 0.8, simple=simple)
-            _fake_run(root, profile, manifest, "mse", "paper", s, 0.3, simple=simple)
+            _fake_run(root, profile, manifest, "crossentropy", "integer", s, 0.8, simple=simple)
+            _fake_run(root, profile, manifest, "mse", "integer", s, 0.3, simple=simple)
             _fake_run(root, profile, manifest, "mse", "onehot", s, 0.7, simple=simple)
-            _fake_run(root, profile, manifest, "crossentropy", "paper", s, 0.25, collapsed=True, simple=simple,
+            _fake_run(root, profile, manifest, "crossentropy", "integer", s, 0.25, collapsed=True, simple=simple,
                       lr=1e-3)
         return summary_frame(profile, root)
     return make, root, data
@@ -81,7 +81,7 @@ def test_a_study_holds_its_main_and_control_runs_split_once_by_its_profile(study
     assert st.losses() == ["crossentropy", "mse"] and st.original() is None
     # comparisons are generated from the losses present, in registry order
     assert list(an.paired_table(st.main)["comparison"]) == ["CE - MSE", "CE - MSE"]
-    assert an.recipes(st.main) == [("crossentropy", "paper"), ("mse", "paper"), ("mse", "onehot")]
+    assert an.recipes(st.main) == [("crossentropy", "integer"), ("mse", "integer"), ("mse", "onehot")]
 
 
 def test_group_table_pools_seeds_and_stands_cross_entropy_for_both_encodings(study):
@@ -90,11 +90,11 @@ def test_group_table_pools_seeds_and_stands_cross_entropy_for_both_encodings(stu
     main = s[s["learning_rate"] == 3e-4]
     g = an.group_table(main)
     ce = g[(g["loss"] == "crossentropy")].set_index("encoding")
-    assert ce.loc["onehot", "same_runs_as"] == "paper" and ce.loc["onehot", "unseen"] == ce.loc["paper", "unseen"]
+    assert ce.loc["onehot", "same_runs_as"] == "integer" and ce.loc["onehot", "unseen"] == ce.loc["integer", "unseen"]
     for r in g.itertuples():
         assert r.seeds == 3 and r.unseen_lo <= r.unseen <= r.unseen_hi and r.simple_slides > 0
     mse = g[(g["loss"] == "mse")].set_index("encoding")
-    assert mse.loc["onehot", "unseen"] > mse.loc["paper", "unseen"] + 0.2
+    assert mse.loc["onehot", "unseen"] > mse.loc["integer", "unseen"] + 0.2
 
 
 def test_without_test_simple_the_tables_still_build(study):
@@ -118,12 +118,12 @@ def test_same_seeds_are_paired_and_the_unpaired_interval_stands_beside(study):
     s = make(seeds=(0, 1, 2))
     main = s[s["learning_rate"] == 3e-4]
     pt = an.paired_table(main).set_index(["encoding", "comparison"])
-    r = pt.loc[("paper", "CE - MSE")]
+    r = pt.loc[("integer", "CE - MSE")]
     assert r["paired"] and r["pairing"] == "paired on seeds" and r["seeds_a"] == [0, 1, 2]
     assert r["diff"] == pytest.approx(r["unpaired_diff"]) and "paired" in r["words"]
     assert r["collapsed_a"] == 0 and r["n_a"] == 3 and r["fisher_p"] == 1.0
     assert r["learned_diff"] == pytest.approx(r["diff"])  # nothing collapsed: the learned runs are all the runs
-    ce, mse = an.runs_for(main, "crossentropy", "paper"), an.runs_for(main, "mse", "paper")
+    ce, mse = an.runs_for(main, "crossentropy", "integer"), an.runs_for(main, "mse", "integer")
     # a study stopped part-way: seed 2 trained on one side only is left out, the rest stays paired
     d = an.compare(ce, mse[mse["seed"] != 2])
     assert d["paired"] and d["dropped_seeds"] == [2] and d["seeds_a"] == [0, 1] and d["n_seeds_a"] == 2
@@ -139,7 +139,7 @@ def test_a_collapsed_run_leaves_the_learned_comparison_and_counts_in_fisher(stud
     make, root, data = study
     s = make(seeds=(0, 1, 2))
     main = s[s["learning_rate"] == 3e-4].copy()
-    ce = an.runs_for(main, "crossentropy", "paper").copy()
+    ce = an.runs_for(main, "crossentropy", "integer").copy()
     ce.loc[ce["seed"] == 1, "collapsed"] = True
     mse = an.runs_for(main, "mse", "onehot")
     d = an.compare_with_collapse(ce, mse, "CE", "MSE")
@@ -224,7 +224,7 @@ def test_pilot_arithmetic_plateau_and_seeds_for_a_margin():
 
 def _pilot_row(size, lr, vals, plateau, epochs=15, loss="crossentropy", collapsed=0):
     learned = sum(v >= 0.35 for v in vals)  # a collapsed seed sits near chance
-    return {"candidate": f"{loss} {size} {lr}", "loss": loss, "encoding": "paper", "image_size": size,
+    return {"candidate": f"{loss} {size} {lr}", "loss": loss, "encoding": "integer", "image_size": size,
             "learning_rate": lr, "val_per_seed": vals,
             "val_mean": float(np.mean(vals)), "plateau_epoch": plateau, "epochs": epochs, "collapsed": collapsed,
             "learned": learned, "runs": len(vals)}

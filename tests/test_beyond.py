@@ -95,7 +95,7 @@ def test_run_name_names_the_design():
                   label_smoothing=0.1, tta=True, validation="none", target_encoding="onehot")
     assert p.run_name == "crossentropy_onehot_wbcnet16e100_cell_augc_cosine_ls0.1_tta_lr0.001_noval_s0"
     q = RunParams(arch="wbcnet", view="cell96", validation="grouped", folds=5, fold=3, epochs=16)
-    assert q.run_name == "crossentropy_paper_wbcnet16e16_cell96_cv3of5_lr0.001_gval_s0"
+    assert q.run_name == "crossentropy_integer_wbcnet16e16_cell96_cv3of5_lr0.001_gval_s0"
 
 
 def test_params_written_before_new_parameters_still_match():

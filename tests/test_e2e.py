@@ -42,7 +42,7 @@ def test_every_run_has_its_artifacts(smoke):
     main = summary[summary["role"] == "main"]
     # cross-entropy's two encodings are one function: run once, with integer labels
     assert sorted(set(zip(main["loss"], main["target_encoding"]))) == sorted(
-        (l, e) for l in ("crossentropy", "mse", "huber") for e in ("paper", "onehot")
+        (l, e) for l in ("crossentropy", "mse", "huber") for e in ("integer", "onehot")
         if (l, e) != ("crossentropy", "onehot"))
     for run in summary["run_dir"]:
         run = Path(run)
@@ -106,7 +106,7 @@ def test_rerun_reuses_or_refuses(smoke):
     cmd = [sys.executable, "-m", "wbc_utils", "study", "--profile", "smoke"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget(300))
     assert res.returncode == 2 and "--reuse" in res.stderr
-    res = subprocess.run(cmd + ["--reuse", "--losses", "mse", "--encodings", "paper"], cwd=ROOT, env=env,
+    res = subprocess.run(cmd + ["--reuse", "--losses", "mse", "--encodings", "integer"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=budget(300))
     assert res.returncode == 0 and ": reuse" in res.stdout
 

@@ -84,13 +84,13 @@ def test_images_of_one_cell_count_as_one_unit():
 
 
 def test_constant_loss_closed_forms():
-    assert constant_loss("crossentropy", "paper", [10, 10, 10, 10]) == pytest.approx(math.log(4), abs=1e-6)
+    assert constant_loss("crossentropy", "integer", [10, 10, 10, 10]) == pytest.approx(math.log(4), abs=1e-6)
     # integer-label MSE: every output predicts the mean label; the loss is the labels' variance
-    assert constant_loss("mse", "paper", [1, 1, 1, 1]) == pytest.approx(1.25, abs=1e-5)
+    assert constant_loss("mse", "integer", [1, 1, 1, 1]) == pytest.approx(1.25, abs=1e-5)
     # one-hot MSE against a softmax: the best constant is the class prior: mean_k p_k(1-p_k) ... = 0.1875
     assert constant_loss("mse", "onehot", [5, 5, 5, 5]) == pytest.approx(0.1875, abs=1e-5)
     assert constant_loss("huber", "onehot", [5, 5, 5, 5]) == pytest.approx(0.1875 / 2, abs=1e-5)
-    unbalanced = constant_loss("crossentropy", "paper", [30, 10, 10, 10])
+    unbalanced = constant_loss("crossentropy", "integer", [30, 10, 10, 10])
     p = np.array([.5, 1 / 6, 1 / 6, 1 / 6])
     assert unbalanced == pytest.approx(-(p * np.log(p)).sum(), abs=1e-5)
 
@@ -102,11 +102,11 @@ def test_one_collapse_definition_catches_runs_held_at_ln4_that_split_their_votes
     labels = np.repeat([0, 1, 2, 3], 50)
     flat = rng.normal(0, 1e-3, (200, 4)) + np.array([0.0, 0.0, 1e-3, 0.0])
     assert np.bincount(flat.argmax(1)).max() / 200 < 0.6
-    spread = output_spread(flat, labels, "crossentropy", "paper")
+    spread = output_spread(flat, labels, "crossentropy", "integer")
     v = collapse_verdict(math.log(4) + 0.001, math.log(4), spread)
     assert v["collapsed"] and v["held_at_constant_loss"] and spread < 0.01
     learning = np.eye(4)[labels] * 3 + rng.normal(0, 1, (200, 4))
-    v2 = collapse_verdict(0.6, math.log(4), output_spread(learning, labels, "crossentropy", "paper"))
+    v2 = collapse_verdict(0.6, math.log(4), output_spread(learning, labels, "crossentropy", "integer"))
     assert not v2["collapsed"] and not v2["held_at_constant_loss"]
     # held but with varied outputs (a diverging run) is not 'collapsed'
     assert not collapse_verdict(2.0, math.log(4), 0.8)["collapsed"]
@@ -115,7 +115,7 @@ def test_one_collapse_definition_catches_runs_held_at_ln4_that_split_their_votes
 def test_regression_outputs_spread_uses_raw_outputs():
     labels = np.repeat([0, 1, 2, 3], 10)
     regress = np.repeat(labels[:, None].astype(float), 4, 1) + 0.01  # perfect regression onto the index
-    assert output_spread(regress, labels, "mse", "paper") == pytest.approx(1.0)
+    assert output_spread(regress, labels, "mse", "integer") == pytest.approx(1.0)
     # as probabilities (softmax of four equal outputs) they would look constant
     assert output_spread(regress, labels, "mse", "onehot") < 1e-6
 
@@ -125,7 +125,7 @@ def test_evaluate_predictions_collapse_needs_training_loss():
     cells = [f"{l}/{i % 5}" for i, l in enumerate(labels)]
     scores = np.zeros((100, 4))
     scores[:, 3] = 1e-6
-    m = evaluate_predictions(frame(scores, labels, cells), loss="crossentropy", encoding="paper",
+    m = evaluate_predictions(frame(scores, labels, cells), loss="crossentropy", encoding="integer",
                              final_train_loss=1.3863, train_class_counts=[10, 10, 10, 10])
     assert m["collapsed"] and m["top_class_share"] == 1.0 and m["unseen_accuracy"] == 0.25
     assert m["constant_loss"] == pytest.approx(math.log(4), abs=1e-6)

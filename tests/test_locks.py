@@ -178,7 +178,7 @@ def test_a_full_disk_ends_with_a_clear_message_and_no_finished_looking_run(train
 
     monkeypatch.setattr(study, "execute_run", failing_run)
     monkeypatch.setattr(study, "write_csv", full)
-    status = main(["study", *STUDY_ARGS[:-2], "--losses", "mse", "--encodings", "paper",
+    status = main(["study", *STUDY_ARGS[:-2], "--losses", "mse", "--encodings", "integer",
                    "--data-dir", str(train_dataset)])
     err = capsys.readouterr()
     assert status == 1

@@ -25,7 +25,7 @@ def _softmax(s):
 
 def test_paper_mse_broadcasts_the_integer_label_against_all_outputs():
     expected = ((Y[:, None] - S) ** 2).mean(1)
-    np.testing.assert_allclose(_np(loss_value("mse", "paper", Y, S)), expected, rtol=1e-5)
+    np.testing.assert_allclose(_np(loss_value("mse", "integer", Y, S)), expected, rtol=1e-5)
 
 
 def test_onehot_mse_compares_softmax_with_onehot():
@@ -37,10 +37,10 @@ def test_huber_delta_1():
     d = Y[:, None] - S
     a = np.abs(d)
     expected = np.where(a <= 1, 0.5 * d * d, a - 0.5).mean(1)
-    np.testing.assert_allclose(_np(loss_value("huber", "paper", Y, S)), expected, rtol=1e-5)
+    np.testing.assert_allclose(_np(loss_value("huber", "integer", Y, S)), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("enc", ["paper", "onehot"])
+@pytest.mark.parametrize("enc", ["integer", "onehot"])
 def test_crossentropy_is_the_same_under_both_encodings(enc):
     expected = -np.log(_softmax(S)[np.arange(5), Y])
     np.testing.assert_allclose(_np(loss_value("crossentropy", enc, Y, S)), expected, rtol=1e-5)
@@ -49,10 +49,10 @@ def test_crossentropy_is_the_same_under_both_encodings(enc):
 def test_paper_metric_for_mse_is_the_share_of_argmax_0():
     scores = np.eye(4, dtype=np.float32)[[0, 0, 1, 3, 2]]
     y = np.array([3, 0, 1, 3, 2])  # true accuracy 4/5, argmax==0 share 2/5
-    assert _np(paper_metric_value("mse", "paper", y, scores)).mean() == pytest.approx(0.4)
-    assert _np(paper_metric_value("huber", "paper", y, scores)).mean() == pytest.approx(0.4)
+    assert _np(paper_metric_value("mse", "integer", y, scores)).mean() == pytest.approx(0.4)
+    assert _np(paper_metric_value("huber", "integer", y, scores)).mean() == pytest.approx(0.4)
     assert _np(paper_metric_value("mse", "onehot", y, scores)).mean() == pytest.approx(0.8)
-    assert _np(paper_metric_value("crossentropy", "paper", y, scores)).mean() == pytest.approx(0.8)
+    assert _np(paper_metric_value("crossentropy", "integer", y, scores)).mean() == pytest.approx(0.8)
 
 
 def test_keras_training_uses_the_loss(tmp_path):
@@ -106,7 +106,7 @@ def test_a_model_saved_with_the_loss_class_loads_with_its_config():
 
     y = np.array([0, 1, 2, 3])
     s = np.random.default_rng(2).normal(size=(4, 4)).astype(np.float32)
-    for loss, enc, ls in (("mse", "paper", 0.0), ("crossentropy", "onehot", 0.1), ("huber", "onehot", 0.0)):
+    for loss, enc, ls in (("mse", "integer", 0.0), ("crossentropy", "onehot", 0.1), ("huber", "onehot", 0.0)):
         config = keras.saving.serialize_keras_object(make_loss(loss, enc, ls))
         assert config["registered_name"] == "wbc_utils>_EncodedLoss"
         assert {k: config["config"][k] for k in ("loss", "encoding", "label_smoothing")} == \

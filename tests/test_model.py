@@ -32,7 +32,7 @@ def test_takes_uint8_and_returns_4_float32_scores():
 def test_variants_and_bad_values():
     assert build_model((48, 64), arch="he").count_params() == paper_param_count(48, 64)
     assert build_model((48, 64), arch="bn").count_params() > paper_param_count(48, 64)
-    with pytest.raises(ParameterError, match="arch='resnet'.*paper, he, bn"):
+    with pytest.raises(ParameterError, match="arch='resnet'.*unet_encoder, he, bn"):
         build_model((48, 64), arch="resnet")
     with pytest.raises(ParameterError, match="16 pixels"):
         build_model((8, 64))

@@ -13,14 +13,14 @@ from wbc_utils.params import ALL_LOSSES, PROFILES, Profile, RunParams, get_profi
 
 @pytest.mark.parametrize("kw, pattern", [
     ({"loss": "hinge"}, r"loss='hinge' is not valid; valid values: crossentropy, mse, huber"),
-    ({"target_encoding": "ordinal"}, r"target_encoding='ordinal'.*paper, onehot"),
+    ({"target_encoding": "ordinal"}, r"target_encoding='ordinal'.*integer, onehot"),
     ({"epochs": 0}, r"epochs must be at least 1"),
     ({"epochs": "10"}, r"epochs must be an integer, got '10' \(str\)"),
     ({"seed": 1.5}, r"seed must be an integer"),
     ({"image_size": [10, 80]}, r"image_size=\[10, 80\] is too small.*four 2x max-pools"),
     ({"image_size": "sixty"}, r"image_size must look like 60x80"),
     ({"batch_size": True}, r"batch_size must be an integer"),
-    ({"validation": "test"}, r"validation='test'.*paper, grouped"),
+    ({"validation": "heldout"}, r"validation='heldout'.*test, grouped"),
     ({"learning_rate": 0}, r"learning_rate must be between"),
     ({"early_stopping_patience": 3}, r"needs validation='grouped'"),
 ])
@@ -49,9 +49,22 @@ def test_seeds():
         parse_seeds([0, 1.5])
 
 
+def test_the_quick_profile_is_the_full_profile_on_two_seeds():
+    """The pilot chose one scale at which the network learns (60x80, all of TRAIN, 6 epochs): the quick profile
+    is that scale on the full profile's first seeds, so its runs are the full profile's runs of the same seeds
+    (but for the profile's name) and the two reports differ only in how many seeds they rest on."""
+    quick, full = get_profile("quick"), get_profile("full")
+    assert quick.seeds == full.seeds[:len(quick.seeds)] and quick.pilot == full.pilot
+    same = {json.dumps({**p.to_dict(), "profile": ""}, sort_keys=True) for p in full.runs()}
+    assert all(json.dumps({**p.to_dict(), "profile": ""}, sort_keys=True) in same for p in quick.runs())
+    assert [p.run_name for p in quick.main_runs()] == [p.run_name for p in full.main_runs()
+                                                       if p.seed in quick.seeds]
+    assert quick.train_subset == 0 and quick.image_size == [60, 80]
+
+
 def test_profiles_and_overrides():
     quick = get_profile("quick")
-    assert len(quick.seeds) >= 5
+    assert len(quick.seeds) >= 2, "paired comparisons need two seeds"
     main = [r for r in quick.runs() if quick.is_main(r.to_dict())]
     # cross-entropy with one-hot targets is the same function as with integer labels: run once
     assert len(main) == (3 * 2 - 1) * len(quick.seeds)
@@ -96,7 +109,7 @@ def test_the_full_profile_follows_its_pilot():
     from wbc_utils.sections import pilot_of
 
     full = get_profile("full")
-    assert full.pilot == "pilot" and full.validation == "paper" and full.train_subset == 0
+    assert full.pilot == "pilot" and full.validation == "test" and full.train_subset == 0
     assert full.order == "seed" and full.precision == "float32"
     rec = pilot_of(full.pilot, RESULTS)
     if rec is None:

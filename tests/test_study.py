@@ -33,7 +33,7 @@ def test_failed_run_does_not_stop_the_batch(train_dataset, tmp_path):
     assert "1 run(s) FAILED: mse_onehot_16x20_lr0.0003_s0" in res.stderr
     assert "RunExistsError" in res.stdout
     s = pd.read_csv(runs / "smoke" / "summary.csv").set_index("run_name")
-    assert s.loc["mse_paper_16x20_lr0.0003_s0", "status"] == "finished"
+    assert s.loc["mse_integer_16x20_lr0.0003_s0", "status"] == "finished"
     assert s.loc["mse_onehot_16x20_lr0.0003_s0", "status"] == "failed"
     assert "different parameters" in s.loc["mse_onehot_16x20_lr0.0003_s0", "error"]
 

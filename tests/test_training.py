@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _params(**kw):
-    base = dict(loss="crossentropy", target_encoding="paper", seed=3, epochs=2, image_size=[16, 20],
+    base = dict(loss="crossentropy", target_encoding="integer", seed=3, epochs=2, image_size=[16, 20],
                 train_subset=0, batch_size=16, learning_rate=1e-3, profile="test")
     base.update(kw)
     return RunParams(**base)
@@ -123,10 +123,10 @@ def test_study_marks_incomplete_and_failed_runs(tmp_path, monkeypatch):
     from wbc_utils.study import summarize
 
     monkeypatch.setenv("WBC_RUNS_DIR", str(tmp_path))
-    inc = tmp_path / "p" / "mse_paper_s0"
+    inc = tmp_path / "p" / "mse_integer_s0"
     inc.mkdir(parents=True)
     write_json(inc / "params.json", _params(loss="mse").to_dict())
-    f = summarize("p", failed={"mse_paper_s0": "ValueError: boom"})
+    f = summarize("p", failed={"mse_integer_s0": "ValueError: boom"})
     assert f.loc[0, "status"] == "failed" and f.loc[0, "error"] == "ValueError: boom"
     f = summarize("p")
     assert f.loc[0, "status"] == "incomplete" and pd.isna(f.loc[0, "test_accuracy"])

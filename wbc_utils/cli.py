@@ -38,7 +38,7 @@ import pandas as pd
 
 from . import registry, slides
 from .artifacts import write_csv
-from .config import RESULTS, SHIPPED_RESULTS, figures_dir, profile_dir
+from .config import RESULTS, SHIPPED_RESULTS, figures_dir, profile_dir, runs_root
 from .config import data_dir as default_data_dir
 from .data import build_manifest, find_images_root, load_split
 from .download import download
@@ -59,7 +59,7 @@ from .predict import DISCLAIMER, format_table, predict_files, ship_model
 from .reevaluate import reevaluate_profile
 from .registry import ENCODINGS
 from .report import build_report, ship_report, update_readme
-from .runs import export_study, is_model_path, load_study, resource_message, summary_frame
+from .runs import export_study, is_model_path, legacy_folders, load_study, migrate, resource_message, summary_frame
 from .study import run_study, summarize
 from .training import train_run
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one run, without papermill (every run parameter is an option)",
                        description="Train one run and write its folder. Every run parameter is an option; the "
                        "defaults are the 2020 set-up (240x320, 100 epochs: long on a CPU). A run of a profile: "
-                       "--profile quick --image-size 60x80 --epochs 6 --train-subset 3000 --learning-rate 0.0003.")
+                       "--profile quick --image-size 60x80 --epochs 6 --learning-rate 0.0003 --train-subset 0.")
     _common(p)
     add_run_params(p)
     p.add_argument("--output-dir", help="run directory (default: <runs-dir>/<profile>/<run name>)")
@@ -223,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="paper")
     p.add_argument("--to", default=None, help=f"destination root (default: {RESULTS})")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("migrate", help="rename run folders written before 'paper' was renamed (no training)",
+                       description="Runs written before the rename stored 'paper' for integer labels, TEST as "
+                       "validation and the 2020 network; today's values are 'integer', 'test' and 'unet_encoder'. "
+                       "Rewrites those values in each run's params.json and metrics.json (atomically) and renames "
+                       "'<loss>_paper_...' folders to '<loss>_integer_...'; summary.csv and study.json follow. "
+                       "Nothing is trained or evaluated again.")
+    p.add_argument("folder", nargs="?", default=None, help="a runs folder, a results folder or one study of either "
+                   "(default: the runs folder, WBC_RUNS_DIR or runs/)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("readme", help="rewrite the README's findings block from the shipped report's results.json")
     p.add_argument("--results", default=None, help=f"results.json to read (default: {SHIPPED_RESULTS})")
@@ -481,6 +491,15 @@ def cmd_export(args) -> int:
     print(f"{len(written)} file(s) exported to {dest / args.profile} "
           f"({sum(p.stat().st_size for p in written) / 2**20:.1f} MB)")
     return 0
+
+
+def cmd_migrate(args) -> int:
+    folder = Path(args.folder) if args.folder else runs_root()
+    renamed = migrate(folder)
+    left = legacy_folders(folder)
+    print(f"{len(renamed)} run folder(s) renamed under {folder}" +
+          (f"; {len(left)} left as they were (named above)" if left else "; every run is up to date"))
+    return 1 if left else 0
 
 
 def cmd_readme(args) -> int:

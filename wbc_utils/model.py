@@ -7,7 +7,7 @@ layer's size follows the input size, so the count does too.
 The model takes uint8 images and casts (and optionally scales) them inside,
 so data stays uint8 in memory and on disk. Variants for the collapse study:
 
-* ``arch="paper"``: as in 2020 (Glorot-uniform init, no normalisation);
+* ``arch="unet_encoder"``: as in 2020 (Glorot-uniform init, no normalisation);
 * ``arch="he"``: the same layers with He-normal initialisation;
 * ``arch="bn"``: BatchNorm after every convolution (a few hundred more parameters).
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .params import ARCHS, INPUT_SCALINGS, check_choice, check_image_size
+from .params import ARCH_2020, ARCHS, INPUT_SCALINGS, LEGACY_VALUES, check_choice, check_image_size
 from .tfenv import import_tf
 
 #: (filters of the first conv, filters of the second conv) per block.
@@ -46,10 +46,10 @@ def paper_param_count(height: int, width: int) -> int:
     return conv + h * w * c_in * NUM_CLASSES + NUM_CLASSES
 
 
-def build_model(image_size: Sequence[int] = (240, 320), arch: str = "paper", input_scaling: str = "raw",
+def build_model(image_size: Sequence[int] = (240, 320), arch: str = ARCH_2020, input_scaling: str = "raw",
                 name: str | None = None, width: int = 16):
     """Build the (uncompiled) Keras model. Its output is 4 raw scores (logits), float32."""
-    check_choice("arch", arch, ARCHS)
+    arch = check_choice("arch", LEGACY_VALUES["arch"].get(arch, arch), ARCHS)
     check_choice("input_scaling", input_scaling, INPUT_SCALINGS)
     h, w = check_image_size(image_size)
     import_tf()

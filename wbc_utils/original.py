@@ -22,6 +22,7 @@ import pandas as pd
 from .config import original_dir as default_original_dir
 from .evaluation import evaluate_predictions
 from .model import build_model
+from .params import ARCH_2020
 from .registry import INTEGER, losses_2020
 from .runs import predictions_frame
 from .tfenv import import_tf
@@ -79,7 +80,7 @@ def load_original_model(checkpoint: str | os.PathLike, input_scaling: str = "raw
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     idx = sorted({int(m.group(1)) for k in shapes if (m := re.match(r"layer-(\d+)/kernel/", k))})
-    model = build_model((240, 320), arch="paper", input_scaling=input_scaling, name="original_2020")
+    model = build_model((240, 320), arch=ARCH_2020, input_scaling=input_scaling, name="original_2020")
     targets = [l for l in model.layers if getattr(l, "kernel", None) is not None]
     if len(idx) != len(targets):
         raise ValueError(f"{prefix}: {len(idx)} layers with kernels, the paper model has {len(targets)}")

@@ -18,11 +18,11 @@ from . import NATIVE_SIZE, registry
 from .errors import ParameterError
 from .registry import ENCODINGS, INTEGER, ONEHOT
 
-#: validation="paper": TEST is the validation set, as in 2020 (the value is kept: run folder names omit it).
-TEST_AS_VALIDATION = "paper"
+#: validation="test": TEST is the validation set, as in 2020 (run folder names omit the default).
+TEST_AS_VALIDATION = "test"
 VALIDATIONS = (TEST_AS_VALIDATION, "grouped", "none")
-#: arch="paper": the 2020 network (the encoder half of a U-Net).
-ARCH_2020 = "paper"
+#: arch="unet_encoder": the 2020 network (the encoder half of a U-Net).
+ARCH_2020 = "unet_encoder"
 ARCHS = (ARCH_2020, "he", "bn", "wbcnet")
 AUGMENTS = ("none", "geometric", "geometric+color")
 LR_SCHEDULES = ("constant", "cosine")
@@ -38,6 +38,40 @@ ALL_LOSSES = "all"
 LOSSES_2020 = tuple(s.name for s in registry.BUILTIN if s.is_2020)
 
 
+#: Values an earlier version wrote, by parameter: ``"paper"`` once meant the integer-label encoding, TEST as the
+#: validation set and the 2020 network (and still names the profile that reproduces the paper). A params.json,
+#: a study record or a call with an old value still works (:func:`upgrade`); ``python -m wbc_utils migrate``
+#: renames the run folders that carry it.
+LEGACY_VALUES: dict[str, dict[str, str]] = {
+    "target_encoding": {"paper": INTEGER},
+    "validation": {"paper": TEST_AS_VALIDATION},
+    "arch": {"paper": ARCH_2020},
+}
+
+
+def upgrade(params: dict) -> dict:
+    """``params`` (a run's parameters, or any dict with some of their keys) with the values an earlier version
+    wrote renamed to today's (:data:`LEGACY_VALUES`); a copy, other keys untouched."""
+    out = dict(params)
+    for key, renamed in LEGACY_VALUES.items():
+        if isinstance(out.get(key), str) and out[key] in renamed:
+            out[key] = renamed[out[key]]
+    return out
+
+
+def upgrade_profile_settings(settings: dict) -> dict:
+    """A profile's recorded settings (study.json's ``profile_settings``) with old values renamed: its own
+    validation and arch, its encodings, its controls and its extra parameters."""
+    out = upgrade(settings)
+    if out.get("encodings"):
+        out["encodings"] = [LEGACY_VALUES["target_encoding"].get(e, e) for e in out["encodings"]]
+    if out.get("controls"):
+        out["controls"] = [upgrade(c) for c in out["controls"]]
+    if isinstance(out.get("extra"), dict):
+        out["extra"] = upgrade(out["extra"])
+    return out
+
+
 def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise ParameterError(f"{name}={value!r} is not valid; valid values: {', '.join(valid)}")
@@ -50,7 +84,8 @@ def check_loss(loss: str) -> str:
 
 
 def check_encoding(encoding: str) -> str:
-    return check_choice("target_encoding", encoding, ENCODINGS)
+    """The encoding (an old value renamed: :data:`LEGACY_VALUES`), else a ParameterError naming the choices."""
+    return check_choice("target_encoding", LEGACY_VALUES["target_encoding"].get(encoding, encoding), ENCODINGS)
 
 
 #: The side of the window cropped around the white cell for ``view="cell"`` (native pixels); ``cell<N>`` picks
@@ -155,14 +190,14 @@ class RunParams:
     """Everything that defines one training run (the papermill parameters)."""
 
     loss: str = _field("crossentropy", "the loss (wbc_utils.registry)", registry.names)
-    target_encoding: str = _field(INTEGER, "paper: integer labels fed to every loss (2020); onehot: one-hot "
-                                  "targets against the softmax", ENCODINGS)
+    target_encoding: str = _field(INTEGER, "integer: the class label fed to every loss (2020); onehot: "
+                                  "one-hot targets against the softmax", ENCODINGS)
     seed: int = _field(0, "seeds the weights, the order of batches, augmentation and the validation split")
     epochs: int = _field(100, "epochs to train")
     batch_size: int = _field(32, "images per batch")
     image_size: list = _field([240, 320], "input size, height x width (e.g. 60x80)")
     train_subset: int = _field(0, "a class-balanced subset of TRAIN of this many images; 0 = all of TRAIN")
-    validation: str = _field(TEST_AS_VALIDATION, "paper: TEST as validation (as in 2020); grouped: held-out TRAIN "
+    validation: str = _field(TEST_AS_VALIDATION, "test: TEST as validation (as in 2020); grouped: held-out TRAIN "
                              "cells; none: all of TRAIN, no validation (TEST only scored at the end)", VALIDATIONS)
     val_fraction: float = _field(0.2, "share of TRAIN's same-cell clusters held out when validation=grouped "
                                  "(without folds)")
@@ -170,8 +205,8 @@ class RunParams:
                         "(stratified by class, the same folds for every seed) and hold out one; 0 = no folds")
     fold: int = _field(0, "which fold is held out (0 to folds-1)")
     learning_rate: float = _field(1e-3, "Adam's learning rate")
-    arch: str = _field(ARCH_2020, "the model: the 2020 one, its variants he (He init) and bn (BatchNorm), "
-                       "or wbcnet", ARCHS)
+    arch: str = _field(ARCH_2020, "the model: unet_encoder (the 2020 one), its variants he (He init) and "
+                       "bn (BatchNorm), or wbcnet", ARCHS)
     input_scaling: str = _field("raw", "raw 0-255 pixels (2020) or unit 0-1", INPUT_SCALINGS)
     precision: str = _field("float32", "Keras dtype policy; auto = mixed_float16 on a GPU, mixed_bfloat16 on a CPU "
                             "with native bfloat16, else float32 (the model's last layer stays float32)", PRECISIONS)
@@ -191,6 +226,8 @@ class RunParams:
         self.validate()
 
     def validate(self) -> RunParams:
+        for key, value in upgrade({k: getattr(self, k) for k in LEGACY_VALUES}).items():
+            setattr(self, key, value)  # a value an earlier version wrote ("paper") reads as today's
         check_loss(self.loss)
         check_encoding(self.target_encoding)
         self.seed = _int("seed", self.seed, 0)
@@ -233,7 +270,7 @@ class RunParams:
             raise ParameterError(f"tta must be True or False, got {self.tta!r} ({type(self.tta).__name__})")
         self.width = _int("width", self.width, 4)
         if self.early_stopping_patience and self.validation != "grouped":
-            raise ParameterError("early_stopping_patience needs validation='grouped': with validation='paper' "
+            raise ParameterError("early_stopping_patience needs validation='grouped': with validation='test' "
                                  "it would choose the epoch on TEST, which is what this study must not do.")
         if not isinstance(self.profile, str) or not self.profile.replace("-", "").replace("_", "").isalnum():
             raise ParameterError(f"profile must be a simple name (letters, digits, - or _), got {self.profile!r}")
@@ -285,9 +322,16 @@ class RunParams:
 
     def same_as(self, other: dict) -> bool:
         """True when ``other`` (a params.json) describes this run; keys it lacks take their defaults,
-        so runs written before a parameter existed still match."""
+        so runs written before a parameter existed still match, and old values read as today's (:func:`upgrade`)."""
         defaults = self.defaults()
-        return json.loads(json.dumps(self.to_dict())) == json.loads(json.dumps({**defaults, **other}))
+        return json.loads(json.dumps(self.to_dict())) == json.loads(json.dumps({**defaults, **upgrade(other)}))
+
+    @property
+    def legacy_run_name(self) -> str | None:
+        """The folder name an earlier version gave this run, where it differs (integer labels were "paper")."""
+        if self.target_encoding != INTEGER:
+            return None
+        return "_".join([self.loss, "paper", *self.run_name.split("_")[2:]])
 
 
 @dataclasses.dataclass
@@ -429,15 +473,18 @@ PROFILES: dict[str, Profile] = {
         trades="256 training images, 2 epochs, 48x64 pixels, one seed: numbers are meaningless; "
                "the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
     "quick": Profile(
-        name="quick", kind="study", description="the study at reduced size, in under 30 minutes on a 2-core CPU",
-        losses=LOSSES_2020,
-        image_size=[60, 80], epochs=6, seeds=[0, 1, 2, 3, 4], train_subset=3000, batch_size=32, learning_rate=3e-4,
-        jobs=2, controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
-        trades="60x80 pixels instead of 240x320 (16x fewer), a class-balanced 3,000-image subset of TRAIN, "
-               "6 epochs instead of 100, and Adam's learning rate lowered from 0.001 to 0.0003, which learned more "
-               "reliably while this profile was designed (5 control runs at 0.001 on the same seeds measure what "
-               "the change does; the collapse profile tests it on its own); five seeds per loss and encoding, "
-               "cross-entropy run once (its two encodings are the same function)"),
+        name="quick", kind="study", losses=LOSSES_2020,
+        description="the full profile on its first two seeds, in under 30 minutes on a 2-core CPU: the network "
+        "learns, but two seeds bound only the large differences between losses",
+        # every run is the full profile's run of the same seed but for the profile's name
+        # (tests/test_params.py::test_the_quick_profile_is_the_full_profile_on_two_seeds)
+        image_size=[60, 80], epochs=6, seeds=[0, 1], train_subset=0, batch_size=32, learning_rate=3e-4,
+        jobs=2, order="seed", pilot="pilot", rescore_split="TEST_SIMPLE",
+        controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
+        trades="the full profile's scale (60x80 pixels instead of 240x320, 6 of 100 epochs, Adam's rate 0.0003 "
+               "with the 2020 rate 0.001 as a control on the same seeds; all of TRAIN), chosen by the pilot on "
+               "held-out TRAIN cells, on two of its ten seeds: differences of tens of points are resolved, smaller "
+               "ones need the full profile; the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
     "full": Profile(
         name="full", kind="study", losses=LOSSES_2020,
         description="the loss study at a scale where the 2020 network learns: all of TRAIN, TEST as validation as "

@@ -7,10 +7,11 @@ figures' colours and legends, the report's prose and the 2020 artefacts (:mod:`w
 unknown here is a :class:`~wbc_utils.errors.ParameterError` that names the choices, never a silent fallback.
 
 **Target encodings.** The model always outputs 4 raw scores; the encoding decides what a loss compares them
-with. ``INTEGER`` (the value ``"paper"``, kept because finished runs' folder names carry it) is what the 2020
-code did: the integer label ``y`` (0-3) goes to every loss; a loss that reads it as a class (cross-entropy)
-is unaffected, a regression loss (MSE, Huber) broadcasts it against all four outputs, which then regress onto
-the class *index*. ``ONEHOT`` compares ``softmax(scores)`` with the one-hot target, the correct formulation.
+with. ``INTEGER`` (``"integer"``; runs written before the rename stored ``"paper"``, which still loads:
+:func:`wbc_utils.params.upgrade`) is what the 2020 code did: the integer label ``y`` (0-3) goes to every loss;
+a loss that reads it as a class (cross-entropy) is unaffected, a regression loss (MSE, Huber) broadcasts it
+against all four outputs, which then regress onto the class *index*.
+``ONEHOT`` compares ``softmax(scores)`` with the one-hot target, the correct formulation.
 
 **A loss of your own** is a :class:`LossSpec` passed to :func:`register`. So that the training kernels a
 study starts (each run is the training notebook executed in a kernel process of its own) and a Dask worker
@@ -39,8 +40,8 @@ from . import CLASSES
 from .config import LOSS_PLUGINS, loss_plugins
 from .errors import ParameterError
 
-#: The encoding values (kept as they are: finished runs' folder names contain them).
-INTEGER = "paper"    # the integer class label given to every loss, as the 2020 code did
+#: The encoding values (each run folder's name carries its run's).
+INTEGER = "integer"  # the integer class label given to every loss, as the 2020 code did
 ONEHOT = "onehot"    # one-hot targets against the softmax of the outputs
 ENCODINGS = (INTEGER, ONEHOT)
 #: How the encodings read: in a sentence, in a setting's name ("CE, one-hot, lr 0.001"), in a table cell, as a
@@ -121,12 +122,19 @@ def numpy_log_softmax(scores) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
+def _encoding(encoding: str) -> str:
+    """``encoding`` when it is one of :data:`ENCODINGS`, else a ParameterError (never a silent one-hot)."""
+    if encoding not in ENCODINGS:
+        raise ParameterError(f"target_encoding={encoding!r} is not valid; valid values: {', '.join(ENCODINGS)}")
+    return encoding
+
+
 def numpy_targets(y, scores, encoding: str) -> tuple[np.ndarray, np.ndarray]:
     """(what the loss compares, the target) for a regression loss: the raw outputs against the label broadcast
     to all four (integer labels), or the softmax against the one-hot target."""
     y = np.asarray(y).reshape(-1).astype(int)
     scores = np.asarray(scores, float)
-    if encoding == INTEGER:
+    if _encoding(encoding) == INTEGER:
         return scores, np.broadcast_to(y[:, None].astype(float), scores.shape)
     return numpy_softmax(scores), np.eye(scores.shape[1])[y]
 
@@ -135,7 +143,7 @@ def keras_targets(y, scores, encoding: str) -> tuple:
     """The Keras twin of :func:`numpy_targets`."""
     from keras import ops
 
-    if encoding == INTEGER:
+    if _encoding(encoding) == INTEGER:
         return scores, ops.cast(ops.reshape(y, (-1, 1)), "float32")  # broadcast against all 4 outputs
     return ops.softmax(scores, axis=-1), ops.one_hot(y, len(CLASSES))
 

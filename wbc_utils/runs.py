@@ -48,7 +48,7 @@ from .config import profile_dir
 from .errors import DataError, WBCError
 from .evaluation import EVALUATION_VERSION, SCORE_COLUMNS
 from .locks import FolderLock, read_owner
-from .params import PROFILES, Profile
+from .params import LEGACY_VALUES, PROFILES, Profile, RunParams, upgrade, upgrade_profile_settings
 
 PARAMS = "params.json"
 HISTORY = "history.csv"
@@ -133,7 +133,8 @@ class Run:
 
     # readers
     def params(self) -> dict:
-        return read_json(self.path / PARAMS)
+        """params.json, values an earlier version wrote read as today's (:func:`~wbc_utils.params.upgrade`)."""
+        return upgrade(read_json(self.path / PARAMS))
 
     def metrics(self) -> dict:
         return read_json(self.path / METRICS)
@@ -499,7 +500,7 @@ def profile_of(name: str, study: dict | None) -> Profile | None:
     if settings:
         fields = {f.name for f in dataclasses.fields(Profile)}
         kw = {k: (tuple(v) if k in ("losses", "encodings", "controls") and isinstance(v, list) else v)
-              for k, v in settings.items() if k in fields}
+              for k, v in upgrade_profile_settings(settings).items() if k in fields}
         kw.setdefault("kind", PROFILES[name].kind if name in PROFILES else "study")
         return Profile(**kw)
     return PROFILES.get(name)
@@ -574,6 +575,107 @@ class Study:
         return original_record(self.name, self.runs_root)
 
 
+def legacy_folders(folder: Path) -> list[Path]:
+    """The run folders under ``folder`` (a runs or results folder, or one study of it) that an earlier version
+    wrote with a value since renamed (:data:`~wbc_utils.params.LEGACY_VALUES`: "paper" for integer labels, TEST
+    as validation or the 2020 network): :func:`migrate` brings them up to date."""
+    folder = Path(folder)
+    return sorted(f.parent for f in folder.glob(f"**/{PARAMS}")
+                  if not f.parent.name.startswith(".") and _is_legacy(f.parent))
+
+
+def _is_legacy(run_dir: Path) -> bool:
+    raw = read_json(run_dir / PARAMS)
+    if upgrade(raw) != raw:
+        return True
+    try:  # renamed values but the old folder name (a migration stopped between the two)
+        return run_dir.name == RunParams.from_dict({k: v for k, v in raw.items()
+                                                    if k in RunParams.defaults()}).legacy_run_name
+    except WBCError:
+        return False
+
+
+def check_no_legacy(folder: Path) -> None:
+    """Raise a WBCError that says what to run when a study folder holds runs named by an earlier version (they
+    would read as runs the profile does not plan, and a study would train them again under today's names)."""
+    old = legacy_folders(folder) if Path(folder).is_dir() else []
+    if old:
+        raise WBCError(f"{len(old)} run folder(s) under {folder} were written before 'paper' was renamed "
+                       f"(e.g. {old[0].name}): run `python -m wbc_utils migrate {folder}` once (it renames them and "
+                       f"their recorded values; nothing is trained again), then run this again.")
+
+
+def _upgrade_csv(path: Path, renamed: dict[str, str]) -> None:
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for key, values in LEGACY_VALUES.items():
+        if key in frame.columns:
+            frame[key] = frame[key].replace(values)
+    for col in ("run_name", "run_dir"):
+        if col in frame.columns:
+            frame[col] = [str(Path(v).with_name(renamed.get(Path(v).name, Path(v).name))) if v and col == "run_dir"
+                          else renamed.get(v, v) for v in frame[col]]
+    write_csv(path, frame)
+
+
+def _upgrade_record(record: dict, renamed: dict[str, str]) -> dict:
+    out = dict(record)
+    if isinstance(out.get("profile_settings"), dict):
+        out["profile_settings"] = upgrade_profile_settings(out["profile_settings"])
+    out["runs"] = [{**r, "run_name": renamed.get(r.get("run_name"), r.get("run_name"))} for r in out.get("runs", [])]
+    for key in ("failed", "in_progress"):
+        if isinstance(out.get(key), dict):
+            out[key] = {renamed.get(k, k): v for k, v in out[key].items()}
+        elif isinstance(out.get(key), list):
+            out[key] = [renamed.get(k, k) if isinstance(k, str) else k for k in out[key]]
+    return out
+
+
+def migrate(folder: Path, printer=print) -> dict[str, str]:
+    """Bring run folders written before "paper" was renamed up to date, under ``folder`` (a runs folder, a
+    results folder or one study of either): each run's params.json and metrics.json take today's values, a
+    folder named for integer labels the old way ("mse_paper_...") is renamed ("mse_integer_..."), and each
+    study's summary.csv and study.json follow. Nothing is trained or evaluated again; every file is rewritten
+    atomically; a folder whose new name is taken is left as it is and named. Returns {old name: new name}."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WBCError(f"{folder} is not a folder: give a runs folder (runs/), a results folder (results/) or "
+                       f"one study of either (runs/quick).")
+    renamed: dict[str, str] = {}
+    for run_dir in legacy_folders(folder):
+        run = Run(run_dir)
+        if run.lock_owner() is not None:
+            printer(f"  {run_dir}: left as it is (a study is running it: migrate after it ends)")
+            continue
+        params = run.params()
+        try:
+            name = RunParams.from_dict({k: v for k, v in params.items() if k in RunParams.defaults()})
+        except WBCError:
+            name = None
+        if name is not None and run_dir.name == name.legacy_run_name:  # rename first: a rerun finds it again
+            target = run_dir.with_name(name.run_name)
+            if target.exists():
+                printer(f"  {run_dir}: left under its old name ({target.name} exists)")
+                continue
+            run_dir.rename(target)
+            renamed[run_dir.name] = target.name
+            printer(f"  {run_dir.parent.name}/{run_dir.name} -> {target.name}")
+            run = Run(target)
+        else:
+            printer(f"  {run_dir.parent.name}/{run_dir.name}: values updated")
+        if run.has(METRICS):
+            m = upgrade(run.metrics())
+            if m.get("run_name") in renamed:  # the names a run records of itself follow its folder
+                m["run_name"] = renamed[m["run_name"]]
+                m["run_dir"] = str(Path(m.get("run_dir") or run.path).with_name(m["run_name"]))
+            run.write_metrics(m)
+        run.write_params(params)
+    for study_file in sorted(folder.glob(f"**/{STUDY}")):
+        write_json(study_file, _upgrade_record(read_json(study_file), renamed))
+    for summary in sorted(folder.glob(f"**/{SUMMARY}")):
+        _upgrade_csv(summary, renamed)
+    return renamed
+
+
 def load_study(profile: str, runs_root=None, check_current: bool = True) -> Study:
     """Read a study (``<runs>/<profile>/``): every run folder, the metrics of the finished ones, the histories.
     Reads only. With ``check_current``, finished runs evaluated with an older definition are refused (``python -m
@@ -581,6 +683,7 @@ def load_study(profile: str, runs_root=None, check_current: bool = True) -> Stud
     pdir = profile_dir(profile, runs_root)
     if not pdir.exists():
         raise FileNotFoundError(f"no study at {pdir}: run `python -m wbc_utils study --profile {profile}` first")
+    check_no_legacy(pdir)
     record = study_record(profile, runs_root) or {}
     summary = summary_frame(profile, runs_root)
     stale = [r.run_name for r in summary.itertuples()

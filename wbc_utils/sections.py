@@ -1180,8 +1180,9 @@ class Report:
         items = []
         if self.profile == REFERENCE_PROFILE:
             items.append(f"- **The reference is now the `{self.profile}` profile.** The previous reference report was "
-                         "the `quick` profile's, at a size where the network had not learned (its comparisons between "
-                         "losses could not be resolved); that report stays in `report/shipped/quick/`, unchanged.")
+                         "the `quick` profile's, at a size where the network had not learned (3,000 images: its "
+                         "comparisons between losses could not be resolved). The `quick` profile is now this profile "
+                         "on its first two seeds, so it learns too (`report/shipped/quick/`).")
         items += [
             "- **Comparisons paired on seeds.** A seed fixes the initial weights, the training images and the batch "
             "order, so two settings trained from the same seed are compared seed by seed (section 3); the previous "

@@ -40,6 +40,7 @@ from .runs import (
     NOTEBOOK,
     STUDY_LOG,
     Run,
+    check_no_legacy,
     check_runs_folder,
     import_exported_run,
     original_path,
@@ -159,6 +160,9 @@ def plan(profile: Profile, runs_root=None, reuse: bool = False, force: bool = Fa
     trains only what is missing."""
     out, blocked = [], []
     exported_root = Path(results_root or RESULTS) / profile.name
+    check_no_legacy(profile_dir(profile.name, runs_root))
+    if reuse:
+        check_no_legacy(exported_root)
     for p in profile.runs():
         run = Run(profile_dir(profile.name, runs_root) / p.run_name)
         status = run.status

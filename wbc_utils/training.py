@@ -29,7 +29,7 @@ from .errors import ParameterError, RunExistsError
 from .evaluation import evaluate_predictions, held_from_epoch, softmax, validation_metrics
 from .locks import OWNER_VARIABLE
 from .model import build_model
-from .params import RunParams
+from .params import TEST_AS_VALIDATION, RunParams
 from .runs import HISTORY, HISTORY_COLUMNS, PARAMS, VAL_PREDICTIONS, Run, predictions_frame
 from .tfenv import device_description, import_tf, quiet_tensorflow, seed_everything, set_precision
 
@@ -290,7 +290,7 @@ def _train(params: RunParams, run: Run, data_dir, cache_dir, reuse: bool, force:
     metrics = {
         **{k: v for k, v in params.to_dict().items()},
         "run_name": params.run_name, "run_dir": str(run.path), "precision_policy": policy,
-        "validation_label": {"paper": "TEST used as validation (paper mode)",
+        "validation_label": {TEST_AS_VALIDATION: "TEST used as validation (as in 2020)",
                              "grouped": (f"grouped: fold {params.fold} of {params.folds} of TRAIN's same-cell clusters "
                                          f"held out" if params.folds else
                                          f"grouped: {params.val_fraction:.0%} of TRAIN's same-cell clusters held out"),
