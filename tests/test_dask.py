@@ -42,7 +42,7 @@ def test_study_on_a_local_dask_cluster_survives_a_killed_worker(train_dataset, t
     monkeypatch.setenv("WBC_RUNS_DIR", str(runs))
     monkeypatch.setenv("WBC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WBC_THREADS", "1")
-    profile = get_profile("smoke").with_overrides(losses="mse,huber", encodings="paper", seeds="0", epochs=40,
+    profile = get_profile("smoke").with_overrides(losses="mse,huber", encodings="integer", seeds="0", epochs=40,
                                                   image_size=[16, 20], train_subset=0)
     killed: dict = {}
     stop = threading.Event()

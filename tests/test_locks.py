@@ -131,7 +131,7 @@ def _study_env(tmp_path, runs):
             "WBC_OUTPUT_DIR": str(tmp_path)}
 
 
-STUDY_ARGS = ["--profile", "smoke", "--losses", "mse,huber", "--encodings", "paper,onehot", "--seeds", "0",
+STUDY_ARGS = ["--profile", "smoke", "--losses", "mse,huber", "--encodings", "integer,onehot", "--seeds", "0",
               "--epochs", "1", "--image-size", "16x20", "--train-subset", "0", "--jobs", "1"]
 
 

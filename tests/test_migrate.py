@@ -8,6 +8,7 @@ import pytest
 
 from wbc_utils.artifacts import read_json, write_json
 from wbc_utils.cli import main
+from wbc_utils.config import RESULTS
 from wbc_utils.errors import ParameterError, WBCError
 from wbc_utils.evaluation import EVALUATION_VERSION
 from wbc_utils.params import ARCH_2020, PROFILES, TEST_AS_VALIDATION, RunParams
@@ -52,9 +53,19 @@ def test_old_values_read_as_todays():
     assert p.same_as({**p.to_dict(), **OLD}), "an old params.json describes the same run"
     assert p.run_name.startswith("crossentropy_integer_") and p.legacy_run_name.startswith("crossentropy_paper_")
     assert RunParams(target_encoding="onehot").legacy_run_name is None
-    # below the parameters, an encoding nobody knows is refused rather than read as one-hot
-    with pytest.raises(ParameterError, match="target_encoding='paper'.*integer, onehot"):
-        numpy_targets([0], np.zeros((1, 4)), "paper")
+    # below the parameters (a saved model's loss, the NumPy twins), the old value reads as today's and an
+    # encoding nobody knows is refused rather than read as one-hot
+    np.testing.assert_array_equal(numpy_targets([2], np.zeros((1, 4)), "paper")[1], [[2.0, 2.0, 2.0, 2.0]])
+    with pytest.raises(ParameterError, match="target_encoding='ordinal'.*integer, onehot"):
+        numpy_targets([0], np.zeros((1, 4)), "ordinal")
+
+
+def test_a_checkpoint_saved_when_integer_labels_were_paper_loads():
+    from wbc_utils.losses import PaperMetric, _EncodedLoss
+
+    loss = _EncodedLoss.from_config(_EncodedLoss(loss="mse").get_config() | {"encoding": "paper"})
+    assert loss.encoding == INTEGER
+    assert PaperMetric.from_config({"loss": "mse", "encoding": "paper", "name": "paper_metric"}).encoding == INTEGER
 
 
 def test_a_study_refuses_old_folders_and_says_what_to_run(tmp_path):
@@ -68,9 +79,13 @@ def test_a_study_refuses_old_folders_and_says_what_to_run(tmp_path):
 def test_migrate_renames_the_folders_and_their_records_once(tmp_path):
     old = _old_study(tmp_path)
     lines: list[str] = []
-    renamed = migrate(tmp_path, printer=lines.append)
+    (old[1].path / "imported_from.txt").write_text(f"/elsewhere/results/quick/{old[1].name}\n")
+    moved = migrate(tmp_path, printer=lines.append)
+    renamed = {a.name: b.name for a, b in moved}
     assert renamed == {r.name: r.name.replace("mse_paper_", "mse_integer_") for r in old}
     assert len(lines) == 2 and legacy_folders(tmp_path) == []
+    assert (tmp_path / "quick" / renamed[old[1].name] / "imported_from.txt").read_text() == \
+        f"/elsewhere/results/quick/{renamed[old[1].name]}\n"
     new = Run(tmp_path / "quick" / "mse_integer_60x80_lr0.0003_s0")
     assert not old[0].path.exists() and new.status == "finished"
     raw = read_json(new.path / "params.json")
@@ -85,7 +100,7 @@ def test_migrate_renames_the_folders_and_their_records_once(tmp_path):
     assert set(csv["run_name"]) == set(renamed.values()) and set(csv["target_encoding"]) == {"integer"}
     st = load_study("quick", tmp_path, check_current=False)  # now it loads, and the runs are the profile's own
     assert set(st.main["run_name"]) == set(renamed.values())
-    assert migrate(tmp_path, printer=lines.append) == {} and len(lines) == 2, "a second migrate has nothing to do"
+    assert migrate(tmp_path, printer=lines.append) == [] and len(lines) == 2, "a second migrate has nothing to do"
     assert main(["migrate", str(tmp_path)]) == 0
 
 
@@ -96,10 +111,35 @@ def test_migrate_leaves_a_run_in_training_and_a_taken_name(tmp_path):
     taken.mkdir()
     try:
         lines: list[str] = []
-        assert migrate(tmp_path, printer=lines.append) == {}
+        assert migrate(tmp_path, printer=lines.append) == []
         assert any("a study is running it" in x for x in lines) and any("exists" in x for x in lines)
         assert a.path.exists() and b.path.exists()
         assert main(["migrate", str(tmp_path)]) == 1, "folders left as they were make the command fail"
     finally:
         lock.release()
     assert summary_frame("quick", tmp_path)["target_encoding"].tolist().count("integer") == 2
+    record = read_json(tmp_path / "quick" / "study.json")  # the records keep the names of folders left as they were
+    assert {r["run_name"] for r in record["runs"]} == {a.name, b.name}
+
+
+def test_a_migration_stopped_part_way_is_finished_by_the_next(tmp_path):
+    """Stopped after renaming a folder, before rewriting its files: the next call finds it by its values and
+    brings its own names and the study's records to the new name."""
+    a, b = _old_study(tmp_path)
+    record = read_json(tmp_path / "quick" / "study.json")
+    write_json(tmp_path / "quick" / "study.json", {**record, "previous": dict(record)})
+    new_a = a.path.with_name(a.name.replace("mse_paper_", "mse_integer_"))
+    a.path.rename(new_a)  # the first step of a migration, then a crash
+    assert new_a in legacy_folders(tmp_path)
+    assert [x.name for _, x in migrate(tmp_path, printer=lambda _: None)] == [b.name.replace("paper", "integer")]
+    assert Run(new_a).metrics()["run_name"] == new_a.name and legacy_folders(tmp_path) == []
+    record = read_json(tmp_path / "quick" / "study.json")
+    names = {new_a.name, b.name.replace("paper", "integer")}
+    assert {r["run_name"] for r in record["runs"]} == names
+    assert {r["run_name"] for r in record["previous"]["runs"]} == names
+    assert record["previous"]["profile_settings"]["encodings"] == ["integer", "onehot"]
+
+
+def test_the_shipped_results_are_migrated():
+    """Every run folder under results/ carries today's names and values (`python -m wbc_utils migrate results`)."""
+    assert legacy_folders(RESULTS) == []

@@ -21,7 +21,7 @@ def test_failed_run_does_not_stop_the_batch(train_dataset, tmp_path):
     runs = tmp_path / "runs"
     env = {**os.environ, "WBC_RUNS_DIR": str(runs), "WBC_CACHE_DIR": str(tmp_path / "cache"),
            "WBC_OUTPUT_DIR": str(tmp_path)}
-    args = ["--profile", "smoke", "--losses", "mse", "--encodings", "paper,onehot", "--seeds", "0", "--epochs", "1",
+    args = ["--profile", "smoke", "--losses", "mse", "--encodings", "integer,onehot", "--seeds", "0", "--epochs", "1",
             "--image-size", "16x20", "--train-subset", "0", "--data-dir", str(train_dataset)]
     # an unfinished run with other parameters is in the way of the second run: it must fail, the first must not
     blocked = runs / "smoke" / "mse_onehot_16x20_lr0.0003_s0"

@@ -495,9 +495,9 @@ def cmd_export(args) -> int:
 
 def cmd_migrate(args) -> int:
     folder = Path(args.folder) if args.folder else runs_root()
-    renamed = migrate(folder)
+    moved = migrate(folder)
     left = legacy_folders(folder)
-    print(f"{len(renamed)} run folder(s) renamed under {folder}" +
+    print(f"{len(moved)} run folder(s) renamed under {folder}" +
           (f"; {len(left)} left as they were (named above)" if left else "; every run is up to date"))
     return 1 if left else 0
 

@@ -65,6 +65,7 @@ keras = _keras()
 class _EncodedLoss(keras.losses.Loss):
     def __init__(self, loss: str = "crossentropy", encoding: str = registry.INTEGER, label_smoothing: float = 0.0,
                  name: str | None = None, **kw):
+        encoding = registry.check_encoding(encoding)  # a checkpoint saved when integer labels were "paper" loads
         super().__init__(name=name or f"{loss}_{encoding}", **kw)
         self.loss, self.encoding, self.label_smoothing = loss, encoding, float(label_smoothing)
 
@@ -82,6 +83,7 @@ class PaperMetric(keras.metrics.MeanMetricWrapper):
 
     def __init__(self, loss: str = "crossentropy", encoding: str = registry.INTEGER, name: str = "paper_metric", **kw):
         kw.pop("fn", None)
+        encoding = registry.check_encoding(encoding)
         super().__init__(fn=lambda y, s: paper_metric_value(loss, encoding, y, s), name=name, **kw)
         self.loss, self.encoding = loss, encoding
 

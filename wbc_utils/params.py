@@ -43,7 +43,7 @@ LOSSES_2020 = tuple(s.name for s in registry.BUILTIN if s.is_2020)
 #: a study record or a call with an old value still works (:func:`upgrade`); ``python -m wbc_utils migrate``
 #: renames the run folders that carry it.
 LEGACY_VALUES: dict[str, dict[str, str]] = {
-    "target_encoding": {"paper": INTEGER},
+    "target_encoding": registry.LEGACY_ENCODINGS,
     "validation": {"paper": TEST_AS_VALIDATION},
     "arch": {"paper": ARCH_2020},
 }
@@ -85,7 +85,7 @@ def check_loss(loss: str) -> str:
 
 def check_encoding(encoding: str) -> str:
     """The encoding (an old value renamed: :data:`LEGACY_VALUES`), else a ParameterError naming the choices."""
-    return check_choice("target_encoding", LEGACY_VALUES["target_encoding"].get(encoding, encoding), ENCODINGS)
+    return registry.check_encoding(encoding)
 
 
 #: The side of the window cropped around the white cell for ``view="cell"`` (native pixels); ``cell<N>`` picks

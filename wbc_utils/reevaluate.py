@@ -15,7 +15,7 @@ import numpy as np
 
 from .data import build_manifest
 from .evaluation import EVALUATION_VERSION, evaluate_predictions, validation_metrics
-from .runs import PREDICTION_COLUMNS, PREDICTIONS, VAL_PREDICTIONS, Run
+from .runs import PREDICTION_COLUMNS, PREDICTIONS, VAL_PREDICTIONS, Run, check_no_legacy
 
 
 def with_sources(pred, manifest):
@@ -75,5 +75,6 @@ def reevaluate_run(run_dir: str | Path, manifest=None, force: bool = False) -> b
 
 def reevaluate_profile(profile_dir: str | Path, data_dir=None, force: bool = False) -> int:
     """Re-evaluate every finished run of a study; returns how many were rewritten."""
+    check_no_legacy(Path(profile_dir))
     manifest = build_manifest(data_dir)
     return sum(reevaluate_run(d, manifest, force) for d in sorted(Path(profile_dir).iterdir()) if d.is_dir())

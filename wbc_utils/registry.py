@@ -44,6 +44,17 @@ from .errors import ParameterError
 INTEGER = "integer"  # the integer class label given to every loss, as the 2020 code did
 ONEHOT = "onehot"    # one-hot targets against the softmax of the outputs
 ENCODINGS = (INTEGER, ONEHOT)
+#: Encoding values an earlier version wrote ("paper": integer labels), read as today's: a params.json, a study
+#: record or a saved model's loss written before the rename still loads.
+LEGACY_ENCODINGS = {"paper": INTEGER}
+
+
+def check_encoding(encoding: str) -> str:
+    """``encoding`` (an old value renamed), else a ParameterError naming the choices (never a silent one-hot)."""
+    encoding = LEGACY_ENCODINGS.get(encoding, encoding) if isinstance(encoding, str) else encoding
+    if encoding not in ENCODINGS:
+        raise ParameterError(f"target_encoding={encoding!r} is not valid; valid values: {', '.join(ENCODINGS)}")
+    return encoding
 #: How the encodings read: in a sentence, in a setting's name ("CE, one-hot, lr 0.001"), in a table cell, as a
 #: panel title.
 ENCODING_WORDS = {INTEGER: "integer labels", ONEHOT: "one-hot targets"}
@@ -104,7 +115,7 @@ class LossSpec:
 
     def regresses(self, encoding: str | None) -> bool:
         """True when, under ``encoding``, the loss compares the raw outputs with the class index."""
-        return self.regresses_integer_labels and encoding == INTEGER
+        return self.regresses_integer_labels and encoding is not None and check_encoding(encoding) == INTEGER
 
 
 # ----------------------------------------------------------------------------- shared pieces of a loss
@@ -122,19 +133,12 @@ def numpy_log_softmax(scores) -> np.ndarray:
     return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
-def _encoding(encoding: str) -> str:
-    """``encoding`` when it is one of :data:`ENCODINGS`, else a ParameterError (never a silent one-hot)."""
-    if encoding not in ENCODINGS:
-        raise ParameterError(f"target_encoding={encoding!r} is not valid; valid values: {', '.join(ENCODINGS)}")
-    return encoding
-
-
 def numpy_targets(y, scores, encoding: str) -> tuple[np.ndarray, np.ndarray]:
     """(what the loss compares, the target) for a regression loss: the raw outputs against the label broadcast
     to all four (integer labels), or the softmax against the one-hot target."""
     y = np.asarray(y).reshape(-1).astype(int)
     scores = np.asarray(scores, float)
-    if _encoding(encoding) == INTEGER:
+    if check_encoding(encoding) == INTEGER:
         return scores, np.broadcast_to(y[:, None].astype(float), scores.shape)
     return numpy_softmax(scores), np.eye(scores.shape[1])[y]
 
@@ -143,7 +147,7 @@ def keras_targets(y, scores, encoding: str) -> tuple:
     """The Keras twin of :func:`numpy_targets`."""
     from keras import ops
 
-    if _encoding(encoding) == INTEGER:
+    if check_encoding(encoding) == INTEGER:
         return scores, ops.cast(ops.reshape(y, (-1, 1)), "float32")  # broadcast against all 4 outputs
     return ops.softmax(scores, axis=-1), ops.one_hot(y, len(CLASSES))
 

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from . import CLASSES, registry
-from .artifacts import atomic_path, copy_file, read_json, write_csv, write_json
+from .artifacts import atomic_path, copy_file, read_json, write_csv, write_json, write_text
 from .config import profile_dir
 from .errors import DataError, WBCError
 from .evaluation import EVALUATION_VERSION, SCORE_COLUMNS
@@ -233,6 +233,7 @@ def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:
     src = profile_dir(profile, runs_root)
     if not src.is_dir():
         raise WBCError(f"no study at {src}: nothing to export.")
+    check_no_legacy(src)
     dest = Path(dest_root) / profile
     fresh = dest.with_name(f".{profile}.export-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
@@ -607,73 +608,106 @@ def check_no_legacy(folder: Path) -> None:
 
 def _upgrade_csv(path: Path, renamed: dict[str, str]) -> None:
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    before = frame.copy()
     for key, values in LEGACY_VALUES.items():
         if key in frame.columns:
             frame[key] = frame[key].replace(values)
-    for col in ("run_name", "run_dir"):
-        if col in frame.columns:
-            frame[col] = [str(Path(v).with_name(renamed.get(Path(v).name, Path(v).name))) if v and col == "run_dir"
-                          else renamed.get(v, v) for v in frame[col]]
-    write_csv(path, frame)
+    if "run_name" in frame.columns:
+        frame["run_name"] = [renamed.get(v, v) for v in frame["run_name"]]
+    if "run_dir" in frame.columns:
+        frame["run_dir"] = [str(Path(v).with_name(renamed[Path(v).name])) if v and Path(v).name in renamed else v
+                            for v in frame["run_dir"]]
+    if not frame.equals(before):
+        write_csv(path, frame)
 
 
 def _upgrade_record(record: dict, renamed: dict[str, str]) -> dict:
     out = dict(record)
     if isinstance(out.get("profile_settings"), dict):
         out["profile_settings"] = upgrade_profile_settings(out["profile_settings"])
-    out["runs"] = [{**r, "run_name": renamed.get(r.get("run_name"), r.get("run_name"))} for r in out.get("runs", [])]
+    if "runs" in out:
+        out["runs"] = [{**r, "run_name": renamed.get(r.get("run_name"), r.get("run_name"))} for r in out["runs"]]
     for key in ("failed", "in_progress"):
         if isinstance(out.get(key), dict):
             out[key] = {renamed.get(k, k): v for k, v in out[key].items()}
         elif isinstance(out.get(key), list):
             out[key] = [renamed.get(k, k) if isinstance(k, str) else k for k in out[key]]
+    if isinstance(out.get("previous"), dict):  # the record of the study's previous invocation
+        out["previous"] = _upgrade_record(out["previous"], renamed)
     return out
 
 
-def migrate(folder: Path, printer=print) -> dict[str, str]:
+def _names(run_dir: Path) -> tuple[str, str] | tuple[None, None]:
+    """(the name an earlier version gave this run, today's name), or (None, None) where they are the same."""
+    try:
+        p = RunParams.from_dict({k: v for k, v in Run(run_dir).params().items() if k in RunParams.defaults()})
+    except WBCError:
+        return None, None
+    return (p.legacy_run_name, p.run_name) if p.legacy_run_name else (None, None)
+
+
+def _renamed_on_disk(study: Path) -> dict[str, str]:
+    """{old name: today's name} for the runs of one study folder that carry today's name, read from the folders
+    themselves (so a migration stopped part-way still updates the records on its next call); a name whose old
+    folder is still there is left out (two folders would claim one record)."""
+    out = {}
+    for d in study.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and (d / PARAMS).exists():
+            old, new = _names(d)
+            if old and d.name == new and not (study / old).exists():
+                out[old] = new
+    return out
+
+
+def migrate(folder: Path, printer=print) -> list[tuple[Path, Path]]:
     """Bring run folders written before "paper" was renamed up to date, under ``folder`` (a runs folder, a
-    results folder or one study of either): each run's params.json and metrics.json take today's values, a
-    folder named for integer labels the old way ("mse_paper_...") is renamed ("mse_integer_..."), and each
-    study's summary.csv and study.json follow. Nothing is trained or evaluated again; every file is rewritten
-    atomically; a folder whose new name is taken is left as it is and named. Returns {old name: new name}."""
+    results folder or one study of either): a folder named for integer labels the old way ("mse_paper_...") is
+    renamed ("mse_integer_...") first, then its params.json and metrics.json take today's values (and names),
+    its ``imported_from.txt`` its new path, and each study's summary.csv and study.json follow. Nothing is
+    trained or evaluated again; every file is rewritten atomically, and a second call finishes what a stopped
+    one left; a run a study holds, or whose new name is taken, is left as it is and named. Returns the folders
+    renamed, (old path, new path)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise WBCError(f"{folder} is not a folder: give a runs folder (runs/), a results folder (results/) or "
                        f"one study of either (runs/quick).")
-    renamed: dict[str, str] = {}
+    moved: list[tuple[Path, Path]] = []
     for run_dir in legacy_folders(folder):
         run = Run(run_dir)
         if run.lock_owner() is not None:
             printer(f"  {run_dir}: left as it is (a study is running it: migrate after it ends)")
             continue
-        params = run.params()
-        try:
-            name = RunParams.from_dict({k: v for k, v in params.items() if k in RunParams.defaults()})
-        except WBCError:
-            name = None
-        if name is not None and run_dir.name == name.legacy_run_name:  # rename first: a rerun finds it again
-            target = run_dir.with_name(name.run_name)
+        old, new = _names(run_dir)
+        if old and run_dir.name == old:  # rename first: a second call finds the run by its values
+            target = run_dir.with_name(new)
             if target.exists():
                 printer(f"  {run_dir}: left under its old name ({target.name} exists)")
                 continue
             run_dir.rename(target)
-            renamed[run_dir.name] = target.name
+            moved.append((run_dir, target))
             printer(f"  {run_dir.parent.name}/{run_dir.name} -> {target.name}")
             run = Run(target)
         else:
             printer(f"  {run_dir.parent.name}/{run_dir.name}: values updated")
         if run.has(METRICS):
             m = upgrade(run.metrics())
-            if m.get("run_name") in renamed:  # the names a run records of itself follow its folder
-                m["run_name"] = renamed[m["run_name"]]
-                m["run_dir"] = str(Path(m.get("run_dir") or run.path).with_name(m["run_name"]))
+            if old and m.get("run_name") == old and run.name == new:  # the names a run records of itself
+                m["run_name"] = new
+                m["run_dir"] = str(Path(m.get("run_dir") or run.path).with_name(new))
             run.write_metrics(m)
-        run.write_params(params)
-    for study_file in sorted(folder.glob(f"**/{STUDY}")):
-        write_json(study_file, _upgrade_record(read_json(study_file), renamed))
-    for summary in sorted(folder.glob(f"**/{SUMMARY}")):
-        _upgrade_csv(summary, renamed)
-    return renamed
+        if old and run.has(IMPORTED) and Path(run.path.joinpath(IMPORTED).read_text().strip()).name == old:
+            write_text(run.path / IMPORTED, f"{Path(run.path.joinpath(IMPORTED).read_text().strip()).with_name(new)}\n")
+        run.write_params(run.params())
+    for record in sorted(folder.glob(f"**/{STUDY}")) + sorted(folder.glob(f"**/{SUMMARY}")):
+        renamed = _renamed_on_disk(record.parent)
+        if record.name == STUDY:
+            before = read_json(record)
+            after = _upgrade_record(before, renamed)
+            if after != before:
+                write_json(record, after)
+        else:
+            _upgrade_csv(record, renamed)
+    return moved
 
 
 def load_study(profile: str, runs_root=None, check_current: bool = True) -> Study:

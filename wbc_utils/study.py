@@ -177,7 +177,8 @@ def plan(profile: Profile, runs_root=None, reuse: bool = False, force: bool = Fa
             if reuse and same:
                 out.append((p, run.path, "reuse"))
                 continue
-            blocked.append(f"{run.path}" + ("" if same else " (different parameters)"))
+            blocked.append(f"{run.path}" + ("" if same else " (other parameters under the same name: --reuse does "
+                                                             "not keep it; remove it or pass --force)"))
         out.append((p, run.path, "resume" if status == "incomplete" and not force else "train"))
     if blocked:
         raise RunExistsError("finished runs are in the way:\n  " + "\n  ".join(blocked) +
@@ -482,6 +483,7 @@ def _short_error(e: BaseException) -> str:
 
 def summarize(profile: str, runs_root=None, failed: dict | None = None):
     """Write runs/<profile>/summary.csv from every run directory there; returns the DataFrame."""
+    check_no_legacy(profile_dir(profile, runs_root))  # else the old folders would read as runs it does not plan
     frame = summary_frame(profile, runs_root, failed)
     write_csv(summary_path(profile, runs_root), frame)
     return frame
