@@ -114,3 +114,25 @@ def test_a_run_folder_the_profile_does_not_plan_is_kept_out_of_the_tables(tmp_pa
     roles = dict(zip(st.runs["run_name"], st.runs["role"]))
     assert roles[planned.name] == "main" and roles[old.name] == OTHER
     assert list(st.others["run_name"]) == [old.name] and old.name not in set(st.main["run_name"])
+
+
+def test_a_study_grown_after_its_record_plans_the_built_in_runs(tmp_path):
+    """Seeds added to a profile after its study.json was written (the full profile, 10 -> 20 seeds): the report
+    counts the built-in profile's runs as planned; a record the built-in does not extend keeps its own plan."""
+    import dataclasses
+
+    from wbc_utils.params import PROFILES
+    from wbc_utils.runs import load_study
+    from wbc_utils.study import _profile_dict
+
+    runs = tmp_path / "runs"
+    (runs / "quick").mkdir(parents=True)
+    record = {"profile": "quick", "runs": [],
+              "profile_settings": _profile_dict(dataclasses.replace(PROFILES["quick"], seeds=[0]))}
+    write_json(runs / "quick" / "study.json", record)
+    st = load_study("quick", runs, check_current=False)
+    assert st.profile.seeds == [0] and st.plan is PROFILES["quick"]
+    other = _profile_dict(dataclasses.replace(PROFILES["quick"], seeds=[7], epochs=3))
+    write_json(runs / "quick" / "study.json", {**record, "profile_settings": other})
+    st = load_study("quick", runs, check_current=False)
+    assert st.plan.seeds == [7] and st.plan is not PROFILES["quick"]

@@ -215,7 +215,7 @@ def readme_block(results: dict) -> str:
     if results.get("recipes"):
         size = "x".join(str(v) for v in s.get("image_size", []))
         done = sorted({int(r["seeds"]) for r in results["recipes"] if r.get("seeds")})
-        planned = len(s.get("seeds", []))
+        planned = len(s.get("seeds_planned") or s.get("seeds", []))
         seeds = ("-".join(str(v) for v in (done[0], done[-1])) if len(done) > 1 else str(done[0])) if done else "0"
         seeds += " seeds per setting" + (f" of the {planned} planned (the study goes on)" if done and
                                          done[-1] < planned else "")
@@ -241,11 +241,16 @@ def readme_block(results: dict) -> str:
             unpaired = (f"; unpaired [{100 * cmp['unpaired_lo']:+.1f}, {100 * cmp['unpaired_hi']:+.1f}]"
                         if cmp.get("paired") and cmp.get("unpaired_lo") is not None else "")
             collapsed = (f"; collapsed {cmp['collapsed_a']}/{cmp['n_a']} vs {cmp['collapsed_b']}/{cmp['n_b']}"
+                         + (f" (Fisher p = {cmp['fisher_p']:.2g})" if cmp.get("fisher_p") is not None else "")
+                         + (f"; the runs that did not collapse {100 * cmp['learned_diff']:+.1f} "
+                            f"[{100 * cmp['learned_lo']:+.1f}, {100 * cmp['learned_hi']:+.1f}], "
+                            f"{cmp['learned_words']}" if cmp.get("learned_diff") is not None
+                            and cmp["learned_diff"] == cmp["learned_diff"] else "")
                          if cmp.get("collapsed_a") or cmp.get("collapsed_b") else "")
             detectable = f"; detectable {100 * cmp['mde']:.1f} points" if cmp.get("mde") is not None else ""
             lines.append(f"- {targets}, {cmp['comparison']}: {100 * cmp['diff']:+.1f} points "
-                         f"[{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}], {cmp['words']}{unpaired}{collapsed}"
-                         f"{detectable}.")
+                         f"[{100 * cmp['lo']:+.1f}, {100 * cmp['hi']:+.1f}], {cmp['words']}{unpaired}"
+                         f"{detectable}{collapsed}.")
     o = results.get("original", {})
     if o.get("crossentropy"):
         ce = o["crossentropy"]

@@ -358,7 +358,7 @@ class Report:
         if d["has_losses"]:
             ar = d["allruns"]
             s = d["settings"]
-            prof = d["study"].profile
+            prof = d["study"].plan
             planned = len(prof.runs()) if prof is not None else len(ar)
             done = int((ar.status == "finished").sum())
             lines.append(f"**Profile `{self.profile}`**: {s.get('description', '')}. "
@@ -1254,6 +1254,8 @@ def findings(profile: str, runs_root=None) -> dict:
     if d["has_losses"]:
         s = d["settings"]
         out["settings"] = {k: s.get(k) for k in ("image_size", "epochs", "train_subset", "learning_rate", "seeds")}
+        plan = d["study"].plan
+        out["settings"]["seeds_planned"] = list(plan.seeds) if plan is not None else s.get("seeds")
         out["recipes"] = []
         for r in d["groups"].itertuples():
             out["recipes"].append({k: (v.item() if hasattr(v, "item") else v) for k, v in r._asdict().items()
