@@ -153,6 +153,8 @@ def test_verdict_words_state_equivalence_inside_a_margin_fixed_in_advance():
          "pairing": "paired on seeds"}
     assert an.verdict_words(d, "CE", "MSE") == "no difference larger than 5 points (8 seeds each, paired)"
     assert an.verdict_words({**d, "equivalence": None}, "CE", "MSE") == "not resolved (8 seeds each, paired)"
+    # from a table row (pandas gives NaN where no margin holds): the shipped abstract once said "nan points"
+    assert an.verdict_words({**d, "equivalence": float("nan")}, "CE", "MSE") == "not resolved (8 seeds each, paired)"
     assert an.verdict_words({**d, "resolved": True}, "CE", "MSE") == "CE is better (8 seeds each, paired)"
 
 

@@ -251,8 +251,9 @@ def verdict_words(d: dict, name_a: str, name_b: str) -> str:
     seeds = _seeds_words(d)
     if d["resolved"]:
         return f"{name_a if d['diff'] > 0 else name_b} is better ({seeds})"
-    if d.get("equivalence"):
-        return f"no difference larger than {d['equivalence']:g} points ({seeds})"
+    eq = d.get("equivalence")
+    if eq is not None and eq == eq and eq > 0:  # a table row carries NaN, not None, where no margin holds
+        return f"no difference larger than {eq:g} points ({seeds})"
     return f"not resolved ({seeds})"
 
 

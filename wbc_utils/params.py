@@ -462,6 +462,22 @@ def _listify(v) -> list:
     return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else list(v)
 
 
+#: The loss study at a scale where the network learns (the reference profile); `quick` is it on two seeds.
+_FULL = Profile(
+    name="full", kind="study", losses=LOSSES_2020,
+    description="the loss study at a scale where the 2020 network learns: all of TRAIN, TEST as validation as "
+    "in 2020, every setting on the same twenty seeds, its scale chosen by the pilot on TRAIN alone",
+    # seeds 0-9 by the pilot's rule; doubled to 0-19 once all 60 runs of 0-9 had finished (the last entry of
+    # analysis.PILOT_RULE_REVISIONS says why), fixed before any run of 10-19 trained
+    image_size=[60, 80], epochs=6, seeds=list(range(20)), train_subset=0, batch_size=32, learning_rate=3e-4,
+    jobs=2, order="seed", pilot="pilot", rescore_split="TEST",
+    controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
+    trades="60x80 pixels instead of 240x320, 6 of 100 epochs and Adam's rate 0.0003 (the 2020 rate 0.001 kept "
+           "as a control on the same seeds), each chosen by the pilot's rule on held-out TRAIN cells (section 3); "
+           "twenty seeds per setting, every setting on the same seeds; cross-entropy run once (its two encodings "
+           "are the same function)")
+
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", kind="study", description="the whole pipeline on a few images, to check it works",
@@ -472,32 +488,17 @@ PROFILES: dict[str, Profile] = {
         controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
         trades="256 training images, 2 epochs, 48x64 pixels, one seed: numbers are meaningless; "
                "the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
-    "quick": Profile(
-        name="quick", kind="study", losses=LOSSES_2020,
+    # the full profile on its first two seeds: every quick run is the full run of the same seed but for the
+    # profile's name (tests/test_params.py::test_the_quick_profile_is_the_full_profile_on_two_seeds)
+    "quick": dataclasses.replace(
+        _FULL, name="quick", seeds=[0, 1], rescore_split="TEST_SIMPLE",
         description="the full profile on its first two seeds, in under 30 minutes on a 2-core CPU: the network "
         "learns, but two seeds bound only the large differences between losses",
-        # every run is the full profile's run of the same seed but for the profile's name
-        # (tests/test_params.py::test_the_quick_profile_is_the_full_profile_on_two_seeds)
-        image_size=[60, 80], epochs=6, seeds=[0, 1], train_subset=0, batch_size=32, learning_rate=3e-4,
-        jobs=2, order="seed", pilot="pilot", rescore_split="TEST_SIMPLE",
-        controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
         trades="the full profile's scale (60x80 pixels instead of 240x320, 6 of 100 epochs, Adam's rate 0.0003 "
                "with the 2020 rate 0.001 as a control on the same seeds; all of TRAIN), chosen by the pilot on "
                "held-out TRAIN cells, on two of its twenty seeds: differences of tens of points are resolved, smaller "
                "ones need the full profile; the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
-    "full": Profile(
-        name="full", kind="study", losses=LOSSES_2020,
-        description="the loss study at a scale where the 2020 network learns: all of TRAIN, TEST as validation as "
-        "in 2020, every setting on the same twenty seeds, its scale chosen by the pilot on TRAIN alone",
-        # seeds 0-9 by the pilot's rule; doubled to 0-19 once all 60 runs of 0-9 had finished (the last entry of
-        # analysis.PILOT_RULE_REVISIONS says why), fixed before any run of 10-19 trained
-        image_size=[60, 80], epochs=6, seeds=list(range(20)), train_subset=0, batch_size=32, learning_rate=3e-4,
-        jobs=2, order="seed", pilot="pilot", rescore_split="TEST",
-        controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
-        trades="60x80 pixels instead of 240x320, 6 of 100 epochs and Adam's rate 0.0003 (the 2020 rate 0.001 kept "
-               "as a control on the same seeds), each chosen by the pilot's rule on held-out TRAIN cells (section 3); "
-               "twenty seeds per setting, every setting on the same seeds; cross-entropy run once (its two encodings "
-               "are the same function)"),
+    "full": _FULL,
     "collapse": Profile(
         name="collapse", kind="collapse",
         description="the collapse study: cross-entropy with integer labels, the 2020 recipe against one change at a "

@@ -361,14 +361,16 @@ class Report:
             prof = d["study"].plan
             planned = len(prof.runs()) if prof is not None else len(ar)
             done = int((ar.status == "finished").sum())
-            lines.append(f"**Profile `{self.profile}`**: {s.get('description', '')}. "
+            # the plan's own words where the profile grew after its record (more seeds planned than ran so far)
+            said = {"description": prof.description, "trades": prof.trades} if prof is not None else s
+            lines.append(f"**Profile `{self.profile}`**: {said.get('description', '')}. "
                          f"{done} of the {planned} planned runs finished "
                          f"({int((ar.status == 'failed').sum())} failed, {int((ar.status == 'incomplete').sum())} "
                          f"incomplete); {len(d['controls'])} of them are control runs."
                          + (f" **The study goes on**: this report rests on the runs finished so far, every setting on "
                             f"the same seeds; `make report PROFILE={self.profile}` trains the rest and rebuilds it."
                             if done < planned else "")
-                         + f" What this profile trades away: {s.get('trades', 'n/a')}.")
+                         + f" What this profile trades away: {said.get('trades') or 'n/a'}.")
         lines.append(f"**Data**: TRAIN {c['TRAIN']['files']:,} images of {c['TRAIN']['slides']} slides "
                      f"({c['TRAIN']['cells']} independent cells); TEST {c['TEST']['files']:,} images of "
                      f"{c['TEST']['slides']} slides ({c['TEST']['cells']} cells, {c['shared_cells']} of them also in "
@@ -927,8 +929,9 @@ class Report:
             more.append({**name, "unpaired [95% CI]": fmt_diff(unpaired) if r["paired"] else "(not paired)",
                          "collapsed": f"{r['collapsed_a']}/{r['n_a']} vs {r['collapsed_b']}/{r['n_b']}",
                          "Fisher": fmt_p(r["fisher_p"]),
-                         "runs that did not collapse [95% CI]": fmt_diff(learned)
-                         if learned.get("diff") == learned.get("diff") else "-", "their seeds": r["learned_seeds"]})
+                         "runs that did not collapse [95% CI] (seeds)":
+                         f"{fmt_diff(learned)} ({r['learned_seeds']})"
+                         if learned.get("diff") == learned.get("diff") else "-"})
         doc.table(pd.DataFrame(main), "Differences in seed-pooled accuracy on unseen TEST cells (percentage points), "
                   "first loss minus second, over every finished run: paired on the same cells and, where the two "
                   "losses were trained from the same seeds, on the seeds (section 3). The verdict says how many "
