@@ -467,8 +467,8 @@ _FULL = Profile(
     name="full", kind="study", losses=LOSSES_2020,
     description="the loss study at a scale where the 2020 network learns: all of TRAIN, TEST as validation as "
     "in 2020, every setting on the same twenty seeds, its scale chosen by the pilot on TRAIN alone",
-    # seeds 0-9 by the pilot's rule; doubled to 0-19 once all 60 runs of 0-9 had finished (the last entry of
-    # analysis.PILOT_RULE_REVISIONS says why), fixed before any run of 10-19 trained
+    # seeds 0-9 by the pilot's rule; doubled to 0-19 once all 60 runs of 0-9 had finished (analysis.DESIGN_DECISIONS
+    # says why), fixed before any run of 10-19 trained
     image_size=[60, 80], epochs=6, seeds=list(range(20)), train_subset=0, batch_size=32, learning_rate=3e-4,
     jobs=2, order="seed", pilot="pilot", rescore_split="TEST",
     controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
