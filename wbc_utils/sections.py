@@ -429,10 +429,16 @@ class Report:
         pairs = [(o, self.pair(ONEHOT, ref.name, o.name)) for o in others]
         diffs = "; ".join(f"{ref.words + ' ' if i == 0 else ''}minus {o.short}: {fmt_diff(p)}, "
                           f"{an.verdict_words(p, ref.words, o.short)}" for i, (o, p) in enumerate(pairs) if p)
+        # a mean over runs of which some collapsed describes none of them: say how many did, and the rest apart
+        split = [f"{o.short} collapsed to a constant output on {p['collapsed_b']} of {p['n_b']} seeds "
+                 f"({ref.words} on {p['collapsed_a']}); on the seeds where neither did, {ref.words} minus {o.short} "
+                 f"is {fmt_diff({k[len('learned_'):]: v for k, v in p.items() if k.startswith('learned_')})}"
+                 for o, p in pairs if p and p.get("collapsed_b") and p.get("learned_diff") == p.get("learned_diff")]
         return (f"Retrained at reduced size ({size} pixels, {s.get('epochs')} epochs, {n} seeds per setting), "
                 f"{ref.words} reaches {self.acc(ref.name, INTEGER)}"
                 + (f"; with one-hot targets {_and(reach)}" if reach else "")
-                + (f" ({diffs})" if diffs and all(p for _, p in pairs) else "") + ".")
+                + (f" ({diffs})" if diffs and all(p for _, p in pairs) else "") + "."
+                + (" With one-hot targets, " + "; ".join(split) + "." if split else ""))
 
     def _collapse_sentence(self, short: bool = False) -> str:
         """The collapse study in one sentence: the 2020 recipe's count, and each change's, with Holm-adjusted
