@@ -564,14 +564,14 @@ class Study:
 
     @property
     def plan(self) -> Profile | None:
-        """The runs the study is meant to have: the built-in profile of its name where that profile has grown
-        from the recorded one (it plans every recorded run, and more: seeds added after the record was written),
-        else the recorded profile. A report of a study part-way says how many of these have finished."""
+        """The runs the study is meant to have: the built-in profile of its name where it plans every recorded
+        run (the same runs, described in today's words, or more: seeds added after the record was written), else
+        the recorded profile. A report of a study part-way says how many of these have finished."""
         built_in = PROFILES.get(self.name)
         if self.profile is None or built_in is None:
             return self.profile or built_in
         recorded = {p.run_name for p in self.profile.runs()}
-        return built_in if recorded < {p.run_name for p in built_in.runs()} else self.profile
+        return built_in if recorded <= {p.run_name for p in built_in.runs()} else self.profile
 
     def finished(self, role: str | None = MAIN) -> pd.DataFrame:
         """The finished runs of one role (None: both)."""
