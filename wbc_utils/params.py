@@ -493,11 +493,12 @@ PROFILES: dict[str, Profile] = {
     "quick": dataclasses.replace(
         _FULL, name="quick", seeds=[0, 1], rescore_split="TEST_SIMPLE",
         description="the full profile on its first two seeds, in under 30 minutes on a 2-core CPU: the network "
-        "learns, but two seeds bound only the large differences between losses",
+        "learns, but two seeds answer a comparison only where they agree closely",
         trades="the full profile's scale (60x80 pixels instead of 240x320, 6 of 100 epochs, Adam's rate 0.0003 "
                "with the 2020 rate 0.001 as a control on the same seeds; all of TRAIN), chosen by the pilot on "
-               "held-out TRAIN cells, on two of its twenty seeds: differences of tens of points are resolved, smaller "
-               "ones need the full profile; the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
+               "held-out TRAIN cells, on two of its twenty seeds: one degree of freedom for the seeds' part, so a "
+               "comparison is resolved or bounded only where the two seeds agree closely and the full profile "
+               "answers the question; the 2020 weights are re-scored on TEST_SIMPLE's 71 images only"),
     "full": _FULL,
     "collapse": Profile(
         name="collapse", kind="collapse",
