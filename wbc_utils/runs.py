@@ -598,13 +598,8 @@ def legacy_folders(folder: Path) -> list[Path]:
 
 def _is_legacy(run_dir: Path) -> bool:
     raw = read_json(run_dir / PARAMS)
-    if upgrade(raw) != raw:
-        return True
-    try:  # renamed values but the old folder name (a migration stopped between the two)
-        return run_dir.name == RunParams.from_dict({k: v for k, v in raw.items()
-                                                    if k in RunParams.defaults()}).legacy_run_name
-    except WBCError:
-        return False
+    # old values, or today's values under the old folder name (a migration stopped between the two)
+    return upgrade(raw) != raw or run_dir.name == _names(run_dir)[0]
 
 
 def check_no_legacy(folder: Path) -> None:
@@ -706,18 +701,20 @@ def migrate(folder: Path, printer=print) -> list[tuple[Path, Path]]:
                 m["run_name"] = new
                 m["run_dir"] = str(Path(m.get("run_dir") or run.path).with_name(new))
             run.write_metrics(m)
-        if old and run.has(IMPORTED) and Path(run.path.joinpath(IMPORTED).read_text().strip()).name == old:
-            write_text(run.path / IMPORTED, f"{Path(run.path.joinpath(IMPORTED).read_text().strip()).with_name(new)}\n")
+        source = Path((run.path / IMPORTED).read_text().strip()) if old and run.has(IMPORTED) else None
+        if source is not None and source.name == old:
+            write_text(run.path / IMPORTED, f"{source.with_name(new)}\n")
         run.write_params(run.params())
-    for record in sorted(folder.glob(f"**/{STUDY}")) + sorted(folder.glob(f"**/{SUMMARY}")):
-        renamed = _renamed_on_disk(record.parent)
-        if record.name == STUDY:
-            before = read_json(record)
+    studies = {f.parent for f in folder.glob(f"**/{STUDY}")} | {f.parent for f in folder.glob(f"**/{SUMMARY}")}
+    for study in sorted(studies):
+        renamed = _renamed_on_disk(study)
+        if (study / STUDY).exists():
+            before = read_json(study / STUDY)
             after = _upgrade_record(before, renamed)
             if after != before:
-                write_json(record, after)
-        else:
-            _upgrade_csv(record, renamed)
+                write_json(study / STUDY, after)
+        if (study / SUMMARY).exists():
+            _upgrade_csv(study / SUMMARY, renamed)
     return moved
 
 
