@@ -204,11 +204,11 @@ def test_report_sections_render_without_2020_weights_or_other_studies(study, mon
     write_json(profile_dir("fake", root) / "study.json", {"profile": "fake", "profile_settings": _profile_dict(prof)})
     rep = Report.load("fake", root, best_profile="", collapse_profile="")
     html = rep.html()
-    assert "Not checked (no weights)" in html and "The 2020 weights were not found" in html
+    assert "The 2020 weights were not found" in html and "Its cross-entropy figure" not in html
     assert "With one seed, an interval is about one trained model" in html
     assert "two trained models compared, not two recipes" in html
-    assert "No finished runs of the" in html and "Traceback" not in html
-    assert rep.doc.n_tab >= 4 and rep.doc.n_fig >= 3
+    assert "adds a section on a from-scratch model" in html and "Traceback" not in html
+    assert rep.doc.counters["tab"] >= 4 and rep.doc.counters["fig"] >= 3 and rep.doc.unresolved() == []
 
 
 def test_pilot_arithmetic_plateau_and_seeds_for_a_margin():

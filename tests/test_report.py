@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from wbc_utils.config import SHIPPED_RESULTS  # noqa: E402
+from wbc_utils.document import inline  # noqa: E402
 from wbc_utils.report import BLOCK_END, BLOCK_START, readme_block, update_readme  # noqa: E402
-from wbc_utils.sections import Doc, _inline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,25 +71,81 @@ def test_readme_without_markers_is_a_clear_error(tmp_path):
         update_readme(results, readme)
 
 
-def test_doc_numbers_figures_and_tables_and_keeps_each_heading_with_what_follows():
+def _document(tmp_path, templates: dict[str, str], figures=None, tables=None):
+    from wbc_utils.document import Document, Reference
+
+    for name, text in templates.items():
+        (tmp_path / name).write_text(text)
+    refs = {"a": Reference("a", "Author (2000). *A title*.", "https://example.org/a"),
+            "b": Reference("b", "Other (2001). *Another*.")}
+    return Document(tmp_path, figures or {}, tables or {}, refs)
+
+
+def test_document_numbers_from_labels_and_resolves_forward_references(tmp_path):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    doc = Doc()
-    doc.section("a")
-    doc.h(2, "A section")
-    assert doc.table(pd.DataFrame({"x": ["-", "1.0% [0.5, 2.0]"]}), "first") == 1
-    fig, _ = plt.subplots()
-    assert doc.figure(fig, "a picture") == 1
-    doc.h(3, "Heading at the end")
-    out = doc.html("a")
-    assert ('<div class="keep"><h2>A section</h2><div class="keep"><div class="caption"><p><strong>Table 1.</strong>'
-            in out)
-    assert "<strong>Figure 1.</strong> a picture" in out and "data:image/png;base64," in out
-    assert "<td>-</td>" in out and "<li>" not in out  # a dash is not a list
-    assert "<td class=num>1.0% [0.5, 2.0]</td>" in out
-    assert out.endswith("<h3>Heading at the end</h3></div>")
+    tables = {"t": lambda f: pd.DataFrame({"x": ["-", "1.0% [0.5, 2.0]"]}), "empty": lambda f: pd.DataFrame()}
+    figures = {"pic": lambda f, **kw: plt.subplots()[0], "none": lambda f: None}
+    one = ('{{ section("First", "first") }}\n\nSee {{ ref("tab:t") }} and {{ ref("sec:second") }} {{ cite("b") }}.\n\n'
+           '{% call table("tab:t", "t") %}a table{% endcall %}\n\n'
+           '{% call table("tab:e", "empty") %}x{% endcall %}\n'
+           '{% call figure("fig:none", "none") %}not drawn{% endcall %}\n')
+    two = ('{{ section("Second", "second") }}\n{{ subsection("Sub", "sub") }}\n\n'
+           '{% call figure("fig:p", "pic") %}a picture, {{ f }}{% endcall %}\n\n'
+           '{{ ref("fig:nowhere") }} {{ cite("a", "b") }}\n\n{{ references() }}\n')
+    doc = _document(tmp_path, {"one.md.j2": one, "two.md.j2": two}, figures, tables)
+    doc.render("one", "one.md.j2", "facts")
+    doc.render("two", "two.md.j2", "facts")
+    doc.finish()
+    one, two = doc.html_sections["one"], doc.html_sections["two"]
+    assert "See Table 1 and section 2 [1]." in one  # a reference forwards, a citation numbered when first cited
+    assert '<div class="keep"><h2>1. First</h2><p>' in one  # the heading kept with its first paragraph
+    assert "<strong>Table 1.</strong> a table" in one and "Table 2" not in one  # an empty table takes no number
+    assert "<td>-</td>" in one and "<li>-" not in one  # a dash is not a list
+    assert "<td class=num>1.0% [0.5, 2.0]</td>" in one
+    assert "not drawn" not in one and "fig:none" not in doc.labels  # a figure that draws nothing takes no number
+    assert "<h3>2.1 Sub</h3>" in two and "<strong>Figure 1.</strong> a picture, facts" in two
+    assert "data:image/png;base64," in two
+    assert "[2, 1]" in two and two.index("Author (2000)") > two.index("<ol")  # numbered in order of first citation
+    assert "?? " in two and doc.unresolved() == ["fig:nowhere"]
+
+
+def test_document_refuses_a_label_defined_twice_and_an_unknown_reference(tmp_path):
+    import jinja2
+
+    doc = _document(tmp_path, {"a.md.j2": '{{ section("A", "x") }}{{ section("B", "x") }}',
+                               "b.md.j2": '{{ cite("nobody") }}', "c.md.j2": "{{ f.missing }}"})
+    with pytest.raises(ValueError, match="defined twice"):
+        doc.render("a", "a.md.j2", None)
+    with pytest.raises(KeyError, match="nobody"):
+        doc.render("b", "b.md.j2", None)
+    with pytest.raises(jinja2.UndefinedError):  # a fact a template names must exist
+        doc.render("c", "c.md.j2", {})
 
 
 def test_table_cells_keep_bold_and_code():
-    assert _inline("**Reproduced** by `x`") == "<strong>Reproduced</strong> by <code>x</code>"
+    assert inline("**Reproduced** by `x`") == "<strong>Reproduced</strong> by <code>x</code>"
+
+
+def test_report_renders_from_synthetic_facts_with_every_section_and_no_dangling_reference():
+    """The whole report from a small hand-made facts object (no artifacts, figures as placeholders): every
+    section renders, every reference resolves, and the prose follows the facts (a verdict changes with them)."""
+    from synthetic_facts import synthetic_facts
+
+    from wbc_utils.sections import SECTIONS, Report
+
+    rep = Report.render(synthetic_facts(), draw=False)
+    assert rep.doc.unresolved() == []
+    html = rep.html()
+    assert list(rep.doc.html_sections) == [name for name, _ in SECTIONS]
+    for heading in ("Abstract", "1. Introduction and the questions", "2. Data", "3. Methods", "4. Results",
+                    "5. Discussion", "6. Limitations", "References", "Appendix A: every run"):
+        assert f"<h2>{heading}</h2>" in html, heading
+    assert "Its cross-entropy figure stands" in html and "Holds for integer labels only" in html
+    assert "TRAIN's per-class counts add to 260, not 259" in html
+    assert "Sarkar, Tapp-Hughes and Zhang Solis (2020)" in html and "??" not in html
+    assert "Traceback" not in html and "{{" not in html and "@@" not in html
+    # the verdicts are read from the facts, not written in the template
+    facts = synthetic_facts(weights_log=0.95)
+    assert "Its cross-entropy figure does not stand" in Report.render(facts, draw=False).html()

@@ -127,7 +127,7 @@ def pooled(st: SeedStack, simple: SeedStack | None = None) -> dict:
         out.update({f"{scope}": r["value"], f"{scope}_lo": r["lo"], f"{scope}_hi": r["hi"],
                     f"{scope}_method": r["method"], f"{scope}_lo_unstratified": u["lo"],
                     f"{scope}_hi_unstratified": u["hi"], f"{scope}_images": r["n_obs"],
-                    f"{scope}_cells": r["n_clusters"]})
+                    f"{scope}_cells": r["n_clusters"], f"{scope}_se": r["se"], f"{scope}_df": r["df"]})
         per_seed = st.correct(scope).mean(1)
         out[f"{scope}_sd"] = float(per_seed.std(ddof=1)) if st.n_seeds > 1 else float("nan")
         ids, true, ok = st.cell_correct(scope)
