@@ -118,7 +118,8 @@ def stack(rows, split: str = "TEST") -> SeedStack | None:
 
 
 def pooled(st: SeedStack, simple: SeedStack | None = None) -> dict:
-    """A recipe's seed-pooled figures with two-stage intervals: images (unseen and all of TEST), cells, TEST_SIMPLE."""
+    """A recipe's seed-pooled figures with intervals over seeds and cells (:func:`wbc_utils.stats.mean_interval`):
+    images (unseen and all of TEST), cells, TEST_SIMPLE."""
     out = {"seeds": st.n_seeds}
     for scope in ("unseen", "test"):
         c = st.clusters(scope)
@@ -141,7 +142,7 @@ def pooled(st: SeedStack, simple: SeedStack | None = None) -> dict:
 
 
 def per_class(st: SeedStack, scope: str = "unseen") -> list[dict]:
-    """Seed-pooled recall per class with its two-stage interval and its number of cells."""
+    """Seed-pooled recall per class with its interval over seeds and cells, and its number of cells."""
     m = st.mask(scope)
     labels, cells = st.base["label"].to_numpy()[m], st.base["cell"].to_numpy()[m]
     ok = st.correct(scope)
@@ -157,7 +158,7 @@ def per_class(st: SeedStack, scope: str = "unseen") -> list[dict]:
 
 
 def group_table(summary):
-    """One row per loss x encoding: runs, collapses, seed-pooled accuracies with two-stage intervals."""
+    """One row per loss x encoding: runs, collapses, seed-pooled accuracies with intervals over seeds and cells."""
 
     out = []
     for loss in losses_of(summary):

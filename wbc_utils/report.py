@@ -290,7 +290,7 @@ def readme_block(results: dict) -> str:
         lab = (f"chosen by a {b['folds']}-fold lab over TRAIN's same-cell clusters, " if b.get("folds") else "")
         means = (f"mean over seeds {fmt_pct(b['mean_unseen'])} on unseen TEST cells"
                  + (f" and {fmt_pct(b['mean_simple'])} on TEST_SIMPLE's distinct slides" if b.get("mean_simple")
-                    is not None else "") + " (goal 90%); " if b.get("mean_unseen") is not None else "")
+                    is not None else "") + "; " if b.get("mean_unseen") is not None else "")
         lines.append(f"- Beyond the paper (`wbcnet`, {lab}{b['seeds']} seeds): {means}seed-pooled "
                      f"{fmt_ci(b['unseen'], b['unseen_lo'], b['unseen_hi'])}"
                      f" on unseen TEST cells (one vote per cell: "
