@@ -22,12 +22,10 @@ from .analysis import fmt_diff, fmt_p, fmt_pct
 from .config import TEMPLATES
 from .document import STYLE, Document, Reference
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
-from .facts import (  # noqa: F401  (pilot_of: the tests and the CLI read it from here)
+from .facts import (
     ReportFacts,
     better_than,
-    build_facts,
     collapse_lr_supported,
-    pilot_of,
     resolved_changes,
     same_collapse_seeds,
     seed_span,
@@ -36,6 +34,7 @@ from .facts import (  # noqa: F401  (pilot_of: the tests and the CLI read it fro
     weights_reproduce_log,
 )
 from .figures.registry import FIGURES
+from .gather import build_facts, pilot_of  # noqa: F401  (pilot_of: the tests read it from here)
 from .tables import TABLES
 
 #: The report's sections, in order: (name shown by ``Report.show``, template under templates/report/).
