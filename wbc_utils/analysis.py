@@ -563,6 +563,11 @@ DESIGN_DECISIONS = (
 )
 
 
+#: Seeds planned by a decision after the pilot whose results were not in view when it was made: on these alone, a
+#: comparison is a confirmation of what the seeds before them showed (the report shows it beside the pooled one).
+CONFIRMATORY_SEEDS = {"full": tuple(range(10, 20))}
+
+
 def choose_design(table: pd.DataFrame, spread: dict | None = None, rate_2020: float = 1e-3) -> dict:
     """The pilot's rule, as a pure function of its table (:func:`pilot_table`) and the paired spread of
     cross-entropy minus MSE (:func:`paired_spread`):

@@ -272,6 +272,8 @@ class ReportFacts:
     best: dict | None = None
     margins: tuple[float, ...] = EQUIVALENCE_MARGINS
     collapse_diagnostics: CollapseDiagnostics | None = None
+    confirmatory: list[Comparison] = dataclasses.field(default_factory=list)  # on the seeds planned after a look
+    confirmatory_seeds: list[int] = dataclasses.field(default_factory=list)
     per_class: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # setting -> recall per class
     per_seed: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)  # setting -> seed -> unseen acc.
     overlap_pairs: int = 0

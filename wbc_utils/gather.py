@@ -231,6 +231,11 @@ def build_facts(profile: str, runs_root=None, best_profile: str = "best", collap
         facts.recipes = [dataclasses.replace(_recipe(r), collapsed_seeds=_collapsed_seeds(study.main, r))
                          for r in an.group_table(study.main).to_dict("records")]
         facts.comparisons = [_comparison(r) for r in an.paired_table(study.main).to_dict("records")]
+        later = study.main[study.main["seed"].isin(an.CONFIRMATORY_SEEDS.get(profile, ()))]
+        done = sorted({int(s) for s in later.loc[later["status"] == "finished", "seed"]})
+        if len(done) >= 2:
+            facts.confirmatory_seeds = done
+            facts.confirmatory = [_comparison(r) for r in an.paired_table(later).to_dict("records")]
         facts.per_class, facts.per_seed = _per_class(study.main), _per_seed(study.main)
         ee = an.encoding_effect(study.main)
         facts.encoding_effects = ee.to_dict("records") if ee is not None and len(ee) else []

@@ -118,6 +118,18 @@ def wilson(successes: float, n: float, level: float = LEVEL) -> tuple[float, flo
     return float(lo), float(hi)
 
 
+def clopper_pearson(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval for a proportion of independent trials, e.g. runs that collapsed."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo = 0.0 if successes == 0 else float(beta.ppf(a, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - a, successes + 1, n - successes))
+    return lo, hi
+
+
 def _as_seeds(values) -> np.ndarray:
     v = np.asarray(values, float)
     if v.ndim == 1:

@@ -14,6 +14,7 @@ from . import beyond, registry
 from .analysis import fmt_ci, fmt_p, fmt_pct
 from .facts import ReportFacts
 from .registry import ENCODING_SHORT, INTEGER, ONEHOT
+from .stats import clopper_pearson
 
 TABLES: dict[str, Callable[..., pd.DataFrame | None]] = {}
 
@@ -112,10 +113,25 @@ def comparisons(f: ReportFacts) -> pd.DataFrame:
 
 
 @_table
+def confirmatory(f: ReportFacts) -> pd.DataFrame:
+    full = {(c.encoding, c.name): c.diff.points() for c in f.comparisons}
+    return pd.DataFrame([{"targets": ENCODING_SHORT[c.encoding], "comparison": c.name,
+                          "all seeds": full.get((c.encoding, c.name), "-"),
+                          "later seeds alone": c.diff.points(), "verdict (later seeds)": c.words,
+                          "collapsed (later seeds)": f"{c.collapsed_a}/{c.n_a} vs {c.collapsed_b}/{c.n_b}"}
+                         for c in f.confirmatory])
+
+
+def _rate(k: int, n: int) -> str:
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} [{100 * lo:.0f}, {100 * hi:.0f}%]"
+
+
+@_table
 def comparisons_more(f: ReportFacts) -> pd.DataFrame:
     return pd.DataFrame([{"targets": ENCODING_SHORT[c.encoding], "comparison": c.name,
                           "unpaired [95% CI]": c.unpaired.points() if c.paired else "(not paired)",
-                          "collapsed": f"{c.collapsed_a}/{c.n_a} vs {c.collapsed_b}/{c.n_b}",
+                          "collapsed [95% CI]": f"{_rate(c.collapsed_a, c.n_a)} vs {_rate(c.collapsed_b, c.n_b)}",
                           "Fisher": fmt_p(c.fisher_p),
                           "runs that did not collapse [95% CI] (seeds)":
                           f"{c.learned.points()} ({c.learned_seeds})" if c.learned.known else "-"}
@@ -136,7 +152,7 @@ def per_class(f: ReportFacts) -> pd.DataFrame:
 @_table
 def collapse(f: ReportFacts, which: str = "here") -> pd.DataFrame:
     rows = f.collapse_here if which == "here" else f.collapse_study
-    return pd.DataFrame([{"setting": r.setting, "collapsed": f"{r.collapsed}/{r.runs}",
+    return pd.DataFrame([{"setting": r.setting, "collapsed [95% CI]": _rate(r.collapsed, r.runs),
                           "top-class share": fmt_pct(r.top_class_share),
                           "output spread (median)": f"{r.output_spread:.3f}",
                           "vs 2020 recipe: Fisher, Holm": "reference" if r.is_2020 else
