@@ -226,3 +226,16 @@ def test_paired_needs_matched_seeds_and_equivalence_names_the_smallest_margin():
     assert equivalence_margin(-0.12, 0.01) is None
     far = np.minimum(1, a + (rng.random(a.shape) < 0.6))
     assert difference_interval(far, a, c, paired=True)["equivalence"] is None
+
+
+def test_clopper_pearson_known_values():
+    from wbc_utils.stats import clopper_pearson
+
+    lo, hi = clopper_pearson(0, 10)
+    assert lo == 0.0 and abs(hi - (1 - 0.025 ** (1 / 10))) < 1e-9  # the closed form at 0 successes
+    lo, hi = clopper_pearson(10, 10)
+    assert hi == 1.0 and abs(lo - 0.025 ** (1 / 10)) < 1e-9
+    lo, hi = clopper_pearson(5, 14)
+    lo2, hi2 = clopper_pearson(9, 14)
+    assert abs(lo - (1 - hi2)) < 1e-9 and abs(hi - (1 - lo2)) < 1e-9  # symmetric in successes and failures
+    assert 0.12 < lo < 0.14 and 0.63 < hi < 0.66  # 5/14: 0.128 to 0.649
