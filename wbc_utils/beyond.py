@@ -328,7 +328,7 @@ GOALS = {"test_accuracy": 0.90, "simple_accuracy": 0.90, "train_minutes": 30.0}
 
 
 def methods_markdown(res: dict) -> str:
-    """Section 6's methods paragraph, from the chosen design's parameters."""
+    """The beyond-the-paper section's methods paragraph, from the chosen design's parameters."""
     p = res["chosen"] or {}
     lab = res["lab"]
     h, w = (p.get("image_size") or ["?", "?"])[:2]

@@ -473,7 +473,7 @@ _FULL = Profile(
     jobs=2, order="seed", pilot="pilot", rescore_split="TEST",
     controls=({"loss": "crossentropy", "target_encoding": INTEGER, "learning_rate": 1e-3},),
     trades="60x80 pixels instead of 240x320, 6 of 100 epochs and Adam's rate 0.0003 (the 2020 rate 0.001 kept "
-           "as a control on the same seeds), each chosen by the pilot's rule on held-out TRAIN cells (section 3); "
+           "as a control on the same seeds), each chosen by the pilot's rule on held-out TRAIN cells (see Methods); "
            "twenty seeds per setting, every setting on the same seeds; cross-entropy run once (its two encodings "
            "are the same function)")
 
