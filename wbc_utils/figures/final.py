@@ -108,7 +108,7 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell",
     nrows = -(-n // cols)
     aspect = NATIVE_SIZE[0] / NATIVE_SIZE[1]  # the field's height / width
     panel = A4_WIDTH / (2 * cols)
-    fig = plt.figure(figsize=(A4_WIDTH, nrows * (panel * aspect + 0.45) + 0.35), layout="constrained")
+    fig = plt.figure(figsize=(A4_WIDTH, nrows * (0.92 * panel * aspect + 0.42) + 0.45), layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.03, wspace=0.02, hspace=0.02)
     grid = fig.add_gridspec(nrows, 2 * cols)
     for k in range(n):
