@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.font_manager import FontProperties
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
@@ -85,6 +87,24 @@ def run_title(params: dict | None, fallback: str = "") -> str:
     if params.get("seed") is not None and parts:
         parts.append(f"seed {params['seed']}")
     return ", ".join(parts) if parts else fallback
+
+
+def text_width(text: str, size: float) -> float:
+    """The width (inches) of one line of ``text`` at ``size`` pt in the theme's font."""
+    w, _, _ = RendererAgg(10, 10, 720).get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return w / 720
+
+
+def fit_lines(parts: list[str], width: float, size: float) -> str:
+    """``parts`` joined by ", ", a new line started wherever the next part would make a line wider than ``width``
+    inches at ``size`` pt (a title that stays over its panel)."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and text_width(f"{lines[-1]}, {part}", size) <= width:
+            lines[-1] = f"{lines[-1]}, {part}"
+        else:
+            lines.append(part)
+    return ",\n".join(lines)
 
 
 def print_scale(fig, width: float = 1.0) -> float:

@@ -22,7 +22,7 @@ from ..evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from ..params import ARCH_2020, TEST_AS_VALIDATION
 from ..registry import ENCODING_TITLES, ENCODING_WORDS, ENCODINGS, INTEGER
 from ..runs import Run, load_study
-from .common import A4_WIDTH, epoch_axis, save_all, style
+from .common import A4_WIDTH, epoch_axis, fit_lines, save_all, style, text_width
 from .final import build_beyond
 
 
@@ -184,7 +184,8 @@ def confusion_figure(metrics: dict, summary):
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
         sns.heatmap(m, vmin=0, vmax=1, annot=True, fmt=".2f", cmap="Blues", cbar=False, ax=ax, square=True,
                     xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8.5})
-        ax.set_title(f"{registry.get(loss).title}\n{ENCODING_WORDS[enc]}, {len(ms)} seeds")
+        ax.set_title(fit_lines([registry.get(loss).title, ENCODING_WORDS[enc], f"{len(ms)} seeds"],
+                               A4_WIDTH / 3 - 0.05, 8.5), fontsize=8.5)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.tick_params(axis="y", rotation=0)
@@ -206,14 +207,15 @@ def collapse_figure(summary, histories, diagnostics: dict):
     colors = dict(zip(settings, sns.color_palette("tab10", len(settings))))
     fig, axes = plt.subplots(1, 2, figsize=(A4_WIDTH, 3.6), layout="constrained")
     ax = axes[0]
-    top, epochs = math.log(4), 0
+    top, bottom, epochs = math.log(4), math.log(4), 0
     for r in ce.itertuples():
         h = histories.get(r.run_name)
         if h is not None and len(h):
             loss = pd.to_numeric(h["loss"], errors="coerce")
             ax.plot(h["epoch"], loss, color=colors[r.setting], alpha=0.8, lw=1.1, zorder=3)
-            if np.isfinite(loss).any():
-                top = max(top, float(np.nanmax(loss[np.isfinite(loss)])))
+            seen = loss[np.isfinite(loss) & (loss > 0)]
+            if len(seen):
+                top, bottom = max(top, float(seen.max())), min(bottom, float(seen.min()))
             epochs = max(epochs, int(h["epoch"].max()))
     for st in settings:
         sel = ce["setting"] == st
@@ -222,8 +224,13 @@ def collapse_figure(summary, histories, diagnostics: dict):
     ax.axhline(math.log(4), color="black", ls=(0, (4, 3)), lw=0.7, alpha=0.7, zorder=1,
                label="ln 4 = 1.386 (a constant output)")
     epoch_axis(ax, epochs or None)
-    ax.set_ylabel("training loss (cross-entropy)")
-    ax.set_ylim(0, top * 1.05)
+    if top > 10 * math.log(4):  # a run that diverged far above the rest: a log scale keeps them all readable
+        ax.set_yscale("log")
+        ax.set_ylim(bottom / 1.2, top * 1.2)
+        ax.set_ylabel("training loss (cross-entropy, log scale)")
+    else:
+        ax.set_ylim(0, top * 1.05)
+        ax.set_ylabel("training loss (cross-entropy)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handlelength=1.8)
     ax.set_title("every cross-entropy run on integer labels")
     ax = axes[1]
@@ -245,6 +252,10 @@ def collapse_figure(summary, histories, diagnostics: dict):
     ax.set_ylim(0, 1.02)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handlelength=2.2)
+    else:
+        ax.set_xticks([])
+        ax.text(0.5, 0.5, "no ReLU diagnostics\nrecorded for these runs", ha="center", va="center",
+                transform=ax.transAxes, color="#555555")
     ax.set_title("dead ReLUs on a fixed probe batch\n(mean over runs)")
     return fig
 
@@ -303,7 +314,10 @@ def collapse_map_figure(summary):
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: "\u2265 2" if v >= 2 else f"{v:g}"))
     ax.set_xlabel("spread of the outputs across TEST images / the targets' (log scale)")
     ax.set_ylabel("training loss (inference) /\nbest constant's loss")
-    fig.legend(loc="outside lower center", ncol=2, frameon=False, handletextpad=0.3, columnspacing=1.0)
+    widest = max((text_width(t, plt.rcParams["legend.fontsize"]) for t in ax.get_legend_handles_labels()[1]),
+                 default=0)
+    fig.legend(loc="outside lower center", ncol=2 if 2 * (widest + 0.5) <= A4_WIDTH else 1, frameon=False,
+               handletextpad=0.3, columnspacing=1.0)
     return fig
 
 
