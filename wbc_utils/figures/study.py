@@ -316,7 +316,7 @@ def collapse_map_figure(summary):
     ax.set_ylabel("training loss (inference) /\nbest constant's loss")
     widest = max((text_width(t, plt.rcParams["legend.fontsize"]) for t in ax.get_legend_handles_labels()[1]),
                  default=0)
-    fig.legend(loc="outside lower center", ncol=2 if 2 * (widest + 0.5) <= A4_WIDTH else 1, frameon=False,
+    fig.legend(loc="outside lower center", ncol=2 if 2 * (widest + 0.42) <= A4_WIDTH else 1, frameon=False,
                handletextpad=0.3, columnspacing=1.0)
     return fig
 
