@@ -15,18 +15,19 @@ from ..config import figures_dir
 from ..data import build_manifest, decode_image
 from ..evaluation import calibration
 from ..params import cell_window
-from .common import save_all, style
+from .common import A4_WIDTH, epoch_axis, image_panel, save_all, style
 
 
 def reliability_figure(probs_list, labels, cells=None, bins: int = 10,
                        title: str = "Reliability on TEST's unseen cells"):
     """Top: confidence against accuracy per bin, one line per seed, with each seed's ECE and its interval
-    (resampling cells). Bottom: how many images fall in each bin (all seeds together)."""
+    (resampling cells). Bottom: how many images fall in each bin (all seeds together). Drawn at the report's
+    62% of A4 width, the legend below the panels."""
     style()
 
-
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(4.6, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
-    ax.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--", label="perfect calibration")
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(0.62 * A4_WIDTH, 4.6), sharex=True, layout="constrained",
+                                  gridspec_kw={"height_ratios": [3, 1.2]})
+    ax.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--", label="perfect calibration", zorder=1)
     counts = np.zeros(bins)
     edges = np.linspace(0, 1, bins + 1)
     for i, probs in enumerate(probs_list):
@@ -40,34 +41,35 @@ def reliability_figure(probs_list, labels, cells=None, bins: int = 10,
             counts[int(round(b["lo"] * bins))] += b["n"]
     ax.set_ylabel("accuracy")
     ax.set_xlim(0.2, 1.01), ax.set_ylim(0, 1.01)
-    ax.legend(fontsize=6.5, loc="upper left")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     axc.bar(edges[:-1] + 0.05, counts, width=0.09, color="#7f7f7f")
     for x_, n in zip(edges[:-1] + 0.05, counts):
         if n:
-            axc.text(x_, n, f"{int(n)}", ha="center", va="bottom", fontsize=6)
-    axc.set_ylabel("images", fontsize=8)
+            axc.text(x_, n, f"{int(n)}", ha="center", va="bottom", fontsize=8)
+    axc.set_ylabel("images")
     axc.set_xlabel("confidence (probability of the predicted class)")
-    axc.set_ylim(0, counts.max() * 1.3 if counts.max() else 1)
-    fig.tight_layout()
+    axc.set_ylim(0, counts.max() * 1.35 if counts.max() else 1)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=1, frameon=False)
     return fig
 
 
 def risk_coverage_figure(curves):
     """Cell-level accuracy on the cells kept against the share of cells kept (most confident first), one line
-    per seed; the dashed lines are what setting cells aside at random would keep (each seed's accuracy)."""
+    per seed; the dashed lines are what setting cells aside at random would keep (each seed's accuracy). Drawn
+    at the report's 62% of A4 width, the legend below the axes."""
     style()
 
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = plt.subplots(figsize=(0.62 * A4_WIDTH, 3.5), layout="constrained")
     for seed, g in curves.groupby("seed"):
         line, = ax.plot(100 * g["coverage"], 100 * g["accuracy"], lw=1.4, label=f"seed {seed}")
-        ax.axhline(100 * g["random_baseline"].iloc[0], color=line.get_color(), ls="--", lw=0.9)
+        ax.axhline(100 * g["random_baseline"].iloc[0], color=line.get_color(), ls="--", lw=0.9, zorder=1)
     ax.plot([], [], color="black", ls="--", lw=0.9, label="random abstention")
     ax.set_xlabel("cells kept (%), least confident set aside first")
     ax.set_ylabel("accuracy on the kept cells (%)")
     ax.set_xlim(101, 0)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), frameon=False,
+               handlelength=1.8, columnspacing=1.0)
     return fig
 
 
@@ -76,85 +78,86 @@ def confusion_pair_figure(image_cm, cell_cm, seeds: int):
     seeds: colour = the row's share (each true class's row sums to 1), number = the count."""
     style()
 
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
-    short = [c[:3] for c in CLASSES]
+    fig, axes = plt.subplots(1, 2, figsize=(A4_WIDTH, 3.4), layout="constrained")
+    short = [c[:3].capitalize() for c in CLASSES]
     for ax, cm, what in ((axes[0], image_cm, "images"), (axes[1], cell_cm, "cells (one vote per cell)")):
         cm = np.asarray(cm)
         rate = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-        sns.heatmap(rate, annot=cm, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
-                    xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8})
+        sns.heatmap(rate, annot=cm, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax, square=True,
+                    xticklabels=short, yticklabels=short, annot_kws={"fontsize": 9})
         ax.set_xlabel("predicted"), ax.set_ylabel("true")
-        ax.set_title(f"{what}, {seeds} seed(s) summed", fontsize=9)
-    fig.tight_layout()
+        ax.tick_params(axis="y", rotation=0)
+        ax.set_title(f"{what}, {seeds} seed{'s' * (seeds != 1)} summed")
     return fig
 
 
-def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell"):
-    """Each misread TEST cell: its un-augmented TEST_SIMPLE image and the model's input made from it."""
-    style()
-
+def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell", per_row: int = 2):
+    """Each misread TEST cell: its un-augmented TEST_SIMPLE image and the model's input made from it, ``per_row``
+    cells (two panels each) a row at A4 width, so that the cell can be seen on paper."""
+    style(grid=False)
 
     rows = wrong[wrong["simple_relpath"] != ""] if len(wrong) and "simple_relpath" in wrong else wrong.iloc[:0]
     n = len(rows)
     if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 0.8))
+        fig, ax = plt.subplots(figsize=(0.6 * A4_WIDTH, 0.6))
         ax.axis("off")
-        ax.text(0.5, 0.5, "every TEST cell is read right by every seed", ha="center", va="center", fontsize=9)
+        ax.text(0.5, 0.5, "every TEST cell is read right by every seed", ha="center", va="center")
         return fig
     paths = dict(zip(manifest.frame["relpath"], manifest.frame["path"]))
-    cols = min(3, n)  # three pairs a row: readable at print size
+    cols = max(1, min(per_row, n))
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols * 2, figsize=(cols * 3.2, nrows * 1.9), squeeze=False)
-    for k in range(nrows * cols):
+    aspect = NATIVE_SIZE[0] / NATIVE_SIZE[1]  # the field's height / width
+    panel = A4_WIDTH / (2 * cols)
+    fig = plt.figure(figsize=(A4_WIDTH, nrows * (0.92 * panel * aspect + 0.42) + 0.45), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.03, wspace=0.02, hspace=0.02)
+    grid = fig.add_gridspec(nrows, 2 * cols)
+    for k in range(n):
         i, j = divmod(k, cols)
-        a0, a1 = axes[i][2 * j], axes[i][2 * j + 1]
-        for ax in (a0, a1):
-            ax.set_xticks([]), ax.set_yticks([])
-        if k >= n:
-            a0.axis("off"), a1.axis("off")
-            continue
+        a0, a1 = fig.add_subplot(grid[i, 2 * j]), fig.add_subplot(grid[i, 2 * j + 1])
         r = rows.iloc[k]
         field = decode_image(paths[r["simple_relpath"]], NATIVE_SIZE)  # the guarded reader, as the model read it
         if isinstance(field, str):
             field = np.full((*NATIVE_SIZE, 3), 200, np.uint8)  # a grey placeholder for a file that cannot be read
-        a0.imshow(field)
-        a0.set_title(f"cell {r['cell']} ({r['class'][:3]})" + (", also in TRAIN" if r.get("shared") else ""),
-                     fontsize=8)
+        shared = ", also in TRAIN" if r.get("shared") else ""
+        image_panel(a0, field, f"cell {r['cell']}: {r['class'].lower()}\nTEST_SIMPLE image{shared}")
         if view != "full":
-            a1.imshow(crop_cell(field, input_size, cell_window(view)))
+            seen = crop_cell(field, input_size, cell_window(view))
         else:
-            a1.imshow(np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR)))
-        a1.set_title(f"read {r['voted'][:24]}\n{r['seeds_wrong']}/{r['seeds']} seeds", fontsize=8, color="#c62828")
-    fig.suptitle("TEST cells the final models still misread (on the un-augmented TEST_SIMPLE image, or by the "
-                 "vote of the cell's TEST images): the image and the model's input", fontsize=9)
-    fig.tight_layout()
+            seen = np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR))
+        image_panel(a1, seen, f"read as {r['voted'].lower()}\nby {r['seeds_wrong']} of {r['seeds']} seeds")
+        a1.title.set_color("#c62828")
+    fig.suptitle("TEST cells the final models still misread (by the vote of the cell's TEST images, or on its\n"
+                 "un-augmented TEST_SIMPLE image): each cell's image and the model's input made from it")
     return fig
 
 
 def lab_curves_figure(summary, histories):
     """Each lab candidate's accuracy per epoch, the mean over its folds with their range shaded: on the training
-    images (augmented) and on the held-out TRAIN cells."""
+    images (augmented) and on the held-out TRAIN cells. The legend, one design a line, is below the panels."""
     style()
     runs = lab_runs(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(A4_WIDTH, 3.6), sharey=True, layout="constrained")
+    most = 0
     for _, g in runs.groupby("key", sort=False):
         hs = [histories[n] for n in g["run_name"] if n in histories]
         if not hs:
             continue
         epochs = min(len(h) for h in hs)
+        most = max(most, epochs)
         label = f"{g['design'].iloc[0]} ({len(hs)} folds)"
         for ax, col in zip(axes, ("accuracy", "val_accuracy")):
             v = np.stack([h[col].to_numpy(float)[:epochs] for h in hs])
             x = np.arange(1, epochs + 1)
             line, = ax.plot(x, v.mean(0), marker="o", ms=3, label=label)
             ax.fill_between(x, v.min(0), v.max(0), color=line.get_color(), alpha=0.15, lw=0)
-    axes[0].set_title("training accuracy (augmented images)", fontsize=9)
-    axes[1].set_title("validation accuracy (the held-out fold's TRAIN cells)", fontsize=9)
+    axes[0].set_title("training accuracy\n(augmented images)")
+    axes[1].set_title("validation accuracy\n(the held-out fold's TRAIN cells)")
     for ax in axes:
-        ax.set_xlabel("epoch")
-    axes[0].set_ylabel("accuracy (mean over folds; shaded: their range)")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+        epoch_axis(ax, most or None)
+    axes[0].set_ylabel("accuracy, mean over folds\n(shaded: their range)")
+    handles, labels = axes[1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=1, frameon=False)
     return fig
 
 

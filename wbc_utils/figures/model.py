@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import CLASSES
 from ..saliency import activations, first_layer_filters, grad_cam
-from .common import style
+from .common import A4_WIDTH, MIN_FONT, image_panel, run_title, style
 
 
 def images_for(rows, split_data) -> np.ndarray:
@@ -27,105 +27,110 @@ def _overlay(ax, image, cam, title: str, color: str = "black"):
     ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(-0.5, image.shape[1] - 0.5,
                                                                   image.shape[0] - 0.5, -0.5))
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(title, fontsize=8, color=color)
+    ax.set_title(title, fontsize=MIN_FONT, color=color, pad=2)
+
+
+def _named(run) -> str:
+    """A model in words (its loss, encoding and seed), not its folder name."""
+    return run_title(getattr(run, "params", None), getattr(run, "name", "the model"))
 
 
 def gradcam_figure(run, rows, images, title: str | None = None, per_row: int = 4):
-    """For each row (a predictions.csv row with ``correct``): the image and its Grad-CAM for the predicted class."""
-    style()
-
+    """For each row (a predictions.csv row with ``correct``): the image and its Grad-CAM for the predicted class,
+    ``per_row`` images (two panels each) a row, at A4 width."""
+    style(grid=False)
 
     cams, scores = grad_cam(run.model, images)
     n = len(rows)
     cols = min(per_row, n) or 1
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols * 2, figsize=(cols * 3.0, nrows * 1.75), squeeze=False)
+    h, w = np.asarray(images[0]).shape[:2] if n else (1, 1)
+    panel = A4_WIDTH / (2 * cols)
+    fig = plt.figure(figsize=(A4_WIDTH, nrows * (0.92 * panel * h / w + 0.4) + 0.45), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.03, wspace=0.02, hspace=0.02)
+    grid = fig.add_gridspec(nrows, 2 * cols)
     for k in range(n):
         i, j = divmod(k, cols)
-        a0, a1 = axes[i][2 * j], axes[i][2 * j + 1]
-        a0.imshow(images[k]), a0.set_xticks([]), a0.set_yticks([])
+        a0, a1 = fig.add_subplot(grid[i, 2 * j]), fig.add_subplot(grid[i, 2 * j + 1])
         pred = CLASSES[int(np.argmax(scores[k]))]
         truth = rows.iloc[k]["class"]
-        a0.set_title(f"{truth[:3]}, cell {rows.iloc[k]['cell']}", fontsize=8)
+        image_panel(a0, images[k], f"{truth.lower()}\ncell {rows.iloc[k]['cell']}")
         ok = pred == truth
-        _overlay(a1, images[k], cams[k], f"saw {pred}" + ("" if ok else " (wrong)"),
+        _overlay(a1, images[k], cams[k], f"read {pred.lower()}\n" + ("(right)" if ok else "(wrong)"),
                  "#1a7f37" if ok else "#c62828")
-    for k in range(n, nrows * cols):
-        i, j = divmod(k, cols)
-        axes[i][2 * j].axis("off"), axes[i][2 * j + 1].axis("off")
-    fig.suptitle(title or f"Grad-CAM of {run.name}: where the evidence for the predicted class lies "
-                 "(red: most)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(title or f"Grad-CAM of {_named(run)}:\nwhere the evidence for the predicted class lies (red: most)")
     return fig
 
 
 def filters_figure(run):
     """The first convolution's 3x3 RGB kernels, each scaled to its own range."""
-    style()
-
+    style(grid=False)
 
     k = first_layer_filters(run.model)
     cols = min(8, len(k))
     nrows = -(-len(k) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 0.9, nrows * 0.95), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(A4_WIDTH * cols / 8, nrows * 1.0 + 0.5), squeeze=False,
+                             layout="constrained")
     for idx, ax in enumerate(axes.flat):
         ax.set_xticks([]), ax.set_yticks([])
         if idx < len(k):
             ax.imshow(k[idx], interpolation="nearest")
-            ax.set_title(str(idx), fontsize=6)
+            ax.set_title(str(idx), fontsize=MIN_FONT, pad=2)
         else:
-            ax.axis("off")
-    fig.suptitle(f"First-layer filters of {run.name} (3x3 RGB, each scaled to its range)", fontsize=9)
-    fig.tight_layout()
+            ax.set_visible(False)
+    fig.suptitle(f"First-layer filters of {_named(run)}\n(3x3 RGB, each scaled to its range)")
     return fig
 
 
 def activations_figure(run, image, channels: int = 6):
     """One image and the most active channels of each convolution block's output."""
-    style()
-
+    style(grid=False)
 
     acts = activations(run.model, image)
-    fig, axes = plt.subplots(len(acts), channels + 1, figsize=((channels + 1) * 1.2, len(acts) * 1.25),
-                             squeeze=False)
+    side = A4_WIDTH / (channels + 1)
+    fig, axes = plt.subplots(len(acts), channels + 1, figsize=(A4_WIDTH, len(acts) * (side * 0.7 + 0.4) + 0.5),
+                             squeeze=False, layout="constrained")
     for i, (name, a) in enumerate(acts):
-        axes[i][0].imshow(image), axes[i][0].set_ylabel(name, fontsize=7)
+        axes[i][0].imshow(image), axes[i][0].set_ylabel(name, fontsize=MIN_FONT)
         order = np.argsort(a.reshape(-1, a.shape[-1]).mean(0))[::-1][:channels]
         for j, c in enumerate(order, 1):
             axes[i][j].imshow(a[..., c], cmap="viridis")
-            axes[i][j].set_title(f"ch {c}", fontsize=6)
+            axes[i][j].set_title(f"channel {c}", fontsize=MIN_FONT, pad=2)
         for ax in axes[i]:
             ax.set_xticks([]), ax.set_yticks([])
+        for ax in axes[i][len(order) + 1:]:
+            ax.set_visible(False)
         dead = float((a.reshape(-1, a.shape[-1]).max(0) <= 0).mean())
-        axes[i][0].set_title(f"{a.shape[0]}x{a.shape[1]}x{a.shape[2]}, {dead:.0%} silent", fontsize=6)
-    fig.suptitle(f"Activations of {run.name}: the {channels} most active channels per block", fontsize=9)
-    fig.tight_layout()
+        axes[i][0].set_title(f"{a.shape[0]}x{a.shape[1]}x{a.shape[2]}\n{dead:.0%} silent", fontsize=MIN_FONT, pad=2)
+    fig.suptitle(f"Activations of {_named(run)}: the {channels} most active channels per block")
     return fig
 
 
-def wrong_gallery_figure(run, rows, images):
-    """The most confidently wrong images: true and predicted class, confidence, source cell."""
-    style()
+def wrong_gallery_figure(run, rows, images, per_row: int = 4):
+    """The most confidently wrong images: true and predicted class, confidence, source cell; ``per_row`` a row at
+    A4 width."""
+    style(grid=False)
 
     n = len(rows)
     if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 1))
+        fig, ax = plt.subplots(figsize=(0.5 * A4_WIDTH, 0.6))
         ax.axis("off")
         ax.text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
         return fig
-    cols = min(6, n)
+    cols = max(1, min(per_row, n))
     nrows = -(-n // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(cols * 1.9, nrows * 2.05), squeeze=False)
+    h, w = np.asarray(images[0]).shape[:2]
+    side = A4_WIDTH / cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(A4_WIDTH, nrows * (0.92 * side * h / w + 0.4) + 0.45), squeeze=False,
+                             layout="constrained")
     for k, ax in enumerate(axes.flat):
-        ax.set_xticks([]), ax.set_yticks([])
         if k >= n:
-            ax.axis("off")
+            ax.set_visible(False)
             continue
         r = rows.iloc[k]
-        ax.imshow(images[k])
-        ax.set_title(f"{r['class'][:3]} -> {r['predicted'][:3]} {r['confidence']:.0%}\ncell {r['cell']}",
-                     fontsize=7, color="#c62828")
-    fig.suptitle(f"Most confidently wrong TEST images of {run.name} (true -> predicted, confidence; "
-                 "one per source cell)", fontsize=9)
-    fig.tight_layout()
+        image_panel(ax, images[k], f"{r['class'].lower()} read as {r['predicted'].lower()}\n"
+                                   f"{r['confidence']:.0%} sure, cell {r['cell']}")
+        ax.title.set_color("#c62828")
+    fig.suptitle(f"Most confidently wrong TEST images of {_named(run)}\n(true class read as the predicted one, "
+                 "its confidence; one per source cell)")
     return fig
