@@ -13,6 +13,6 @@ module      figures                                                             
 ``python -m wbc_utils figures --profile P`` runs :func:`build_all`.
 """
 from . import common, data, final, model, study
-from .study import build_all
+from .registry import FIGURES, build_all
 
-__all__ = ["build_all", "common", "data", "final", "model", "study"]
+__all__ = ["FIGURES", "build_all", "common", "data", "final", "model", "study"]

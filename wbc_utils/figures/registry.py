@@ -7,19 +7,30 @@ matplotlib figure, or None when its artifacts are missing (the report then shows
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
+from ..config import figures_dir
 from ..data import run_split
 from ..facts import ReportFacts
+from ..gather import build_facts
 from ..registry import INTEGER
-from ..runs import Run
+from ..runs import Run, load_study
 from ..saliency import examples_per_class, load_model
 from ..slides import find_originals, load_pairs
-from . import data as data_figures
-from . import final as final_figures
-from . import model as model_figures
-from . import study as study_figures
+from .common import save_all
+from .data import kgroup_figure, overlap_figure, slide_and_copies_figure
+from .final import (
+    build_beyond,
+    confusion_pair_figure,
+    lab_curves_figure,
+    reliability_figure,
+    risk_coverage_figure,
+    wrong_cells_figure,
+)
+from .model import gradcam_figure, images_for
+from .study import collapse_figure, collapse_map_figure, comparison_figure, confusion_figure, curves_figure, curves_name
 
 FIGURES: dict[str, Callable] = {}
 
@@ -38,7 +49,7 @@ def _mapping(f: ReportFacts):
 def slide_copies(f: ReportFacts):
     man = f.artifacts.manifest
     originals = find_originals(man.images_root)
-    return None if originals is None else data_figures.slide_and_copies_figure(_mapping(f), man.images_root, originals)
+    return None if originals is None else slide_and_copies_figure(_mapping(f), man.images_root, originals)
 
 
 @_figure
@@ -46,14 +57,14 @@ def kgroup(f: ReportFacts):
     man = f.artifacts.manifest
     if not ((man.frame["class"] == "NEUTROPHIL").any() and man.frame["k"].notna().any()):
         return None
-    return data_figures.kgroup_figure(_mapping(f), man.images_root)
+    return kgroup_figure(_mapping(f), man.images_root)
 
 
 @_figure
 def overlaps(f: ReportFacts):
     originals = find_originals(f.artifacts.manifest.images_root)
     pairs = load_pairs()
-    return data_figures.overlap_figure(pairs, originals) if originals is not None and len(pairs) else None
+    return overlap_figure(pairs, originals) if originals is not None and len(pairs) else None
 
 
 @_figure
@@ -63,17 +74,17 @@ def curves(f: ReportFacts, loss: str = "crossentropy"):
         return None
     orig = f.artifacts.orig
     log = pd.DataFrame(orig["logs"][loss]) if orig and loss in orig.get("logs", {}) else None
-    return study_figures.curves_figure(s, f.artifacts.histories, loss, log)
+    return curves_figure(s, f.artifacts.histories, loss, log)
 
 
 @_figure
 def comparison(f: ReportFacts):
-    return study_figures.comparison_figure(f.artifacts.summary, f.artifacts.histories)
+    return comparison_figure(f.artifacts.summary, f.artifacts.histories)
 
 
 @_figure
 def confusion(f: ReportFacts):
-    return study_figures.confusion_figure(f.artifacts.metrics, f.artifacts.summary)
+    return confusion_figure(f.artifacts.metrics, f.artifacts.summary)
 
 
 def _collapse_runs(f: ReportFacts):
@@ -87,7 +98,7 @@ def collapse_map(f: ReportFacts):
     runs, _ = _collapse_runs(f)
     if f.artifacts.collapse and f.artifacts.allruns is not None:
         runs = pd.concat([f.artifacts.allruns, runs], ignore_index=True)
-    return study_figures.collapse_map_figure(runs)
+    return collapse_map_figure(runs)
 
 
 def collapse_ce_runs(f: ReportFacts):
@@ -100,13 +111,13 @@ def collapse(f: ReportFacts):
     ce = collapse_ce_runs(f)
     _, histories = _collapse_runs(f)
     diags = {r.run_name: Run(r.run_dir).diagnostics() for r in ce.itertuples()}
-    return study_figures.collapse_figure(ce, histories, diags)
+    return collapse_figure(ce, histories, diags)
 
 
 @_figure
 def lab_curves(f: ReportFacts):
     b = f.artifacts.best
-    return final_figures.lab_curves_figure(b["summary"], b["study"].histories) if b else None
+    return lab_curves_figure(b["summary"], b["study"].histories) if b else None
 
 
 @_figure
@@ -115,7 +126,7 @@ def final_confusion(f: ReportFacts):
     if not b:
         return None
     cms = b["confusions"]
-    return final_figures.confusion_pair_figure(cms["image"], cms["cell"], len(b["final_runs"]))
+    return confusion_pair_figure(cms["image"], cms["cell"], len(b["final_runs"]))
 
 
 @_figure
@@ -123,20 +134,20 @@ def wrong_cells(f: ReportFacts):
     b = f.artifacts.best
     if not b or not len(b["wrong_cells"]):
         return None
-    return final_figures.wrong_cells_figure(b["wrong_cells"], f.artifacts.manifest, tuple(b["chosen"]["image_size"]),
+    return wrong_cells_figure(b["wrong_cells"], f.artifacts.manifest, tuple(b["chosen"]["image_size"]),
                                             b["chosen"].get("view", "full"))
 
 
 @_figure
 def reliability(f: ReportFacts):
     b = f.artifacts.best
-    return final_figures.reliability_figure(b["pooled_probs"], b["pooled_labels"], b["pooled_cells"]) if b else None
+    return reliability_figure(b["pooled_probs"], b["pooled_labels"], b["pooled_cells"]) if b else None
 
 
 @_figure
 def risk_coverage(f: ReportFacts):
     b = f.artifacts.best
-    return final_figures.risk_coverage_figure(b["risk_coverage"]) if b else None
+    return risk_coverage_figure(b["risk_coverage"]) if b else None
 
 
 @_figure
@@ -147,4 +158,22 @@ def gradcam(f: ReportFacts):
     r0 = b["final_runs"].iloc[0]
     brun = load_model(r0.run_dir)
     ex = examples_per_class(Run(r0.run_dir).predictions())
-    return model_figures.gradcam_figure(brun, ex, model_figures.images_for(ex, run_split(brun, "TEST")), per_row=3)
+    return gradcam_figure(brun, ex, images_for(ex, run_split(brun, "TEST")), per_row=2)
+
+
+def study_figures_of(f: ReportFacts) -> list[tuple[str, str, dict]]:
+    """The figures a loss study saves: (file name, registry name, keyword arguments), in the report's order."""
+    out = [(curves_name(loss), "curves", {"loss": loss}) for loss in f.losses
+           if f.recipe(loss, INTEGER) is not None]
+    return out + [("validation_comparison", "comparison", {}), ("confusion_matrices", "confusion", {}),
+                  ("collapse", "collapse", {}), ("collapse_map", "collapse_map", {})]
+
+
+def build_all(profile: str, runs_root=None, out_dir: Path | None = None, data_dir=None) -> dict:
+    """Draw and save every figure of a study into ``figures/<profile>/`` (PNG and SVG), from the same registry
+    and facts as the report; returns {file name: Figure}."""
+    if load_study(profile, runs_root).kind == "lab":  # a beyond-the-paper study: its own figures
+        return build_beyond(profile, runs_root, out_dir, data_dir)
+    facts = build_facts(profile, runs_root, best_profile="", collapse_profile="")
+    figs = {name: FIGURES[fig](facts, **kw) for name, fig, kw in study_figures_of(facts)}
+    return save_all({k: v for k, v in figs.items() if v is not None}, out_dir or figures_dir(profile))

@@ -1,13 +1,12 @@
-"""A study's figures (notebooks 03-04, report sections 3-5), drawn from its run artifacts only.
+"""A study's figures (notebooks 03-04, the report's results), drawn from its run artifacts only.
 
 Every function takes the parts of a :class:`~wbc_utils.runs.Study` it draws (its main runs, their metrics or
 histories) and gives a matplotlib Figure; each loss is drawn in its ``LossSpec.colour`` and named by its title
-(:mod:`wbc_utils.registry`). :func:`build_all` writes them to ``figures/<profile>/`` as PNG and SVG.
+(:mod:`wbc_utils.registry`). :func:`wbc_utils.figures.build_all` writes them to ``figures/<profile>/`` (PNG, SVG).
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,13 +16,10 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .. import CLASSES, registry
 from ..analysis import losses_of, recipes, runs_for, setting_name
-from ..config import figures_dir
 from ..evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
 from ..params import ARCH_2020, TEST_AS_VALIDATION
 from ..registry import ENCODING_TITLES, ENCODING_WORDS, ENCODINGS, INTEGER
-from ..runs import Run, load_study
-from .common import A4_WIDTH, epoch_axis, fit_lines, save_all, style, text_width
-from .final import build_beyond
+from .common import A4_WIDTH, epoch_axis, fit_lines, style, text_width
 
 
 def _runs_of(summary, loss: str, encoding: str, finished_only: bool = True):
@@ -326,26 +322,3 @@ def curves_name(loss: str) -> str:
     ``curves_<loss>`` for any other."""
     n = registry.get(loss).figure_2020
     return f"figure{n}_{loss}" if n else f"curves_{loss}"
-
-
-def build_all(profile: str, runs_root=None, out_dir: Path | None = None, data_dir=None) -> dict:
-    """Draw and save every figure of a study into ``figures/<profile>/``; returns {name: Figure}."""
-    study = load_study(profile, runs_root)
-    if study.kind == "lab":  # a beyond-the-paper study: its own figures
-        return build_beyond(profile, runs_root, out_dir, data_dir)
-    summary, histories = study.main, study.histories  # control runs appear in the collapse figures only
-    out_dir = out_dir or figures_dir(profile)
-    logs = (study.original() or {}).get("logs", {})
-    figs = {}
-    for loss in losses_of(summary):
-        if _runs_of(summary, loss, INTEGER, finished_only=False).empty:
-            continue
-        log = pd.DataFrame(logs[loss]) if loss in logs else None
-        figs[curves_name(loss)] = curves_figure(summary, histories, loss, log)
-    figs["validation_comparison"] = comparison_figure(summary, histories)
-    if study.metrics:
-        figs["confusion_matrices"] = confusion_figure(study.metrics, summary)
-    diags = {r.run_name: d for r in study.runs.itertuples() if (d := Run(Path(r.run_dir)).diagnostics())}
-    figs["collapse"] = collapse_figure(study.runs, histories, diags)
-    figs["collapse_map"] = collapse_map_figure(study.runs)
-    return save_all(figs, out_dir)
