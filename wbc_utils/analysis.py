@@ -240,8 +240,8 @@ def _seeds_words(d: dict) -> str:
         return seeds + ": two trained models compared, not two recipes"
     if d.get("paired"):
         dropped = d.get("dropped_seeds") or []
-        return seeds + ", paired" + (f"; seed{'s' * (len(dropped) > 1)} {', '.join(map(str, dropped))} of one side "
-                                     "left out" if dropped else "")
+        return seeds + ", paired" + (f"; seed{'s' * (len(dropped) > 1)} {', '.join(map(str, dropped))}, trained on "
+                                     "one side only, left out" if dropped else "")
     return seeds + (", unpaired" if d.get("pairing", "").startswith("unpaired:") else "")
 
 

@@ -138,6 +138,7 @@ class Comparison:
     learned: Interval
     learned_words: str
     learned_seeds: str
+    mcnemar_p: float = NAN  # the collapses paired on the seeds both sides trained (exact McNemar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +277,7 @@ class ReportFacts:
     confirmatory_seeds: list[int] = dataclasses.field(default_factory=list)
     per_class: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # setting -> recall per class
     per_seed: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)  # setting -> seed -> unseen acc.
+    has_originals: bool = False  # the dataset's original slides (BCCD) are there to draw from
     overlap_pairs: int = 0
     overlap_same_cell: int = 0
     paper_params: int = 0
@@ -307,55 +309,21 @@ class ReportFacts:
     def specs(self) -> list[registry.LossSpec]:
         return [registry.get(l) for l in self.losses]
 
+    @property
+    def trained_recipes(self) -> list[Recipe]:
+        """The settings with runs of their own (a loss whose encodings coincide has one)."""
+        return [r for r in self.recipes if r.same_runs_as != registry.INTEGER]
 
-# ----------------------------------------------------------------------------- verdicts (pure)
+    @property
+    def seeds_per_setting(self) -> str:
+        """'20', or '14-15' while settings rest on different numbers of seeds."""
+        n = sorted({r.seeds for r in self.trained_recipes})
+        return "0" if not n else str(n[0]) if n[0] == n[-1] else f"{n[0]}-{n[-1]}"
 
-
-def weights_reproduce_log(m: OriginalModel | None) -> bool | None:
-    """Does the re-score of the 2020 weights hold the figure its log printed? (None: no weights.)"""
-    if m is None or not m.true.known or math.isnan(m.logged_val):
-        return None
-    return m.true.holds(m.logged_val)
-
-
-def trained_holds_claim(r: Recipe | None, claimed: float) -> bool:
-    """Does training here (all of TEST, pooled over seeds) leave the 2020 claim inside its interval?"""
-    return r is not None and r.test.known and r.test.holds(claimed)
-
-
-def better_than(comparisons: list[Comparison]) -> list[Comparison]:
-    """The comparisons in which A is resolved better than B."""
-    return [c for c in comparisons if c.resolved and c.diff.value > 0]
-
-
-def collapse_lr_supported(rows: list[CollapseRow]) -> bool:
-    """Does a lower rate collapse resolvedly less often than the 2020 recipe (Holm-adjusted Fisher < 0.05)?"""
-    ref = next((r for r in rows if r.is_2020), None)
-    return ref is not None and any(r.change.startswith("lr") and r.p_holm < 0.05 and r.rate < ref.rate
-                                   for r in rows if not r.is_2020)
-
-
-def resolved_changes(rows: list[CollapseRow]) -> list[tuple[CollapseRow, str]]:
-    """Settings whose collapse count differs from the 2020 recipe's (Holm < 0.05), with 'less' or 'more'."""
-    ref = next((r for r in rows if r.is_2020), None)
-    if ref is None:
-        return []
-    return [(r, "less" if r.rate < ref.rate else "more") for r in rows if not r.is_2020 and r.p_holm < 0.05]
-
-
-def same_collapse_seeds(recipes: list[Recipe]) -> list[tuple[Recipe, Recipe]]:
-    """Pairs of settings (same encoding) whose runs collapsed on exactly the same seeds."""
-    pairs = [(a, b) for i, a in enumerate(recipes) for b in recipes[i + 1:]
-             if len(a.collapsed_seeds) > 1 and a.collapsed_seeds == b.collapsed_seeds and a.encoding == b.encoding]
-    return sorted(pairs, key=lambda p: -len(p[0].collapsed_seeds))
-
-
-def seed_span(seeds) -> str:
-    """'0-9' for a run of consecutive seeds, else '0, 2, 5'."""
-    v = sorted({int(x) for x in seeds})
-    if not v:
-        return "none"
-    return f"{v[0]}-{v[-1]}" if len(v) > 2 and v == list(range(v[0], v[-1] + 1)) else ", ".join(map(str, v))
+    @property
+    def seeds_common(self) -> bool:
+        """Every setting rests on the same seeds."""
+        return len({tuple(sorted(v)) for v in self.per_seed.values()}) <= 1
 
 
 # ----------------------------------------------------------------------------- results.json

@@ -34,7 +34,8 @@ from .facts import (
 from .model import build_model, paper_param_count
 from .registry import INTEGER, ONEHOT
 from .runs import Run, load_study, profile_of, study_record
-from .slides import load_pairs
+from .slides import find_originals, load_pairs
+from .stats import mcnemar_exact
 
 
 def counts_of(manifest) -> Counts:
@@ -106,6 +107,18 @@ def _comparison(r: dict) -> Comparison:
                       fisher_p=_f(r.get("fisher_p")),
                       learned=Interval(_f(r.get("learned_diff")), _f(r.get("learned_lo")), _f(r.get("learned_hi"))),
                       learned_words=r.get("learned_words") or "", learned_seeds=str(r.get("learned_seeds") or ""))
+
+
+def _with_mcnemar(c: Comparison, summary) -> Comparison:
+    """The comparison with its collapses paired on the seeds both sides trained (exact McNemar)."""
+    def collapsed(loss: str) -> dict[int, bool]:
+        g = an.runs_for(summary, loss, c.encoding)
+        return {int(s): v is True for s, v in zip(g["seed"], g["collapsed"])}
+    a, b = collapsed(c.a), collapsed(c.b)
+    shared = sorted(set(a) & set(b))
+    only_a = sum(a[s] and not b[s] for s in shared)
+    only_b = sum(b[s] and not a[s] for s in shared)
+    return dataclasses.replace(c, mcnemar_p=mcnemar_exact(only_a, only_b))
 
 
 def _original(r: dict) -> OriginalModel:
@@ -216,7 +229,8 @@ def build_facts(profile: str, runs_root=None, best_profile: str = "best", collap
         profile = loss_profile or ("quick" if study_record("quick", runs_root) is not None else "")
     pairs = load_pairs()
     facts = ReportFacts(profile=profile, generated=datetime.date.today().isoformat(), counts=counts_of(manifest),
-                        overlap_pairs=len(pairs), overlap_same_cell=int(pairs["same_cell"].sum()) if len(pairs) else 0,
+                        has_originals=find_originals(manifest.images_root) is not None, overlap_pairs=len(pairs),
+                        overlap_same_cell=int(pairs["same_cell"].sum()) if len(pairs) else 0,
                         paper_params=paper_param_count(240, 320),
                         software={}, best_profile=best_profile, collapse_profile=collapse_profile,
                         decisions=[(w, when, why) for p, w, when, why in an.DESIGN_DECISIONS if p == profile],
@@ -230,7 +244,8 @@ def build_facts(profile: str, runs_root=None, best_profile: str = "best", collap
         facts.losses = an.losses_of(study.main)
         facts.recipes = [dataclasses.replace(_recipe(r), collapsed_seeds=_collapsed_seeds(study.main, r))
                          for r in an.group_table(study.main).to_dict("records")]
-        facts.comparisons = [_comparison(r) for r in an.paired_table(study.main).to_dict("records")]
+        facts.comparisons = [_with_mcnemar(_comparison(r), study.main) for r in
+                             an.paired_table(study.main).to_dict("records")]
         later = study.main[study.main["seed"].isin(an.CONFIRMATORY_SEEDS.get(profile, ()))]
         done = sorted({int(s) for s in later.loc[later["status"] == "finished", "seed"]})
         if len(done) >= 2:

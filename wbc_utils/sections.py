@@ -17,22 +17,13 @@ from typing import Any
 
 from IPython.display import HTML, display
 
-from . import beyond, registry
+from . import beyond, registry, verdicts
 from .analysis import fmt_diff, fmt_p, fmt_pct
 from .config import TEMPLATES
 from .document import STYLE, Document, Reference
+from .errors import WBCError
 from .evaluation import COLLAPSE_LOSS_TOL, COLLAPSE_SPREAD_MAX
-from .facts import (
-    ReportFacts,
-    better_than,
-    collapse_lr_supported,
-    resolved_changes,
-    same_collapse_seeds,
-    seed_span,
-    to_json,
-    trained_holds_claim,
-    weights_reproduce_log,
-)
+from .facts import ReportFacts, to_json
 from .figures.registry import FIGURES
 from .gather import build_facts, pilot_of  # noqa: F401  (pilot_of: the tests read it from here)
 from .tables import TABLES
@@ -83,6 +74,8 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in [
               "Pharmacokinetics and Biopharmaceutics* 15(6), 657-680.", "https://doi.org/10.1007/BF01068419"),
     Reference("fisher1935", "Fisher, R. A. (1935). *The Design of Experiments*. Oliver and Boyd (the exact test of "
               "a 2x2 table)."),
+    Reference("mcnemar1947", "McNemar, Q. (1947). Note on the sampling error of the difference between correlated "
+              "proportions or percentages. *Psychometrika* 12(2), 153-157.", "https://doi.org/10.1007/BF02295996"),
     Reference("holm1979", "Holm, S. (1979). A simple sequentially rejective multiple test procedure. "
               "*Scandinavian Journal of Statistics* 6(2), 65-70."),
     Reference("jeffreys1946", "Jeffreys, H. (1946). An invariant form for the prior probability in estimation "
@@ -122,17 +115,19 @@ class Report:
         doc = Document(TEMPLATE_DIR, FIGURES, TABLES, REFERENCES, draw=draw)
         doc.env.filters.update(pct=fmt_pct, pval=fmt_p, comma=lambda n: f"{int(n):,}", join_and=_and,
                                capfirst=lambda t: t[:1].upper() + t[1:])
-        verdicts = (weights_reproduce_log, trained_holds_claim, better_than, collapse_lr_supported,
-                    resolved_changes, same_collapse_seeds)
         helpers: dict[str, Any] = {
-            "registry": registry, "INTEGER": registry.INTEGER, "ONEHOT": registry.ONEHOT, "seed_span": seed_span,
-            "points": fmt_diff, **{fn.__name__: fn for fn in verdicts},
+            "registry": registry, "INTEGER": registry.INTEGER, "ONEHOT": registry.ONEHOT, "v": verdicts,
+            "seed_span": verdicts.seed_span, "points": fmt_diff,
             "collapse_tol": f"{COLLAPSE_LOSS_TOL:.0%}", "collapse_spread": f"{COLLAPSE_SPREAD_MAX:.0%}",
             "beyond_md": SimpleNamespace(methods=beyond.methods_markdown, verdict=beyond.verdict_markdown,
                                          calibration=beyond.calibration_markdown)}
         for name, template in SECTIONS:
             doc.render(name, template, facts, **helpers)
         doc.finish()
+        if doc.unresolved():
+            raise WBCError(f"the report refers to {', '.join(doc.unresolved())}, which no section defines: a "
+                           "template refers to a figure or table it does not draw in every case; guard the "
+                           "reference with the same condition")
         return cls(facts, doc)
 
     def show(self, name: str) -> None:

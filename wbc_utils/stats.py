@@ -130,6 +130,15 @@ def clopper_pearson(successes: int, n: int, level: float = LEVEL) -> tuple[float
     return lo, hi
 
 
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """The exact (binomial) McNemar test for paired yes/no outcomes: ``only_a`` pairs where only A said yes,
+    ``only_b`` where only B did; two-sided p (1.0 when no pair disagrees)."""
+    from scipy.stats import binomtest
+
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(binomtest(min(only_a, only_b), n, 0.5).pvalue)
+
+
 def _as_seeds(values) -> np.ndarray:
     v = np.asarray(values, float)
     if v.ndim == 1:

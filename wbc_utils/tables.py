@@ -132,7 +132,7 @@ def comparisons_more(f: ReportFacts) -> pd.DataFrame:
     return pd.DataFrame([{"targets": ENCODING_SHORT[c.encoding], "comparison": c.name,
                           "unpaired [95% CI]": c.unpaired.points() if c.paired else "(not paired)",
                           "collapsed [95% CI]": f"{_rate(c.collapsed_a, c.n_a)} vs {_rate(c.collapsed_b, c.n_b)}",
-                          "Fisher": fmt_p(c.fisher_p),
+                          "McNemar": fmt_p(c.mcnemar_p), "Fisher": fmt_p(c.fisher_p),
                           "runs that did not collapse [95% CI] (seeds)":
                           f"{c.learned.points()} ({c.learned_seeds})" if c.learned.known else "-"}
                          for c in f.comparisons])
@@ -181,6 +181,8 @@ def runs(f: ReportFacts) -> pd.DataFrame | None:
     ar = f.artifacts.allruns
     if ar is None or not len(ar):
         return None
+    ar = ar.assign(_seed=ar["seed"].astype(int)).sort_values(["loss", "target_encoding", "role", "learning_rate",
+                                                              "_seed"])
     return pd.DataFrame({
         "run": ar.run_name, "role": ar.role, "status": ar.status,
         "unseen TEST [95% CI]": [fmt_ci(r.unseen_accuracy, r.unseen_accuracy_lo, r.unseen_accuracy_hi)
