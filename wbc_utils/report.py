@@ -33,7 +33,7 @@ from traitlets.config import Config
 
 from . import registry
 from .analysis import fmt_ci, fmt_pct
-from .artifacts import atomic_path, copy_file, write_json, write_text
+from .artifacts import atomic_path, copy_file, write_text
 from .config import (
     README,
     REPORT_NOTEBOOK,
@@ -46,19 +46,20 @@ from .config import (
 )
 from .errors import WBCError
 from .params import check_encoding
-from .sections import findings
 from .tfenv import quiet_tensorflow
 
 
 def execute_report(profile: str, runs_root=None, out_dir: Path | None = None) -> Path:
-    """Run the report notebook with papermill for ``profile``; returns the executed notebook's path."""
+    """Run the report notebook with papermill for ``profile``; returns the executed notebook's path. The notebook
+    writes ``results.json`` beside it from the facts it rendered, so the numbers and the report cannot differ."""
     out_dir = out_dir or report_dir(profile)
     out_dir.mkdir(parents=True, exist_ok=True)
     quiet_tensorflow(out_dir / "kernel.log")  # the kernel's start-up lines stay off the console
     out = out_dir / "report.ipynb"
     with atomic_path(out) as tmp:
         pm.execute_notebook(str(REPORT_NOTEBOOK), str(tmp), cwd=str(REPORT_NOTEBOOK.parent), progress_bar=False,
-                            parameters={"profile": profile, "runs_root": str(runs_root or "")},
+                            parameters={"profile": profile, "runs_root": str(runs_root or ""),
+                                        "results_json": str((out_dir / "results.json").resolve())},
                             kernel_name="python3")
     return out
 
@@ -157,7 +158,7 @@ def build_report(profile: str, runs_root=None, pdf: bool = True) -> dict:
     executed = execute_report(profile, runs_root, out_dir)
     html = export_html(executed, out_dir / "report.html")
     copy_file(html, output_root() / "report" / "report.html")
-    results = write_results(profile, runs_root, out_dir)
+    results = out_dir / "results.json"  # written by the notebook, from the facts it rendered
     result = {"html": html, "pdf": None, "pdf_error": None, "results": results}
     if pdf:
         try:
@@ -189,13 +190,6 @@ def ship_report(profile: str) -> list[Path]:
 
 BLOCK_START = "<!-- findings:start"
 BLOCK_END = "<!-- findings:end -->"
-
-
-def write_results(profile: str, runs_root=None, out_dir: Path | None = None) -> Path:
-    """Write ``report/<profile>/results.json``: the headline numbers, from the same tables as the report."""
-    out = (out_dir or report_dir(profile)) / "results.json"
-    write_json(out, findings(profile, runs_root))
-    return out
 
 
 def _upgrade_results(results: dict) -> dict:

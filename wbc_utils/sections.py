@@ -6,12 +6,13 @@ numbers are facts (:mod:`wbc_utils.facts`, computed once from a study's artifact
 :mod:`wbc_utils.figures.registry`; :class:`wbc_utils.document.Document` numbers sections, figures, tables and
 references from their labels. Adding a section is one template and one line in :data:`SECTIONS`.
 
-:func:`findings` gives the headline numbers; the report command writes them to
-``report/<profile>/results.json``, and the README's "what the study finds" block is generated from that file.
+:meth:`Report.write_results` writes the facts it rendered to ``report/<profile>/results.json``; the README's
+"what the study finds" block is generated from that file.
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +20,7 @@ from IPython.display import HTML, display
 
 from . import beyond, registry, verdicts
 from .analysis import fmt_diff, fmt_p, fmt_pct
+from .artifacts import write_json
 from .config import TEMPLATES
 from .document import STYLE, Document, Reference
 from .errors import WBCError
@@ -141,13 +143,12 @@ class Report:
     def html(self) -> str:
         return self.doc.html()
 
+    def write_results(self, path) -> Path:
+        """Write the facts this report rendered as JSON (``results.json``; the README block reads it)."""
+        return write_json(Path(path), to_json(self.facts))
+
 
 def _and(items) -> str:
     """'a', 'a and b', 'a, b and c'."""
     items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def findings(profile: str, runs_root=None) -> dict:
-    """The study's headline numbers (what results.json holds and the README quotes): its facts, dumped."""
-    return to_json(build_facts(profile, runs_root or None, best_profile="best", collapse_profile="collapse"))
