@@ -64,8 +64,8 @@ def synthetic_facts(weights_log: float = 0.688) -> ReportFacts:
                         collapsed_b=2, fisher=0.04, learned=-0.02),
                    _cmp(ONEHOT, "crossentropy", "huber", "CE - Huber", 0.08, False,
                         "not resolved (5 seeds each, paired)", collapsed_b=2, fisher=0.04, learned=-0.02)]
-    collapse = [CollapseRow("CE, integer labels, lr 0.001", 5, 2, 0.4, 0.5, "0-4", True, NAN, NAN),
-                CollapseRow("CE, integer labels, lr 0.0003", 5, 0, 0.3, 0.7, "0-4", False, 0.44, 0.44)]
+    collapse = [CollapseRow("CE, integer labels, lr 0.001", 5, 2, 0.4, 0.5, "0, 1, 2, 3, 4", True, NAN, NAN),
+                CollapseRow("CE, integer labels, lr 0.0003", 5, 0, 0.3, 0.7, "0, 1, 2, 3, 4", False, 0.44, 0.44)]
     return ReportFacts(profile="synthetic", generated="2026-01-01", counts=counts,
                        software={"python": "3.11", "device": "CPU: test"}, settings=settings,
                        losses=["crossentropy", "mse", "huber"], recipes=recipes, comparisons=comparisons,

@@ -17,15 +17,10 @@ from wbc_utils.report import BLOCK_END, BLOCK_START, readme_block, update_readme
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _committed_results(tmp_path) -> Path:
-    """The results.json shipped with the reference report (report/shipped/, which `make report` never writes)."""
-    return SHIPPED_RESULTS
-
-
-def test_readme_findings_match_the_shipped_report(tmp_path):
+def test_readme_findings_match_the_shipped_report():
     """The README quotes the shipped report's numbers, generated from its results.json, never typed by hand."""
     assert SHIPPED_RESULTS.exists(), "report/shipped/quick/results.json is shipped with the report"
-    assert update_readme(_committed_results(tmp_path), ROOT / "README.md", check=True), \
+    assert update_readme(SHIPPED_RESULTS, ROOT / "README.md", check=True), \
         "README's findings block is out of date: run `make readme` (and commit report/shipped/quick/results.json " \
         "with it)"
 
@@ -149,3 +144,43 @@ def test_report_renders_from_synthetic_facts_with_every_section_and_no_dangling_
     # the verdicts are read from the facts, not written in the template
     facts = synthetic_facts(weights_log=0.95)
     assert "Its cross-entropy figure does not stand" in Report.render(facts, draw=False).html()
+
+
+def _text(html: str) -> str:
+    """The rendered report as plain text: tags, URLs and code spans removed."""
+    import re
+
+    html = re.sub(r"<code>.*?</code>|https?://\S+", " ", html)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+@pytest.mark.parametrize("variant", ["plain", "no_weights", "every_branch"])
+def test_report_variants_render_without_joined_sentences(variant):
+    """The branches a real study may or may not take (no 2020 weights; a decision after the pilot with its later
+    seeds, encoding effects, collapse diagnostics) all render, resolve every reference, and never join two
+    sentences (a template's block tag eating the space or line between them)."""
+    import re
+
+    from synthetic_facts import synthetic_facts
+
+    from wbc_utils.facts import CollapseDiagnostics, DiagnosticTest
+    from wbc_utils.sections import Report
+
+    facts = synthetic_facts()
+    if variant == "no_weights":
+        facts.original = {}
+    if variant == "every_branch":
+        facts.confirmatory, facts.confirmatory_seeds = facts.comparisons[:2], [3, 4]
+        facts.decisions = [("twenty seeds", "after seeds 0-2 had finished", "Because")]
+        facts.encoding_effects = [{"loss": "mse", "diff": 0.2, "lo": 0.1, "hi": 0.3,
+                                   "words": "one-hot is better (5 seeds each, paired)"}]
+        facts.collapse_diagnostics = CollapseDiagnostics(10, 2, [DiagnosticTest("gradient norm", 0.3, 2, 3.7, 8, 0.02)],
+                                                         "CE, integer labels, lr 0.001", 2)
+    rep = Report.render(facts, draw=False)
+    text = _text(rep.html())
+    joined = re.findall(r"\w+[a-z)][.;:][A-Z][a-z]+", text)
+    assert not joined, joined
+    assert ("The 2020 weights were not found" in text) == (variant == "no_weights")
+    if variant == "every_branch":
+        assert "The seeds planned after a look at the results, alone." in text
+        assert "2 collapsed runs share one setting" in text or "share one setting" in text

@@ -375,6 +375,8 @@ def to_json(f: ReportFacts) -> dict:
         out["collapse"] = [_collapse_json(r) for r in f.collapse_study]
     if f.best:
         out["best"] = f.best
+    # every fact, as the report rendered it (the keys above are the headline view the README block reads)
+    out["facts"] = {k.name: getattr(f, k.name) for k in dataclasses.fields(f) if k.name != "artifacts"}
     return jsonable(out)
 
 
@@ -383,6 +385,8 @@ def _collapse_json(r: CollapseRow) -> dict:
 
 
 def jsonable(o):
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return jsonable({k.name: getattr(o, k.name) for k in dataclasses.fields(o)})
     if isinstance(o, dict):
         return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):

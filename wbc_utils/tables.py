@@ -15,6 +15,7 @@ from .analysis import fmt_ci, fmt_p, fmt_pct
 from .facts import ReportFacts
 from .registry import ENCODING_SHORT, INTEGER, ONEHOT
 from .stats import clopper_pearson
+from .verdicts import seed_span
 
 TABLES: dict[str, Callable[..., pd.DataFrame | None]] = {}
 
@@ -108,7 +109,7 @@ def original(f: ReportFacts) -> pd.DataFrame | None:
 @_table
 def comparisons(f: ReportFacts) -> pd.DataFrame:
     return pd.DataFrame([{"targets": ENCODING_SHORT[c.encoding], "comparison": c.name, "difference [95% CI]":
-                          c.diff.points(), "SE, df": f"{100 * c.diff.se:.1f}, {c.diff.df:.0f}",
+                          c.diff.points(), "SE, df": f"{100 * c.diff.se:.1f}, {c.diff.df:.1f}",
                           "verdict": c.words, "detectable": f"{100 * c.mde:.1f} points"} for c in f.comparisons])
 
 
@@ -156,7 +157,8 @@ def collapse(f: ReportFacts, which: str = "here") -> pd.DataFrame:
                           "top-class share": fmt_pct(r.top_class_share),
                           "output spread (median)": f"{r.output_spread:.3f}",
                           "vs 2020 recipe: Fisher, Holm": "reference" if r.is_2020 else
-                          f"{fmt_p(r.fisher_p)}; {fmt_p(r.p_holm).replace('p ', 'adj. ')}", "seeds": r.seeds}
+                          f"{fmt_p(r.fisher_p)}; {fmt_p(r.p_holm).replace('p ', 'adj. ')}",
+                          "seeds": seed_span(r.seeds.split(", ")) if r.seeds else "-"}
                          for r in rows])
 
 

@@ -174,6 +174,6 @@ def build_all(profile: str, runs_root=None, out_dir: Path | None = None, data_di
     and facts as the report; returns {file name: Figure}."""
     if load_study(profile, runs_root).kind == "lab":  # a beyond-the-paper study: its own figures
         return build_beyond(profile, runs_root, out_dir, data_dir)
-    facts = build_facts(profile, runs_root, best_profile="", collapse_profile="")
+    facts = build_facts(profile, runs_root, best_profile="")
     figs = {name: FIGURES[fig](facts, **kw) for name, fig, kw in study_figures_of(facts)}
     return save_all({k: v for k, v in figs.items() if v is not None}, out_dir or figures_dir(profile))
