@@ -137,7 +137,7 @@ def test_report_renders_from_synthetic_facts_with_every_section_and_no_dangling_
     for heading in ("Abstract", "1. Introduction and the questions", "2. Data", "3. Methods", "4. Results",
                     "5. Discussion", "6. Limitations", "References", "Appendix A: every run"):
         assert f"<h2>{heading}</h2>" in html, heading
-    assert "Its cross-entropy figure stands" in html and "Holds for integer labels only" in html
+    assert "Its cross-entropy figure stands" in html and "Holds only in part" in html
     assert "TRAIN's per-class counts add to 260, not 259" in html
     assert "Sarkar, Tapp-Hughes and Zhang Solis (2020)" in html and "??" not in html
     assert "Traceback" not in html and "{{" not in html and "@@" not in html

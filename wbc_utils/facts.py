@@ -355,6 +355,7 @@ def to_json(f: ReportFacts) -> dict:
                                "n_seeds_a": x.n_seeds_a, "n_seeds_b": x.n_seeds_b, "unpaired_lo": x.unpaired.lo,
                                "unpaired_hi": x.unpaired.hi, "collapsed_a": x.collapsed_a, "n_a": x.n_a,
                                "collapsed_b": x.collapsed_b, "n_b": x.n_b, "fisher_p": x.fisher_p,
+                               "mcnemar_p": x.mcnemar_p,
                                "learned_diff": x.learned.value, "learned_lo": x.learned.lo,
                                "learned_hi": x.learned.hi, "learned_words": x.learned_words}
                               for x in f.comparisons]

@@ -243,7 +243,9 @@ def readme_block(results: dict) -> str:
             unpaired = (f"; unpaired [{100 * cmp['unpaired_lo']:+.1f}, {100 * cmp['unpaired_hi']:+.1f}]"
                         if cmp.get("paired") and cmp.get("unpaired_lo") is not None else "")
             collapsed = (f"; collapsed {cmp['collapsed_a']}/{cmp['n_a']} vs {cmp['collapsed_b']}/{cmp['n_b']}"
-                         + (f" (Fisher p = {cmp['fisher_p']:.2g})" if cmp.get("fisher_p") is not None else "")
+                         + (f" (paired on seeds, McNemar p = {cmp['mcnemar_p']:.2g}; Fisher p = {cmp['fisher_p']:.2g})"
+                            if cmp.get("mcnemar_p") is not None and cmp.get("fisher_p") is not None else
+                            f" (Fisher p = {cmp['fisher_p']:.2g})" if cmp.get("fisher_p") is not None else "")
                          + (f"; the runs that did not collapse {100 * cmp['learned_diff']:+.1f} "
                             f"[{100 * cmp['learned_lo']:+.1f}, {100 * cmp['learned_hi']:+.1f}], "
                             f"{cmp['learned_words']}" if cmp.get("learned_diff") is not None
