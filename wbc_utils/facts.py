@@ -33,7 +33,7 @@ def _f(v: Any) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-    """An estimate with its 95% interval (fractions; ``se`` and ``df`` where the interval is a t or score one)."""
+    """An estimate with its 95% interval (fractions; ``se`` and ``df`` where a t interval gave them)."""
 
     value: float = NAN
     lo: float = NAN
