@@ -184,3 +184,29 @@ def test_report_variants_render_without_joined_sentences(variant):
     if variant == "every_branch":
         assert "The seeds planned after a look at the results, alone." in text
         assert "2 collapsed runs share one setting" in text or "share one setting" in text
+
+
+def test_verdicts_are_read_from_the_facts():
+    """The verdicts the templates word: a re-score stands within a point and only on the log's own split; a
+    collapse difference is decided paired on seeds where it can be; the ranking follows the resolved comparisons."""
+    import dataclasses
+
+    from synthetic_facts import synthetic_facts
+
+    from wbc_utils import verdicts as v
+    from wbc_utils.facts import Interval
+
+    f = synthetic_facts()
+    ce = f.orig("crossentropy")
+    assert v.weights_reproduce_log(ce) is True                               # 69.1% against a log of 68.8%
+    assert v.weights_reproduce_log(ce, "TEST_SIMPLE") is None                # another split: not checked
+    far = dataclasses.replace(ce, logged_val=ce.true.value + 0.02)
+    assert v.weights_reproduce_log(far) is False and far.true.holds(far.logged_val)  # inside the cell interval
+    oh = [c for c in f.comparisons if c.encoding == "onehot"]
+    assert v.collapses_more(oh) == oh                                        # Fisher 0.04, no paired test
+    paired = [dataclasses.replace(c, mcnemar_p=0.0625) for c in oh]
+    assert v.collapses_more(paired) == [] and v.collapses_differ(paired) == paired
+    assert v.ranking(f)[0] == "integer"
+    flipped = dataclasses.replace(f, comparisons=[dataclasses.replace(c, resolved=True, diff=Interval(0.1, 0.02, 0.18))
+                                                  if c.encoding == "onehot" else c for c in f.comparisons])
+    assert v.ranking(flipped)[0] == "both"
