@@ -52,7 +52,7 @@ def collapses_differ(comparisons: list[Comparison]) -> list[Comparison]:
 
 def loss_ranking_verdict(integer: list[Comparison], onehot: list[Comparison]) -> str:
     """Does 'cross-entropy is the loss to use' hold? 'both' (every comparison with either encoding resolved in
-    its favour), 'integer' (with integer labels only), 'none' (in neither), 'mixed' (anything else)."""
+    its favour), 'integer' (with integer labels only), 'none' (in neither: not resolved), 'mixed' (anything else)."""
     bi, bo = len(better_than(integer)), len(better_than(onehot))
     if integer and bi == len(integer):
         return "both" if onehot and bo == len(onehot) else "integer" if bo == 0 else "mixed"
