@@ -127,7 +127,7 @@ def test_same_seeds_are_paired_and_the_unpaired_interval_stands_beside(study):
     # a study stopped part-way: seed 2 trained on one side only is left out, the rest stays paired
     d = an.compare(ce, mse[mse["seed"] != 2])
     assert d["paired"] and d["dropped_seeds"] == [2] and d["seeds_a"] == [0, 1] and d["n_seeds_a"] == 2
-    assert "seed 2 of one side left out" in an.verdict_words(d, "CE", "MSE")
+    assert "seed 2, trained on one side only, left out" in an.verdict_words(d, "CE", "MSE")
     assert d["diff"] == pytest.approx(an.compare(ce[ce["seed"] != 2], mse[mse["seed"] != 2])["diff"])
     d1 = an.compare(ce, mse[mse["seed"] == 0])
     assert not d1["paired"] and d1["pairing"] == "unpaired: fewer than two seeds on both sides"
@@ -204,7 +204,7 @@ def test_report_sections_render_without_2020_weights_or_other_studies(study, mon
     write_json(profile_dir("fake", root) / "study.json", {"profile": "fake", "profile_settings": _profile_dict(prof)})
     rep = Report.load("fake", root, best_profile="", collapse_profile="")
     html = rep.html()
-    assert "The 2020 weights were not found" in html and "Its cross-entropy figure" not in html
+    assert "The 2020 weights were not found" in html and "Its cross-entropy figure stands" not in html
     assert "With one seed, an interval is about one trained model" in html
     assert "two trained models compared, not two recipes" in html
     assert "adds a section on a from-scratch model" in html and "Traceback" not in html
