@@ -154,7 +154,7 @@ def _text(html: str) -> str:
     return re.sub(r"<[^>]+>", " ", html)
 
 
-@pytest.mark.parametrize("variant", ["plain", "no_weights", "every_branch"])
+@pytest.mark.parametrize("variant", ["plain", "no_weights", "every_branch", "no_loss_study"])
 def test_report_variants_render_without_joined_sentences(variant):
     """The branches a real study may or may not take (no 2020 weights; a decision after the pilot with its later
     seeds, encoding effects, collapse diagnostics) all render, resolve every reference, and never join two
@@ -169,6 +169,9 @@ def test_report_variants_render_without_joined_sentences(variant):
     facts = synthetic_facts()
     if variant == "no_weights":
         facts.original = {}
+    if variant == "no_loss_study":  # a lab's report with no loss study beside it
+        facts.settings, facts.recipes, facts.comparisons, facts.losses, facts.original = None, [], [], [], {}
+        facts.collapse_here, facts.per_class, facts.per_seed = [], {}, {}
     if variant == "every_branch":
         facts.confirmatory, facts.confirmatory_seeds = facts.comparisons[:2], [3, 4]
         facts.decisions = [("twenty seeds", "after seeds 0-2 had finished", "Because")]
@@ -181,6 +184,7 @@ def test_report_variants_render_without_joined_sentences(variant):
     joined = re.findall(r"\w+[a-z)][.;:][A-Z][a-z]+", text)
     assert not joined, joined
     assert ("The 2020 weights were not found" in text) == (variant == "no_weights")
+    assert ("has no loss study to show" in text) == (variant == "no_loss_study")
     if variant == "every_branch":
         assert "The seeds planned after a look at the results, alone." in text
         assert "2 collapsed runs share one setting" in text or "share one setting" in text
