@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,8 +151,10 @@ def test_best_profile_lab_then_final_report_and_figures(best):
     for name in ("lab_curves", "confusion_image_and_cell", "reliability", "risk_coverage", "wrong_cells"):
         assert (out / "figures" / "best" / f"{name}.png").stat().st_size > 1000, name
     html = (out / "report" / "best" / "report.html").read_text()
-    for section in ("7. Beyond the paper", "7.1 Lab notebook", "7.2 The final model on TEST", "7.4 Calibration"):
-        assert section in html, section
+    # section numbers are generated: with no loss study beside it, the lab's section follows Data
+    for section in (r"\d\. Beyond the paper", r"\d\.1 Lab notebook", r"\d\.2 The final model on TEST",
+                    r"\d\.4 Calibration"):
+        assert re.search(section, html), section
     assert "Traceback" not in html
     # the smoke report, re-made now that a best study exists, shows both
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "report", "--profile", "smoke", "--no-pdf"], cwd=ROOT,
