@@ -154,7 +154,7 @@ def _text(html: str) -> str:
     return re.sub(r"<[^>]+>", " ", html)
 
 
-@pytest.mark.parametrize("variant", ["plain", "no_weights", "every_branch", "no_loss_study"])
+@pytest.mark.parametrize("variant", ["plain", "no_weights", "every_branch", "no_loss_study", "no_comparisons"])
 def test_report_variants_render_without_joined_sentences(variant):
     """The branches a real study may or may not take (no 2020 weights; a decision after the pilot with its later
     seeds, encoding effects, collapse diagnostics) all render, resolve every reference, and never join two
@@ -169,6 +169,8 @@ def test_report_variants_render_without_joined_sentences(variant):
     facts = synthetic_facts()
     if variant == "no_weights":
         facts.original = {}
+    if variant == "no_comparisons":  # one loss finished: nothing to compare
+        facts.comparisons = []
     if variant == "no_loss_study":  # a lab's report with no loss study beside it
         facts.settings, facts.recipes, facts.comparisons, facts.losses, facts.original = None, [], [], [], {}
         facts.collapse_here, facts.per_class, facts.per_seed = [], {}, {}
