@@ -433,6 +433,13 @@ def fmt_pct(value, sd=None) -> str:
     return s
 
 
+def fmt_said_2020(reported, log) -> str:
+    """What the 2020 report said of a setting and the last validation figure of its log: 'about 70% (log 68.8%)'."""
+    if reported is None:
+        return "-"
+    return f"about {100 * reported:.0f}%" + ("" if _missing(log) else f" (log {fmt_pct(log)})")
+
+
 def fmt_p(p) -> str:
     if _missing(p):
         return "-"

@@ -32,7 +32,7 @@ from playwright.async_api import BrowserType, Page
 from traitlets.config import Config
 
 from . import registry
-from .analysis import fmt_ci, fmt_pct
+from .analysis import fmt_ci, fmt_pct, fmt_said_2020
 from .artifacts import atomic_path, copy_file, write_text
 from .config import (
     README,
@@ -201,10 +201,8 @@ def _upgrade_results(results: dict) -> dict:
 
 def _said_2020(results: dict, spec) -> str:
     """What the 2020 report said of a loss ('about 70%') and the last validation figure of its log."""
-    if spec.reported_2020 is None:
-        return "-"
     log = ((results.get("original") or {}).get(spec.name) or {}).get("logged_final_val_accuracy")
-    return f"about {100 * spec.reported_2020:.0f}%" + (f" (log {fmt_pct(log)})" if log is not None else "")
+    return fmt_said_2020(spec.reported_2020, log)
 
 
 def readme_block(results: dict) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from . import beyond, registry
-from .analysis import fmt_ci, fmt_p, fmt_pct
+from .analysis import fmt_ci, fmt_p, fmt_pct, fmt_said_2020
 from .facts import ReportFacts
 from .registry import ENCODING_SHORT, INTEGER, ONEHOT
 from .stats import clopper_pearson
@@ -39,10 +39,10 @@ def _name(f: ReportFacts, loss: str, enc: str) -> dict:
 
 def _reported(f: ReportFacts, r) -> str:
     """What the 2020 report said of a setting it trained: 'about 70% (log 68.8%)'."""
-    if r.encoding != INTEGER or r.spec.reported_2020 is None:
+    if r.encoding != INTEGER:
         return "-"
     m = f.orig(r.loss)
-    return f"about {100 * r.spec.reported_2020:.0f}%" + (f" (log {fmt_pct(m.logged_val)})" if m else "")
+    return fmt_said_2020(r.spec.reported_2020, m.logged_val if m else None)
 
 
 def _main_recipes(f: ReportFacts):
