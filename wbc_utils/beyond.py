@@ -20,6 +20,7 @@ from . import CLASSES
 from .analysis import fmt_ci as _ci
 from .analysis import fmt_pct as _pct
 from .analysis import pooled, stack
+from .artifacts import read_json
 from .evaluation import (
     abstention,
     calibration,
@@ -31,8 +32,10 @@ from .evaluation import (
     slide_means,
     softmax,
 )
+from .lab import read_trials
 from .params import cell_window, design_key
 from .runs import PARAMS, VAL_PREDICTIONS, Run, Study, load_study
+from .shifts import GRID_FILE
 from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
@@ -300,8 +303,10 @@ def lab_and_final(profile: str = "best", runs_root=None) -> dict | None:
     lab = lab_table(study.controls)
     chosen = chosen_design(study)
     final = study.finished()
+    grid_path = study.path / GRID_FILE
     out = {"study": study, "summary": study.runs, "lab": lab, "chosen": chosen, "decisions": decisions(lab, chosen),
-           "tta": tta_effect(lab, chosen), "seeds": seed_table(final), "final_runs": final}
+           "tta": tta_effect(lab, chosen), "seeds": seed_table(final), "final_runs": final,
+           "trials": read_trials(profile, runs_root), "grid": read_json(grid_path) if grid_path.exists() else None}
     if len(final):
         st = stack(final)
         simple = stack(final, "TEST_SIMPLE")
@@ -323,9 +328,13 @@ ANCHORS = (
     ("small CNNs trained from scratch, public notebooks (TEST watched during training: optimistic)", "about 82-85%"),
     ("ImageNet-pretrained EfficientNet-B4, 9-view test-time augmentation, validated on a TRAIN split", "89.3%"),
 )
-#: The goals this profile was built to meet, set before its runs: just above the best public result on this split
-#: (:data:`ANCHORS`: 89.3%), and a final model within half an hour of a 2-core CPU.
-GOALS = {"test_accuracy": 0.90, "simple_accuracy": 0.90, "train_minutes": 30.0}
+#: The goals this profile was built to meet (issue 23, set before its lab ran): 92% on unseen TEST cells and 93% on
+#: TEST_SIMPLE's distinct slides (mean over 3 seeds), within 3 points of clean TEST under every shift of the grid
+#: (:mod:`wbc_utils.shifts`), a flag with at most 2% false alarms and at least 90% detection of every shift beyond
+#: the model's competence, and a final model within half an hour of a 2-core CPU. (The first round's goals were
+#: 90% and 90%, just above the best public result on this split, :data:`ANCHORS`: 89.3%.)
+GOALS = {"test_accuracy": 0.92, "simple_accuracy": 0.93, "train_minutes": 30.0, "shift_tolerance": 0.03,
+         "false_alarms": 0.02, "detection": 0.90}
 
 
 def methods_markdown(res: dict) -> str:
@@ -377,6 +386,71 @@ def methods_markdown(res: dict) -> str:
         " lab:** the network, the crop and its size, label smoothing and the number of epochs were chosen in earlier"
         " rounds of this package, some of them with TEST results in view; this lab chose only among the candidates"
         " of its table.")
+
+
+def changes_from(params: dict, first: dict, space: dict) -> str:
+    """A trial's candidate in words: what it changes from the first candidate (the previous design)."""
+    diff = [f"{k} {v}" for k, v in params.items() if str(first.get(k)) != str(v)]
+    return "the previous design" if not diff else ", ".join(diff)
+
+
+def trials_frame(res: dict) -> pd.DataFrame:
+    """The lab's search, trial by trial (Optuna's record, ``lab_trials.json``): what each candidate changed, what
+    became of it (complete, pruned by the pruner after its first folds, stopped by the budget, failed), its fold
+    accuracies and their mean, and its paired difference from the first candidate over the folds both have."""
+    rec = res.get("trials")
+    if not rec or not rec.get("trials"):
+        return pd.DataFrame()
+    rows = rec["trials"]
+    first = next((r for r in rows if r["params"]), {"params": {}, "fold_accuracies": []})
+    f0 = first["fold_accuracies"]
+    out = []
+    for r in rows:
+        if not r["params"]:
+            continue
+        folds = r["fold_accuracies"]
+        n = min(len(folds), len(f0))
+        if r is first or n == 0:
+            paired = "-"
+        else:
+            d = np.subtract(folds[:n], f0[:n])
+            paired = (f"{100 * d.mean():+.1f}" + (f" [{100 * (d.mean() - _t(n) * d.std(ddof=1) / np.sqrt(n)):+.1f}, "
+                                                  f"{100 * (d.mean() + _t(n) * d.std(ddof=1) / np.sqrt(n)):+.1f}]"
+                                                  if n > 1 else "") + f" ({n} fold{'s' if n > 1 else ''})")
+        state = {"complete": "all folds", "pruned": f"pruned after {len(folds)}",
+                 "fail": "stopped" if "budget" in (r.get("note") or "") or "ended" in (r.get("note") or "")
+                 else "failed"}.get(r["state"], r["state"])
+        out.append({"trial": r["number"], "candidate": changes_from(r["params"], first["params"], rec["space"]),
+                    "outcome": state, "each fold": ", ".join(f"{100 * v:.1f}" for v in folds) or "-",
+                    "mean": _pct(float(np.mean(folds))) if folds else "-",
+                    "minus the first, paired over folds": paired})
+    return pd.DataFrame(out)
+
+
+def _t(n: int) -> float:
+    from scipy import stats as st
+
+    return float(st.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+
+
+def grid_frame(res: dict) -> pd.DataFrame:
+    """The shift grid: each shift's accuracy on TEST's unseen cells, its paired difference from clean TEST, whether
+    it is within the tolerance, and how often the flag fires."""
+    g = res.get("grid")
+    if not g:
+        return pd.DataFrame()
+    c = g["clean"]
+    rows = [{"shift": "none (clean TEST)", "level": "-", "accuracy": _ci(c["accuracy"], *c["accuracy_ci"]),
+             "minus clean": "-", f"within {100 * g['tolerance']:.0f} points": "-",
+             "flagged": _pct(c["flagged"]) if c["flagged"] is not None else "-"}]
+    for r in g["rows"]:
+        rows.append({"shift": f"{r['shift']}: {r['what']}", "level": r["level"],
+                     "accuracy": _ci(r["accuracy"], *r["accuracy_ci"]),
+                     "minus clean": f"{100 * r['difference']:+.1f} [{100 * r['difference_ci'][0]:+.1f}, "
+                                    f"{100 * r['difference_ci'][1]:+.1f}]",
+                     f"within {100 * g['tolerance']:.0f} points": "yes" if r["within"] else "**no**",
+                     "flagged": _pct(r["flagged"]) if r["flagged"] is not None else "-"})
+    return pd.DataFrame(rows)
 
 
 def lab_frame(res: dict):
@@ -452,6 +526,39 @@ def verdict_markdown(res: dict) -> str:
                  + "; ".join(f"{a}: {b}" for a, b in ANCHORS) + ". Single runs without intervals, scored image by "
                  "image on all of TEST (shared cells included): they place this model in its field, they do not "
                  "rank against it.")
+    return "\n".join(lines)
+
+
+def flag_markdown(res: dict) -> str:
+    """The shift grid and the flag against their goals, in words computed from ``shift_grid.json``."""
+    g = res.get("grid")
+    if not g:
+        return ""
+    beyond_rows = [r for r in g["rows"] if not r["within"]]
+    tol = 100 * g["tolerance"]
+    lines = [f"- **Robustness** (goal: every shift within {tol:.0f} points of clean TEST): "
+             + ("met: every shift of the grid is." if not beyond_rows else
+                f"not met: {len(beyond_rows)} of {len(g['rows'])} shifts cost more than {tol:.0f} points ("
+                + "; ".join(f"{r['shift']}: {100 * r['difference']:+.1f}" for r in beyond_rows) + ").")]
+    fl = g.get("flag") or {}
+    if fl.get("false_alarms_clean") is not None:
+        fa, fs = fl["false_alarms_clean"], fl.get("false_alarms_simple")
+        ok = fa <= GOALS["false_alarms"] and (fs is None or fs <= GOALS["false_alarms"])
+        lines.append(f"- **False alarms** (goal: at most {GOALS['false_alarms']:.0%}): the flag marks {_pct(fa)} of "
+                     f"clean TEST's images" + (f" and {_pct(fs)} of TEST_SIMPLE's {fl.get('simple_images')} "
+                                              "un-augmented originals" if fs is not None else "")
+                     + f": {'met' if ok else 'not met'}. Its thresholds: TRAIN's {100 * (1 - fl.get('tail', 0)):.1f}th "
+                     f"percentiles (image statistics; energy from {fl.get('energy_from')}).")
+        if beyond_rows:
+            low = fl.get("lowest_detection")
+            lines.append(f"- **Detection** of the shifts beyond the model's competence (goal: each flagged in at "
+                         f"least {GOALS['detection']:.0%} of its images): lowest {_pct(low)}; "
+                         + "; ".join(f"{n}: {_pct(v)}" for n, v in fl.get("beyond", []))
+                         + f": {'met' if low is not None and low >= GOALS['detection'] else 'not met'}.")
+        within = fl.get("within", [])
+        if within:
+            lines.append("- Shifts the model reads well, flagged anyway (a flag that fires on them costs a person's "
+                         "time, not an error): " + "; ".join(f"{n}: {_pct(v)}" for n, v in within) + ".")
     return "\n".join(lines)
 
 

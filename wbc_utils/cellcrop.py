@@ -53,13 +53,22 @@ def locate_cell(image: np.ndarray, window: int = WINDOW) -> tuple[int, int, floa
     return int(cy), int(cx), float(s[cy, cx])
 
 
-def crop_cell(image: np.ndarray, out_size: tuple[int, int] = (64, 64), crop: int = CROP) -> np.ndarray:
+#: How a window that runs past the field's edge is filled: ``edge`` repeats the border pixels (the first crops;
+#: a cell near the border came out smeared with streaks), ``reflect`` mirrors the field (texture continues, no
+#: streaks), ``black`` fills with zeros (as the dataset's own rotation fill does: no invented texture).
+BORDERS = ("edge", "reflect", "black")
+
+
+def crop_cell(image: np.ndarray, out_size: tuple[int, int] = (64, 64), crop: int = CROP,
+              border: str = "edge") -> np.ndarray:
     """Crop a ``crop`` x ``crop`` window centred on the cell and resize it to ``out_size`` (uint8).
 
     ``image`` is the field at the dataset's native 240x320 (other sizes are
     handled too: the window scales with the image's height). A window that
-    runs past the edge is filled by repeating the border pixels.
+    runs past the edge is filled as ``border`` says (:data:`BORDERS`).
     """
+    if border not in BORDERS:
+        raise ValueError(f"border={border!r} is not known; valid values: {', '.join(BORDERS)}")
 
     image = np.asarray(image, dtype=np.uint8)
     h, w = image.shape[:2]
@@ -67,7 +76,11 @@ def crop_cell(image: np.ndarray, out_size: tuple[int, int] = (64, 64), crop: int
     win = max(3, int(round(WINDOW * h / 240)) | 1)
     cy, cx, _ = locate_cell(image, win)
     half = side // 2
-    padded = np.pad(image, ((half, half), (half, half), (0, 0)), mode="edge")
+    pad = ((half, half), (half, half), (0, 0))
+    if border == "black":
+        padded = np.pad(image, pad, mode="constant")
+    else:  # a window wider than the field reflects twice: "symmetric" keeps working where "reflect" would not
+        padded = np.pad(image, pad, mode="edge" if border == "edge" else "symmetric")
     patch = padded[cy:cy + side, cx:cx + side]
     oh, ow = int(out_size[0]), int(out_size[1])
     if patch.shape[:2] != (oh, ow):

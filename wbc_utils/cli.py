@@ -166,6 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-pdf", action="store_true", help="export HTML only")
         p.set_defaults(func=func)
 
+    p = sub.add_parser("lab", help="run a lab profile's search (Optuna) until its budget is spent; resumable",
+                       description="Run the search of a profile that has one (best): candidates scored by k-fold "
+                       "validation over TRAIN's same-cell clusters, the profile's first candidates, then Optuna's "
+                       "TPE proposals; successive halving over folds stops the trailing ones. Resumes an earlier "
+                       "search (<runs>/<profile>/lab.sqlite3); the trials are written to lab_trials.json there. "
+                       "study and all run it first for such a profile.")
+    _common(p)
+    p.add_argument("--profile", default="best", help="a profile with a search (default: best)")
+    p.add_argument("--jobs", type=int, help="trials trained at once (default: the profile's)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="the lab's total budget, over every session (default: the profile's search budget)")
+    p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("shifts", help="score a study's final models (or one model) on the shift grid, with the flag",
+                       description="Score TEST's unseen cells under the fixed grid of synthetic lab shifts "
+                       "(wbc_utils.shifts.GRID: stain in HED space, light, focus, scale, JPEG) and measure how often "
+                       "the out-of-distribution flag fires on each. Default: the final models of --profile, written "
+                       "to <runs>/<profile>/shift_grid.json (the report reads it); --model scores one model "
+                       "(a run folder or models/best/) and writes --out.")
+    _common(p)
+    p.add_argument("--profile", default="best", help="the study whose final models are scored (default: best)")
+    p.add_argument("--model", help="score this model instead (a run folder, models/best/ or a .keras file)")
+    p.add_argument("--out", help="with --model: where to write the JSON (default: print only)")
+    p.set_defaults(func=cmd_shifts)
+
     p = sub.add_parser("reevaluate", help="recompute finished runs' metrics from their predictions (no training)")
     _common(p)
     p.add_argument("--profile", default="quick")
@@ -378,9 +403,51 @@ def cmd_study(args) -> int:
         return 1
 
 
+def cmd_lab(args) -> int:
+    from .lab import run_lab
+
+    profile = get_profile(args.profile)
+    rows = run_lab(profile, args.runs_dir, args.data_dir, jobs=args.jobs, budget_minutes=args.budget_minutes)
+    done = [r for r in rows if r["state"] == "complete"]
+    print(f"lab {profile.name}: {len(rows)} trials ({len(done)} complete, "
+          f"{sum(r['state'] == 'pruned' for r in rows)} pruned)")
+    return 0
+
+
+def cmd_shifts(args) -> int:
+    from . import shifts
+
+    if args.model:
+        from .artifacts import write_json
+        from .predict import ood_reference
+        from .runs import load_model
+
+        model = load_model(args.model)
+        grid = shifts.score_grid([model], [ood_reference(model, args.data_dir)], args.data_dir, progress=True)
+        grid["flag"] = shifts.flag_summary(grid)
+        grid["grid"] = shifts.grid_table()
+        if args.out:
+            write_json(Path(args.out), grid)
+    else:
+        grid = shifts.grid_of_study(args.profile, args.runs_dir, args.data_dir)
+    c = grid["clean"]
+    print(f"clean: {100 * c['accuracy']:.1f}% (flagged {100 * (c['flagged'] or 0):.1f}%), {grid['images']} images "
+          f"of {grid['cells']} unseen TEST cells, {grid['models']} model(s)")
+    for r in grid["rows"]:
+        lo, hi = r["difference_ci"]
+        print(f"  {r['shift']:<20} {100 * r['accuracy']:5.1f}%  {100 * r['difference']:+5.1f} "
+              f"[{100 * lo:+.1f}, {100 * hi:+.1f}]  {'within' if r['within'] else 'BEYOND'}  "
+              f"flagged {100 * (r['flagged'] or 0):.0f}%")
+    return 0
+
+
 def _study(args) -> int:
     profile = _profile_from(args)
     t = time.time()
+    if profile.search and not args.scheduler:  # a lab profile: its search first (resumed; nothing once spent)
+        from .lab import run_lab
+
+        run_lab(profile, args.runs_dir, args.data_dir, jobs=args.jobs)
     rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs,
                     scheduler=args.scheduler, gpus_per_run=args.gpus_per_run)
     print(f"study {profile.name}: {len(rec['runs'])} runs in {time.time() - t:.0f} s")

@@ -58,7 +58,7 @@ from .config import data_dir as default_data_dir
 from .config import data_dir_source
 from .errors import DataError, ParameterError
 from .images import check_image, read_resized
-from .params import cell_window, check_image_size, check_view
+from .params import cell_window, check_image_size, check_view, crop_border
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def decode_image(path: str, size: tuple[int, int], view: str = "full") -> np.nda
     if view != "full":
 
         field = decode_image(path, NATIVE_SIZE)
-        return field if isinstance(field, str) else crop_cell(field, size, cell_window(view))
+        return field if isinstance(field, str) else crop_cell(field, size, cell_window(view), crop_border(view))
     return read_resized(path, size)
 
 
@@ -386,7 +386,8 @@ def decode_images(paths: Sequence[str], size: tuple[int, int], workers: int | No
         ex = None
         it = map(_decode_chunk, jobs)
     if progress:
-        what = f"{size[0]}x{size[1]}" + (f" (cell crops, {cell_window(view)} px)" if view != "full" else "")
+        what = f"{size[0]}x{size[1]}" + (f" (cell crops, {cell_window(view)} px, {crop_border(view)} border)"
+                                         if view != "full" else "")
         it = tqdm(it, total=len(jobs), desc=f"decoding {len(paths)} images at {what}", unit="chunk")
     try:
         for j, (arr, errs) in enumerate(it):
@@ -519,7 +520,8 @@ def load_split(manifest: Manifest, split: str, size: Sequence[int] = NATIVE_SIZE
         raise DataError(f"split {split} is not in the dataset at {manifest.images_root}.")
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
     key = manifest.fingerprint()
-    tag = f"_cell{cell_window(view)}" if view != "full" else ""
+    tag = (f"_cell{cell_window(view)}" + ("" if crop_border(view) == "edge" else f"-{crop_border(view)}")
+           if view != "full" else "")
     base = cache_root / key / f"{split}{tag}_{size[0]}x{size[1]}"
     npy, meta_path = base.with_suffix(".npy"), base.with_suffix(".json")
     if npy.exists() and meta_path.exists():

@@ -24,7 +24,7 @@ VALIDATIONS = (TEST_AS_VALIDATION, "grouped", "none")
 #: arch="unet_encoder": the 2020 network (the encoder half of a U-Net).
 ARCH_2020 = "unet_encoder"
 ARCHS = (ARCH_2020, "he", "bn", "wbcnet")
-AUGMENTS = ("none", "geometric", "geometric+color")
+AUGMENTS = ("none", "geometric", "geometric+color", "geometric+hed")
 LR_SCHEDULES = ("constant", "cosine")
 INPUT_SCALINGS = ("raw", "unit")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
@@ -93,19 +93,32 @@ def check_encoding(encoding: str) -> str:
 CELL_WINDOW = 128
 
 
+#: Fills for a crop window that runs past the field's edge (``cell-reflect``, ``cell96-black``); plain ``cell``
+#: repeats the edge pixels (:data:`wbc_utils.cellcrop.BORDERS`).
+CROP_BORDERS = ("edge", "reflect", "black")
+_VIEW = re.compile(r"cell(\d+)?(?:-(" + "|".join(CROP_BORDERS) + r"))?")
+
+
 def check_view(view: str) -> str:
-    m = re.fullmatch(r"cell(\d+)?", view) if isinstance(view, str) else None
+    m = _VIEW.fullmatch(view) if isinstance(view, str) else None
     if view != "full" and (m is None or not 32 <= int(m.group(1) or CELL_WINDOW) <= 240):
         raise ParameterError(f"view={view!r} is not known; valid values: full (the whole field resized), cell (a "
                              f"{CELL_WINDOW}-pixel window around the white cell), or cell<N> for an N-pixel window, "
-                             f"32 <= N <= 240 (e.g. cell96)")
+                             f"32 <= N <= 240 (e.g. cell96), each optionally with how a window past the field's "
+                             f"edge is filled: -{', -'.join(CROP_BORDERS)} (e.g. cell96-reflect; default: edge)")
     return view
 
 
 def cell_window(view: str) -> int | None:
     """The crop window of a cell view in native pixels, or None for the whole field."""
     check_view(view)
-    return None if view == "full" else int(view[4:] or CELL_WINDOW)
+    return None if view == "full" else int(_VIEW.fullmatch(view).group(1) or CELL_WINDOW)
+
+
+def crop_border(view: str) -> str | None:
+    """How a cell view fills a window past the field's edge (``edge`` unless it names another), None for full."""
+    check_view(view)
+    return None if view == "full" else (_VIEW.fullmatch(view).group(2) or "edge")
 
 
 def check_image_size(size: Sequence[int], name: str = "image_size") -> tuple[int, int]:
@@ -214,7 +227,8 @@ class RunParams:
                                           "(needs validation=grouped)")
     view: str = _field("full", "full: the whole field resized; cell: a 128-pixel window around the white cell; "
                        "cell<N>: an N-pixel window (e.g. cell96)")
-    augment: str = _field("none", "geometric: 8 flips/rotations + shifts; geometric+color: and stain jitter",
+    augment: str = _field("none", "geometric: 8 flips/rotations + shifts; geometric+color: and RGB gain/offset "
+                          "jitter; geometric+hed: and stain jitter in haematoxylin-eosin-DAB space",
                           AUGMENTS)
     lr_schedule: str = _field("constant", "cosine: decay to 1% over the run", LR_SCHEDULES)
     label_smoothing: float = _field(0.0, "label smoothing, cross-entropy only")
@@ -305,7 +319,7 @@ class RunParams:
         if self.folds:
             parts.append(f"cv{self.fold}of{self.folds}")
         if self.augment != "none":
-            parts.append({"geometric": "aug", "geometric+color": "augc"}[self.augment])
+            parts.append({"geometric": "aug", "geometric+color": "augc", "geometric+hed": "augh"}[self.augment])
         if self.lr_schedule != "constant":
             parts.append(self.lr_schedule)
         if self.label_smoothing:
@@ -369,6 +383,10 @@ class Profile:
     pilot: str = ""
     jobs: int = 1                  # notebooks run at once (2 suits many short runs on 2 cores)
     trades: str = ""
+    #: a lab's search (:mod:`wbc_utils.lab`): "space" (design parameter -> its choices), "first" (candidates tried
+    #: before the sampler's, as changes from the profile's design), "folds", "seed", "budget_minutes",
+    #: "max_trials", "reduction" (the pruner's); its fold runs are the profile's control runs
+    search: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, KINDS)
@@ -430,6 +448,9 @@ class Profile:
         tables leave it out instead of pooling it with the planned seeds."""
         if run_name in {p.run_name for p in self.main_runs()}:
             return "main"
+        if self.search and re.search(rf"_cv\d+of{int(self.search.get('folds', 5))}_", run_name) \
+                and "_gval_" in run_name:
+            return "control"  # a fold of one of the lab's candidates (wbc_utils.lab)
         return "control" if run_name in {p.run_name for p in self.runs()} else "other"
 
     def is_main(self, params: dict) -> bool:
@@ -534,14 +555,20 @@ PROFILES: dict[str, Profile] = {
         # shares with TEST included (the headline leaves those cells out of TEST instead).
         extra={"view": "cell", "augment": "geometric+color", "lr_schedule": "cosine", "label_smoothing": 0.1,
                "tta": False},
-        # the lab: each candidate trained on 4 of 5 folds of TRAIN's same-cell clusters, scored on the fifth
-        controls=(
-            {"seeds": [0], "validation": "grouped", "folds": 5, "view": "cell", "augment": "geometric+color",
-             "label_smoothing": 0.1},
-            {"seeds": [0], "validation": "grouped", "folds": 5, "view": "cell96", "augment": "geometric+color",
-             "label_smoothing": 0.1},
-        ),
-        trades="64x64 crops around the white cell; the lab's candidates are one seed each, five folds each"),
+        # the lab (wbc_utils.lab): candidates scored by 5-fold validation over TRAIN's same-cell clusters (seed 0,
+        # the same folds for all), the listed ones first (this design and one change at a time from it), then
+        # those Optuna's sampler proposes; successive halving over folds stops the ones that trail
+        search={"folds": 5, "seed": 0, "budget_minutes": 120, "max_trials": 24, "reduction": 2, "startup": 4,
+                "space": {"view": ["cell", "cell-reflect", "cell-black", "cell160-reflect"],
+                          "augment": ["geometric+color", "geometric+hed"],
+                          "epochs": [10, 16],
+                          "label_smoothing": [0.0, 0.1],
+                          "image_size": [[64, 64], [96, 96]]},
+                "first": [{}, {"view": "cell-reflect"}, {"augment": "geometric+hed"},
+                          {"view": "cell-reflect", "augment": "geometric+hed"}, {"epochs": 16},
+                          {"view": "cell160-reflect"}]},
+        trades="crops around the white cell; the lab's candidates are one seed each, up to five folds each (the "
+               "pruner stops the trailing ones after one, two or four), within a wall-clock budget"),
     "paper": Profile(
         name="paper", kind="study",
         description="the faithful reproduction: 240x320, 100 epochs, all of TRAIN, Adam at 0.001",

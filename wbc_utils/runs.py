@@ -220,7 +220,9 @@ class Run:
 #: What ``export`` keeps of a finished run: everything the report reads, not the models (``model.keras`` is
 #: megabytes; the paper model at 240x320 with its optimizer state, about 1.8 MB a run).
 EXPORTED = (PARAMS, HISTORY, METRICS, PREDICTIONS, VAL_PREDICTIONS, DIAGNOSTICS)
-EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL)
+#: the study's own files; a lab's search (its trials, Optuna's storage, which a later session resumes) and its
+#: shift grid (wbc_utils.lab, wbc_utils.shifts) are small and go with them
+EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL, "lab_trials.json", "lab.sqlite3", "shift_grid.json")
 
 
 def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:

@@ -90,6 +90,11 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in [
               "neural networks. *ICML 2017*, PMLR 70, 1321-1330.", "https://proceedings.mlr.press/v70/guo17a.html"),
     Reference("selvaraju2017", "Selvaraju, R. R. et al. (2017). Grad-CAM: visual explanations from deep networks "
               "via gradient-based localization. *ICCV 2017*, 618-626.", "https://arxiv.org/abs/1610.02391"),
+    Reference("akiba2019", "Akiba, T., Sano, S., Yanase, T., Ohta, T. and Koyama, M. (2019). Optuna: a next-generation "
+              "hyperparameter optimization framework. *KDD 2019*, 2623-2631.", "https://doi.org/10.1145/3292500.3330701"),
+    Reference("tellez2019", "Tellez, D. et al. (2019). Quantifying the effects of data augmentation and stain color "
+              "normalization in convolutional neural networks for computational pathology. *Medical Image Analysis* "
+              "58, 101544.", "https://doi.org/10.1016/j.media.2019.101544"),
     Reference("keras_metric", "TensorFlow 2.1 source, `tensorflow/python/keras/engine/training_utils.py`: how "
               "`metrics=['accuracy']` is resolved per loss.",
               "https://github.com/tensorflow/tensorflow/blob/v2.1.0/tensorflow/python/keras/engine/training_utils.py"),
@@ -122,7 +127,7 @@ class Report:
             "seed_span": verdicts.seed_span, "points": fmt_diff,
             "collapse_tol": f"{COLLAPSE_LOSS_TOL:.0%}", "collapse_spread": f"{COLLAPSE_SPREAD_MAX:.0%}",
             "beyond_md": SimpleNamespace(methods=beyond.methods_markdown, verdict=beyond.verdict_markdown,
-                                         calibration=beyond.calibration_markdown)}
+                                         calibration=beyond.calibration_markdown, flag=beyond.flag_markdown)}
         for name, template in SECTIONS:
             doc.render(name, template, facts, **helpers)
         doc.finish()

@@ -205,3 +205,13 @@ def final(f: ReportFacts) -> pd.DataFrame | None:
     return beyond.final_frame(f.artifacts.best) if f.artifacts.best else None
 
 
+
+
+@_table
+def lab_trials(f: ReportFacts) -> pd.DataFrame | None:
+    return beyond.trials_frame(f.artifacts.best) if f.artifacts.best else None
+
+
+@_table
+def shift_grid(f: ReportFacts) -> pd.DataFrame | None:
+    return beyond.grid_frame(f.artifacts.best) if f.artifacts.best else None

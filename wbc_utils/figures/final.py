@@ -14,7 +14,7 @@ from ..cellcrop import crop_cell
 from ..config import figures_dir
 from ..data import build_manifest, decode_image
 from ..evaluation import calibration
-from ..params import cell_window
+from ..params import cell_window, crop_border
 from .common import A4_WIDTH, epoch_axis, image_panel, save_all, style
 
 
@@ -121,7 +121,7 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell",
         shared = ", also in TRAIN" if r.get("shared") else ""
         image_panel(a0, field, f"cell {r['cell']}: {r['class'].lower()}\nTEST_SIMPLE image{shared}")
         if view != "full":
-            seen = crop_cell(field, input_size, cell_window(view))
+            seen = crop_cell(field, input_size, cell_window(view), crop_border(view))
         else:
             seen = np.asarray(Image.fromarray(field).resize((input_size[1], input_size[0]), Image.BILINEAR))
         image_panel(a1, seen, f"read as {r['voted'].lower()}\nby {r['seeds_wrong']} of {r['seeds']} seeds")
