@@ -105,15 +105,20 @@ def test_params_written_before_new_parameters_still_match():
     assert not RunParams(view="cell").same_as(old)
 
 
-def test_best_profile_runs_its_lab_first_with_one_seed_each():
+def test_best_profile_lab_is_a_search_and_its_folds_are_control_runs():
+    from wbc_utils import lab
+
     prof = get_profile("best")
-    runs = prof.runs()
-    lab = [r for r in runs if r.validation == "grouped"]
-    final = [r for r in runs if r.validation == "none"]
-    assert runs[:len(lab)] == lab, "the lab candidates run before the final runs"
-    assert {r.seed for r in lab} == {0} and sorted(r.seed for r in final) == [0, 1, 2]
-    assert all(prof.is_main(r.to_dict()) for r in final) and not any(prof.is_main(r.to_dict()) for r in lab)
-    assert len({r.run_name for r in runs}) == len(runs)
+    final = prof.runs()
+    assert sorted(r.seed for r in final) == [0, 1, 2] and all(r.validation == "none" for r in final)
+    assert all(prof.is_main(r.to_dict()) for r in final)
+    first = lab.candidate(prof, lab._full_choices(prof, {}))
+    assert first["validation"] == "grouped" and first["folds"] == 5 and first["seed"] == 0
+    fold = RunParams.from_dict(lab.fold_params(first, 3))
+    assert prof.role_of(fold.run_name) == "control" and fold.fold == 3
+    # the first candidate is the final runs' design: the lab's control is what the profile trained before
+    from wbc_utils.params import design_key
+    assert design_key(first) == design_key(final[0].to_dict())
     assert "best" in PROFILES
 
 
@@ -199,14 +204,6 @@ def test_kfold_never_puts_a_cell_labelled_with_two_classes_on_both_sides():
         assert all(held.count(c) == 1 for c in set(frame["cell"]) - {"mixed"}) and 1 <= held.count("mixed") <= 2
 
 
-def test_best_profile_lab_is_every_candidate_on_every_fold():
-    lab = [r for r in get_profile("best").runs() if r.validation == "grouped"]
-    by_design = {}
-    for r in lab:
-        by_design.setdefault((r.view, r.epochs, r.augment), []).append(r.fold)
-    assert len(by_design) >= 2 and all(sorted(f) == list(range(5)) for f in by_design.values())
-
-
 def test_candidates_whose_folds_overlap_are_tied_not_ranked():
     import pandas as pd
 
@@ -220,3 +217,93 @@ def test_candidates_whose_folds_overlap_are_tied_not_ranked():
     assert list(lab["design"]) == ["b", "a", "c"]
     assert list(lab["tied"]) == [False, True, False]  # a overlaps b's folds; c's best fold is below b's worst
     assert choose_design(lab) == {"view": "cell96"}
+
+
+# ----------------------------------------------------------------------------- crop border and stain jitter
+
+def test_crop_border_fills_past_the_edge_as_named_and_leaves_the_inside_alone():
+    img = field_with([(25, 292, 20)])  # near a corner: the window runs past the edge
+    img[:, -1] = (0, 200, 0)  # a green last column: edge replication smears it into a band of streaks
+    edge, reflect, black = (cellcrop.crop_cell(img, (128, 128), border=b) for b in ("edge", "reflect", "black"))
+    green = lambda x: ((x[..., 1] > 150) & (x[..., 0] < 50)).mean()  # noqa: E731
+    assert green(edge) > 4 * green(reflect) > 0  # streaks vs the one mirrored column
+    assert (black.sum(2) == 0).mean() > 0.2 and (reflect.sum(2) == 0).mean() == 0
+    centred = field_with([(120, 160, 20)])  # a window inside the field: the border changes nothing
+    assert all(np.array_equal(cellcrop.crop_cell(centred, (64, 64), border=b), cellcrop.crop_cell(centred, (64, 64)))
+               for b in ("reflect", "black"))
+    with pytest.raises(ValueError, match="border"):
+        cellcrop.crop_cell(img, border="wrap")
+
+
+def test_cell_views_name_their_window_and_border():
+    from wbc_utils.params import cell_window, crop_border
+
+    assert (cell_window("cell"), crop_border("cell")) == (128, "edge")
+    assert (cell_window("cell96-reflect"), crop_border("cell96-reflect")) == (96, "reflect")
+    assert (cell_window("cell-black"), crop_border("cell-black")) == (128, "black")
+    assert crop_border("full") is None
+    for bad in ("cell-mirror", "cell96reflect", "cell20-reflect"):
+        with pytest.raises(ParameterError, match="view"):
+            RunParams(view=bad)
+    assert "cell160-reflect" in RunParams(view="cell160-reflect", arch="wbcnet").run_name
+
+
+def test_hed_jitter_is_exact_at_identity_and_moves_the_named_stain():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    same = augment.hed_jitter(x, np.ones((4, 3)), np.zeros((4, 3)))
+    assert np.abs(same.astype(int) - x).max() <= 1
+    purple = np.full((1, 8, 8, 3), (120, 60, 200), np.uint8)  # a nucleus: haematoxylin
+    darker = augment.hed_jitter(purple, np.array([[1.5, 1.0, 1.0]]), np.zeros((1, 3)))
+    assert darker.mean() < purple.mean() - 10  # more haematoxylin absorbs more light
+    out = augment.augment_batch(x, np.random.default_rng(1), "geometric+hed")
+    assert out.shape == x.shape and out.dtype == np.uint8 and not np.array_equal(out, x)
+    assert np.array_equal(out, augment.augment_batch(x, np.random.default_rng(1), "geometric+hed"))
+
+
+# ----------------------------------------------------------------------------- the lab's and the grid's tables
+
+def test_trials_table_says_what_each_candidate_changed_and_pairs_it_with_the_first():
+    from wbc_utils.beyond import trials_frame
+
+    first = {"view": "cell", "augment": "geometric+color"}
+    rec = {"space": {"view": ["cell", "cell-reflect"], "augment": ["geometric+color", "geometric+hed"]},
+           "trials": [
+               {"number": 0, "state": "complete", "params": first, "fold_accuracies": [0.80, 0.90, 0.85],
+                "note": ""},
+               {"number": 1, "state": "pruned", "params": {**first, "view": "cell-reflect"},
+                "fold_accuracies": [0.70], "note": ""},
+               {"number": 2, "state": "complete", "params": {**first, "augment": "geometric+hed"},
+                "fold_accuracies": [0.82, 0.93, 0.87], "note": ""},
+               {"number": 3, "state": "fail", "params": {**first, "view": "cell-reflect"},
+                "fold_accuracies": [0.70], "note": "budget spent before fold 1"},
+               {"number": 4, "state": "fail", "params": {}, "fold_accuracies": [], "note": "x"}]}
+    t = trials_frame({"trials": rec})
+    assert list(t["trial"]) == [0, 1, 2, 3]  # a trial that drew no candidate is not a row
+    assert list(t["candidate"]) == ["the previous design", "view cell-reflect", "augment geometric+hed",
+                                    "view cell-reflect"]
+    assert list(t["outcome"]) == ["all folds", "pruned after 1", "all folds", "stopped"]
+    assert t["minus the first, paired over folds"].iloc[1] == "-10.0 (1 fold)"
+    assert t["minus the first, paired over folds"].iloc[2].startswith("+2.3 [")  # (2 + 3 + 2) / 3 points
+    assert trials_frame({"trials": None}).empty
+
+
+def test_grid_words_follow_the_numbers():
+    from wbc_utils.beyond import flag_markdown, grid_frame
+
+    row = lambda name, acc, diff, within, flagged: {  # noqa: E731
+        "shift": name, "what": name, "level": "mild", "accuracy": acc, "accuracy_ci": [acc - 0.05, acc + 0.05],
+        "difference": diff, "difference_ci": [diff - 0.02, diff + 0.02], "within": within, "flagged": flagged}
+    grid = {"tolerance": 0.03, "images": 10, "cells": 5, "models": 3, "per_cell": 2,
+            "clean": {"accuracy": 0.9, "accuracy_ci": [0.85, 0.95], "flagged": 0.01},
+            "rows": [row("blur 2 px", 0.6, -0.3, False, 0.95), row("JPEG q50", 0.89, -0.01, True, 0.05)],
+            "flag": {"false_alarms_clean": 0.01, "false_alarms_simple": 0.04, "simple_images": 71, "tail": 0.005,
+                     "energy_from": "TRAIN", "beyond": [("blur 2 px", 0.95)], "lowest_detection": 0.95,
+                     "within": [("JPEG q50", 0.05)]}}
+    text = flag_markdown({"grid": grid})
+    assert "not met: 1 of 2 shifts cost more than 3 points (blur 2 px: -30.0)" in text
+    assert "4.0% of TEST_SIMPLE's 71" in text and ": not met. Its thresholds" in text  # 4% > 2% on originals
+    assert "lowest 95.0%" in text and "blur 2 px: 95.0%: met" in text
+    g = grid_frame({"grid": grid})
+    assert list(g["within 3 points"]) == ["-", "**no**", "yes"] and g["minus clean"].iloc[1].startswith("-30.0 [")
+    assert flag_markdown({"grid": None}) == "" and grid_frame({"grid": None}).empty

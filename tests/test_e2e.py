@@ -134,7 +134,8 @@ def best(smoke):
     """The best profile at toy size (1 epoch, 128 images) in the same folders as the smoke study."""
     out, env, _ = smoke
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "best", "--epochs", "1",
-                          "--train-subset", "128", "--seeds", "0", "--no-pdf"], cwd=ROOT, env=env,
+                          "--train-subset", "128", "--seeds", "0", "--lab-trials", "2", "--grid-per-cell", "1",
+                          "--no-pdf"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=budget(900))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, env
@@ -153,8 +154,14 @@ def test_best_profile_lab_then_final_report_and_figures(best):
     html = (out / "report" / "best" / "report.html").read_text()
     # section numbers are generated: with no loss study beside it, the lab's section follows Data
     for section in (r"\d\. Beyond the paper", r"\d\.1 Lab notebook", r"\d\.2 The final model on TEST",
-                    r"\d\.4 Calibration"):
+                    r"\d\.3 Smears stained and scanned elsewhere", r"\d\.5 Calibration"):
         assert re.search(section, html), section
+    # the search's record and the shift grid, both written by `all` and shown in the report
+    trials = json.loads((out / "runs" / "best" / "lab_trials.json").read_text())
+    assert len([t for t in trials["trials"] if t["params"]]) == 2 and trials["wall_minutes"] > 0
+    grid = json.loads((out / "runs" / "best" / "shift_grid.json").read_text())
+    assert len(grid["rows"]) == len(grid["grid"]) >= 10 and grid["flag"]["false_alarms_clean"] is not None
+    assert "JPEG q20" in html and "trial" in html
     assert "Traceback" not in html
     # the smoke report, re-made now that a best study exists, shows both
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "report", "--profile", "smoke", "--no-pdf"], cwd=ROOT,

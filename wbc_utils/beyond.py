@@ -33,7 +33,7 @@ from .evaluation import (
     softmax,
 )
 from .lab import read_trials
-from .params import cell_window, design_key
+from .params import cell_window, crop_border, design_key
 from .runs import PARAMS, VAL_PREDICTIONS, Run, Study, load_study
 from .shifts import GRID_FILE
 from .stats import Clusters, mean_interval
@@ -53,7 +53,9 @@ def describe(params: dict) -> str:
     size = "x".join(str(v) for v in params.get("image_size", []))
     view = params.get("view", "full")
     window = cell_window(view)
-    view = f"cell crops ({window} px)" if window else "whole field"
+    border = crop_border(view)
+    view = (f"cell crops ({window} px{'' if border == 'edge' else ', ' + border + ' border'})" if window
+            else "whole field")
     parts = [f"{view} {size}", f"{params.get('augment', 'none')} aug", params.get("lr_schedule", "constant") + " lr"]
     if params.get("label_smoothing"):
         parts.append(f"smoothing {params['label_smoothing']:g}")
@@ -370,8 +372,9 @@ def methods_markdown(res: dict) -> str:
         f"Adam from {p.get('learning_rate')} with a {p.get('lr_schedule')} schedule, batch {p.get('batch_size')}, "
         f"{p.get('epochs')} epochs, augmentation `{p.get('augment')}` (flips"
         f"{' and quarter-turns' if h == w else ' and half-turns'}, shifts up to 8%"
-        f"{', per-channel stain jitter' if 'color' in str(p.get('augment')) else ''}); TRAIN's classes hold "
-        "equal numbers of images, so no class weights. "
+        f"{', per-channel colour jitter' if 'color' in str(p.get('augment')) else ''}"
+        f"{', stain jitter in haematoxylin-eosin space' if 'hed' in str(p.get('augment')) else ''}); "
+        "TRAIN's classes hold equal numbers of images, so no class weights. "
         f"{tta}\n\n"
         f"**How the design was chosen: the lab.** Each candidate was trained on {k - 1} of {k} folds of "
         "TRAIN's same-cell clusters and scored on the remaining fold, once per fold: every TRAIN cell is held"
@@ -383,9 +386,10 @@ def methods_markdown(res: dict) -> str:
         "6 cells TRAIN shares with TEST included; the headline leaves them out of TEST instead) with no "
         "validation at all, then score TEST once. (The pipeline scores TEST for every run, lab runs included;"
         " those numbers are in their `metrics.json` and were not used for any choice.) **What was fixed before this"
-        " lab:** the network, the crop and its size, label smoothing and the number of epochs were chosen in earlier"
-        " rounds of this package, some of them with TEST results in view; this lab chose only among the candidates"
-        " of its table.")
+        " lab:** the network (`wbcnet`), the learning rate, its schedule and the batch size were chosen in earlier"
+        " rounds of this package, some of them with TEST results in view (the round before this one compared two"
+        " crop windows on TRAIN's folds and could not rank them); this lab chose only among the candidates of its"
+        " search, on TRAIN's folds alone.")
 
 
 def changes_from(params: dict, first: dict, space: dict) -> str:

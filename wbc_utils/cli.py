@@ -94,6 +94,11 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    "the dataset must be at the same paths on every worker; see the README)")
     p.add_argument("--gpus-per-run", type=int, default=0,
                    help="with --scheduler: GPUs each run takes from a worker started with --resources GPU=N")
+    p.add_argument("--lab-trials", type=int, help="a lab profile (best): end its search after this many trials "
+                   "in all (default: the profile's search max_trials)")
+    p.add_argument("--grid-per-cell", type=int, default=None,
+                   help="a lab profile, with all: TEST images per unseen cell scored on the shift grid (default: "
+                   "wbc_utils.shifts.PER_CELL)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--reuse", action="store_true", help="keep finished runs with the same parameters")
     g.add_argument("--force", action="store_true", help="retrain runs that already finished")
@@ -447,6 +452,8 @@ def _study(args) -> int:
     if profile.search and not args.scheduler:  # a lab profile: its search first (resumed; nothing once spent)
         from .lab import run_lab
 
+        if args.lab_trials is not None:
+            profile = dataclasses.replace(profile, search={**profile.search, "max_trials": args.lab_trials})
         run_lab(profile, args.runs_dir, args.data_dir, jobs=args.jobs)
     rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs,
                     scheduler=args.scheduler, gpus_per_run=args.gpus_per_run)
@@ -494,6 +501,12 @@ def cmd_all(args) -> int:
     except DataError as e:  # no dataset: no run, and no figures or report of nothing
         print(f"error: {e}", file=sys.stderr)
         return 1
+    profile = get_profile(args.profile)
+    if profile.search and status == 0:  # a lab profile: its final models on the shift grid, for the report
+        from . import shifts
+
+        shifts.grid_of_study(profile.name, args.runs_dir, args.data_dir,
+                             per_cell=args.grid_per_cell if args.grid_per_cell is not None else shifts.PER_CELL)
     cmd_figures(args)
     status = max(status, cmd_report(args))
     print(f"done in {time.time() - t:.0f} s")

@@ -120,8 +120,9 @@ class BudgetSpent(Exception):
 
 
 def ended(study) -> list:
-    """The trials that have ended (complete, pruned or failed); not those queued or running."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    """The trials that have ended (complete, pruned or failed); not those queued or running, nor those the budget
+    stopped (queued again: they count once they end)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get("stopped")]
 
 
 def open_search(profile: Profile, runs_root=None, results_root=None):

@@ -146,17 +146,14 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
     interval, and the share of images flagged (mean over models). TEST's images of the 6 cells TRAIN shares are
     left out, as in the headline; ``per_cell`` keeps that many images of each cell (drawn once, seed 0; None: all).
     """
-    from . import NATIVE_SIZE, ood
+    from . import NATIVE_SIZE
     from .data import build_manifest, load_split
-    from .predict import logits_of
-    from .stats import Clusters, difference_interval, mean_interval
 
     if not models:
         raise ValueError("score_grid needs at least one model")
     views = {(tuple(m.image_size), m.view) for m in models}
     if len(views) != 1:
         raise ValueError(f"score_grid scores the seeds of one design; these models differ in input: {views}")
-    (size, view), = views
     manifest = build_manifest(data_dir)
     data = load_split(manifest, split, NATIVE_SIZE, progress=progress)
     keep = ~data.frame["shared"].to_numpy(bool)
@@ -167,9 +164,20 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
             rows = np.flatnonzero(keep)[idx]
             chosen[rng.choice(rows, min(per_cell, len(rows)), replace=False)] = True
         keep = chosen
-    fields = np.asarray(data.images)[keep]
-    labels = data.frame["label"].to_numpy()[keep]
-    cells = data.frame["cell"].to_numpy()[keep]
+    out = score_fields(models, references, np.asarray(data.images[np.flatnonzero(keep)]),
+                       data.frame["label"].to_numpy()[keep],
+                       data.frame["cell"].to_numpy()[keep], shifts, progress)
+    return {"split": split, **out, "per_cell": per_cell}
+
+
+def score_fields(models: list, references: list, fields: np.ndarray, labels: np.ndarray, cells: np.ndarray,
+                 shifts: tuple[Shift, ...] = GRID, progress: bool = False) -> dict:
+    """:func:`score_grid` on given 240x320 ``fields`` with their ``labels`` and ``cells`` (the clusters)."""
+    from . import ood
+    from .predict import logits_of
+    from .stats import Clusters, difference_interval, mean_interval
+
+    size, view = tuple(models[0].image_size), models[0].view
     clusters = Clusters.of(cells, labels)
 
     def read(shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +195,7 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
     def row(name: str, correct, flagged, clean_correct=None) -> dict:
         acc = mean_interval(correct, clusters)
         out = {"shift": name, "accuracy": acc["value"], "accuracy_ci": [acc["lo"], acc["hi"]],
-               "flagged": float(np.nanmean(flagged)) if not np.isnan(flagged).all() else None,
+               "flagged": None if np.isnan(flagged).all() else float(np.nanmean(flagged)),
                "per_model": [float(c.mean()) for c in correct]}
         if clean_correct is not None:
             d = difference_interval(correct, clean_correct, clusters, paired=True)
@@ -205,8 +213,8 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
         r.update(family=s.family, level=s.level, what=s.describe,
                  within=bool(r["accuracy"] >= clean["accuracy"] - TOLERANCE))
         rows.append(r)
-    return {"split": split, "clean": clean, "rows": rows, "images": int(len(fields)), "cells": int(len(clusters)),
-            "models": len(models), "tolerance": TOLERANCE, "per_cell": per_cell}
+    return {"clean": clean, "rows": rows, "images": int(len(fields)), "cells": int(len(clusters)),
+            "models": len(models), "tolerance": TOLERANCE}
 
 
 def flag_summary(grid: dict) -> dict:
@@ -224,7 +232,8 @@ def flag_summary(grid: dict) -> dict:
 GRID_FILE = "shift_grid.json"
 
 
-def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress: bool = True) -> dict:
+def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress: bool = True,
+                  per_cell: int | None = PER_CELL) -> dict:
     """Score the study's final models (its finished main runs, every seed) on the grid, with the flag re-fitted on
     each (thresholds from TRAIN's statistics and the energy of held-out TRAIN cells where the lab scored the same
     design), and measure the flag's false alarms on TEST_SIMPLE's originals too; write ``<runs>/<profile>/
@@ -243,7 +252,7 @@ def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress
     dirs = [Path(d) for d in final["run_dir"]]
     models = [load_model(d) for d in dirs]
     refs = [fit_ood_reference(m, data_dir, held_out_logits=held_out_logits(d)) for m, d in zip(models, dirs)]
-    grid = score_grid(models, refs, data_dir, progress=progress)
+    grid = score_grid(models, refs, data_dir, progress=progress, per_cell=per_cell)
     simple = [ood_rate(m, r, "TEST_SIMPLE", data_dir) for m, r in zip(models, refs)]
     grid.update(runs=[d.name for d in dirs], seeds=[int(s) for s in final["seed"]],
                 flag={"energy_from": refs[0].get("energy_from"), "tail": refs[0].get("tail"),
