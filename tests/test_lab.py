@@ -50,7 +50,7 @@ def fake_training(monkeypatch):
         (d / "metrics.json").write_text(json.dumps({"val_accuracy": acc, "status": "finished"}))
         return {"run_name": p.run_name, "action": "train"}
 
-    monkeypatch.setattr("wbc_utils.study.train_one", train_one)
+    monkeypatch.setattr("wbc_utils.lab.train_one", train_one)
     return calls
 
 

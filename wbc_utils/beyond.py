@@ -20,7 +20,6 @@ from . import CLASSES
 from .analysis import fmt_ci as _ci
 from .analysis import fmt_pct as _pct
 from .analysis import pooled, stack
-from .artifacts import read_json
 from .evaluation import (
     abstention,
     calibration,
@@ -32,10 +31,8 @@ from .evaluation import (
     slide_means,
     softmax,
 )
-from .lab import read_trials
 from .params import cell_window, crop_border, design_key
-from .runs import PARAMS, VAL_PREDICTIONS, Run, Study, load_study
-from .shifts import GRID_FILE
+from .runs import PARAMS, VAL_PREDICTIONS, Run, Study, load_study, read_lab_trials, read_shift_grid
 from .stats import Clusters, mean_interval
 
 #: Parameters in which candidates differ, with how the lab table names them.
@@ -305,10 +302,9 @@ def lab_and_final(profile: str = "best", runs_root=None) -> dict | None:
     lab = lab_table(study.controls)
     chosen = chosen_design(study)
     final = study.finished()
-    grid_path = study.path / GRID_FILE
     out = {"study": study, "summary": study.runs, "lab": lab, "chosen": chosen, "decisions": decisions(lab, chosen),
            "tta": tta_effect(lab, chosen), "seeds": seed_table(final), "final_runs": final,
-           "trials": read_trials(profile, runs_root), "grid": read_json(grid_path) if grid_path.exists() else None}
+           "trials": read_lab_trials(profile, runs_root), "grid": read_shift_grid(profile, runs_root)}
     if len(final):
         st = stack(final)
         simple = stack(final, "TEST_SIMPLE")

@@ -36,14 +36,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import registry, slides
-from .artifacts import write_csv
+from . import registry, shifts, slides
+from .artifacts import write_csv, write_json
 from .config import RESULTS, SHIPPED_RESULTS, figures_dir, profile_dir, runs_root
 from .config import data_dir as default_data_dir
 from .data import build_manifest, find_images_root, load_split
 from .download import download
 from .errors import DataError, WBCError
 from .figures import build_all
+from .lab import run_lab
 from .params import (
     ALL_LOSSES,
     ARCHS,
@@ -55,11 +56,20 @@ from .params import (
     field_choices,
     get_profile,
 )
-from .predict import DISCLAIMER, format_table, predict_files, ship_model
+from .predict import DISCLAIMER, format_table, ood_reference, predict_files, ship_model
 from .reevaluate import reevaluate_profile
 from .registry import ENCODINGS
 from .report import build_report, ship_report, update_readme
-from .runs import export_study, is_model_path, legacy_folders, load_study, migrate, resource_message, summary_frame
+from .runs import (
+    export_study,
+    is_model_path,
+    legacy_folders,
+    load_model,
+    load_study,
+    migrate,
+    resource_message,
+    summary_frame,
+)
 from .study import run_study, summarize
 from .training import train_run
 
@@ -409,8 +419,6 @@ def cmd_study(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    from .lab import run_lab
-
     profile = get_profile(args.profile)
     rows = run_lab(profile, args.runs_dir, args.data_dir, jobs=args.jobs, budget_minutes=args.budget_minutes)
     done = [r for r in rows if r["state"] == "complete"]
@@ -420,13 +428,7 @@ def cmd_lab(args) -> int:
 
 
 def cmd_shifts(args) -> int:
-    from . import shifts
-
     if args.model:
-        from .artifacts import write_json
-        from .predict import ood_reference
-        from .runs import load_model
-
         model = load_model(args.model)
         grid = shifts.score_grid([model], [ood_reference(model, args.data_dir)], args.data_dir, progress=True)
         grid["flag"] = shifts.flag_summary(grid)
@@ -450,8 +452,6 @@ def _study(args) -> int:
     profile = _profile_from(args)
     t = time.time()
     if profile.search and not args.scheduler:  # a lab profile: its search first (resumed; nothing once spent)
-        from .lab import run_lab
-
         if args.lab_trials is not None:
             profile = dataclasses.replace(profile, search={**profile.search, "max_trials": args.lab_trials})
         run_lab(profile, args.runs_dir, args.data_dir, jobs=args.jobs)
@@ -503,9 +503,7 @@ def cmd_all(args) -> int:
         return 1
     profile = get_profile(args.profile)
     if profile.search and status == 0:  # a lab profile: its final models on the shift grid, for the report
-        from . import shifts
-
-        shifts.grid_of_study(profile.name, args.runs_dir, args.data_dir,
+            shifts.grid_of_study(profile.name, args.runs_dir, args.data_dir,
                              per_cell=args.grid_per_cell if args.grid_per_cell is not None else shifts.PER_CELL)
     cmd_figures(args)
     status = max(status, cmd_report(args))

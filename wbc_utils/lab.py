@@ -33,18 +33,18 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from .artifacts import copy_file, read_json, write_json
+from .artifacts import copy_file, write_json
 from .config import RESULTS, THREADS, profile_dir
 from .errors import ParameterError
 from .params import DESIGN_PARAMS, Profile, RunParams
-from .runs import Run, import_exported_run
+from .runs import LAB_STORAGE, LAB_TRIALS, Run, import_exported_run
+from .study import train_one  # the study's runner: locks, resume, the training notebook
 
 log = logging.getLogger(__name__)
 
-#: The trials' record, beside the runs (read by the report; exported with the study).
-TRIALS = "lab_trials.json"
-#: Optuna's own storage (SQLite): what lets a later session resume the search.
-STORAGE = "lab.sqlite3"
+#: The trials' record beside the runs (read by the report; exported with the study), and Optuna's own storage
+#: (SQLite): what lets a later session resume the search. Named in wbc_utils.runs, the owner of folder names.
+TRIALS, STORAGE = LAB_TRIALS, LAB_STORAGE
 
 
 def search_of(profile: Profile) -> dict:
@@ -170,8 +170,6 @@ def _queue_key(choices: dict) -> tuple:
 
 def _objective(profile: Profile, runs_root, data_dir, env: dict, results_root=None, budget: _Budget | None = None):
     import optuna
-
-    from .study import train_one  # the study's runner: locks, resume, the training notebook
 
     pdir = profile_dir(profile.name, runs_root)
     # the first listed candidate (the previous design) is the lab's control: never pruned, so every other
@@ -312,7 +310,3 @@ def write_trials(profile: Profile, runs_root, study) -> list[dict]:
     return rows
 
 
-def read_trials(profile: str, runs_root=None) -> dict | None:
-    """The lab's trial record, or None when no lab ran."""
-    path = profile_dir(profile, runs_root) / TRIALS
-    return read_json(path) if path.exists() else None

@@ -220,9 +220,23 @@ class Run:
 #: What ``export`` keeps of a finished run: everything the report reads, not the models (``model.keras`` is
 #: megabytes; the paper model at 240x320 with its optimizer state, about 1.8 MB a run).
 EXPORTED = (PARAMS, HISTORY, METRICS, PREDICTIONS, VAL_PREDICTIONS, DIAGNOSTICS)
-#: the study's own files; a lab's search (its trials, Optuna's storage, which a later session resumes) and its
-#: shift grid (wbc_utils.lab, wbc_utils.shifts) are small and go with them
-EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL, "lab_trials.json", "lab.sqlite3", "shift_grid.json")
+#: A lab profile's study folder (wbc_utils.lab, wbc_utils.shifts): every trial of its search, Optuna's storage (what a
+#: later session resumes), the final models on the shift grid.
+LAB_TRIALS, LAB_STORAGE, SHIFT_GRID = "lab_trials.json", "lab.sqlite3", "shift_grid.json"
+#: the study's own files; a lab's are small and go with them
+EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL, LAB_TRIALS, LAB_STORAGE, SHIFT_GRID)
+
+
+def read_lab_trials(profile: str, runs_root=None) -> dict | None:
+    """A lab profile's search record (``lab_trials.json``), or None when its lab has not run."""
+    path = profile_dir(profile, runs_root) / LAB_TRIALS
+    return read_json(path) if path.exists() else None
+
+
+def read_shift_grid(profile: str, runs_root=None) -> dict | None:
+    """A lab profile's final models on the shift grid (``shift_grid.json``), or None when not scored yet."""
+    path = profile_dir(profile, runs_root) / SHIFT_GRID
+    return read_json(path) if path.exists() else None
 
 
 def export_study(profile: str, dest_root: Path, runs_root=None) -> list[Path]:

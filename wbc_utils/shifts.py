@@ -28,7 +28,17 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from . import NATIVE_SIZE, ood
+from .artifacts import write_json
 from .augment import hed_jitter
+from .cellcrop import crop_cell
+from .config import profile_dir
+from .data import build_manifest, load_split
+from .errors import DataError
+from .params import cell_window, crop_border
+from .predict import fit_ood_reference, held_out_logits, logits_of, ood_rate
+from .runs import SHIFT_GRID, load_model, load_study
+from .stats import Clusters, difference_interval, mean_interval
 
 #: Images scored per TEST cell. TEST's ~2,300 unseen images are ~37 augmented copies of each of its 62 cells:
 #: the cells, not the copies, are what the interval counts, and 12 copies per cell keep nearly all of its
@@ -125,9 +135,6 @@ def apply_shift(shift: Shift, fields: np.ndarray) -> np.ndarray:
 
 def _inputs(fields: np.ndarray, image_size, view: str) -> np.ndarray:
     """The model's inputs from 240x320 fields, as its pipeline prepares them (cell crop, or the field resized)."""
-    from .cellcrop import crop_cell
-    from .params import cell_window, crop_border
-
     size = tuple(int(v) for v in image_size)
     if view == "full":
         return np.stack([np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.Resampling.BILINEAR))
@@ -146,9 +153,6 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
     interval, and the share of images flagged (mean over models). TEST's images of the 6 cells TRAIN shares are
     left out, as in the headline; ``per_cell`` keeps that many images of each cell (drawn once, seed 0; None: all).
     """
-    from . import NATIVE_SIZE
-    from .data import build_manifest, load_split
-
     if not models:
         raise ValueError("score_grid needs at least one model")
     views = {(tuple(m.image_size), m.view) for m in models}
@@ -173,10 +177,6 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
 def score_fields(models: list, references: list, fields: np.ndarray, labels: np.ndarray, cells: np.ndarray,
                  shifts: tuple[Shift, ...] = GRID, progress: bool = False) -> dict:
     """:func:`score_grid` on given 240x320 ``fields`` with their ``labels`` and ``cells`` (the clusters)."""
-    from . import ood
-    from .predict import logits_of
-    from .stats import Clusters, difference_interval, mean_interval
-
     size, view = tuple(models[0].image_size), models[0].view
     clusters = Clusters.of(cells, labels)
 
@@ -228,8 +228,6 @@ def flag_summary(grid: dict) -> dict:
             "within": [(r["shift"], r["flagged"]) for r in within]}
 
 
-#: The grid's record beside the study's runs (exported with them; read by the report).
-GRID_FILE = "shift_grid.json"
 
 
 def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress: bool = True,
@@ -238,12 +236,6 @@ def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress
     each (thresholds from TRAIN's statistics and the energy of held-out TRAIN cells where the lab scored the same
     design), and measure the flag's false alarms on TEST_SIMPLE's originals too; write ``<runs>/<profile>/
     shift_grid.json`` (atomically) and return it."""
-    from .artifacts import write_json
-    from .config import profile_dir
-    from .errors import DataError
-    from .predict import fit_ood_reference, held_out_logits, ood_rate
-    from .runs import load_model, load_study
-
     study = load_study(profile, runs_root)
     final = study.finished()
     if final.empty:
@@ -259,5 +251,5 @@ def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress
                       "false_alarms_simple": float(np.mean([s["flagged"] for s in simple])),
                       "simple_images": int(simple[0]["images"]), **flag_summary(grid)},
                 grid=grid_table())
-    write_json(profile_dir(profile, runs_root) / GRID_FILE, grid)
+    write_json(profile_dir(profile, runs_root) / SHIFT_GRID, grid)
     return grid
