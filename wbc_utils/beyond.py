@@ -93,6 +93,7 @@ def lab_table(summary) -> pd.DataFrame:
         p = {k: v for k, v in g["params"].iloc[0].items() if k not in ("fold", "seed")}
         rows.append({"design": g["design"].iloc[0], "key": g["key"].iloc[0], "folds_run": len(g),
                      "folds": int(g["folds"].iloc[0]), "fold_accuracies": acc.tolist(),
+                     "fold_ids": [int(f) for f in g["fold"]],
                      "val_accuracy": float(acc.mean()), "val_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                      "val_min": float(acc.min()), "val_max": float(acc.max()),
                      "val_cell_accuracy": float(g["val_cell_accuracy"].mean()),
@@ -148,6 +149,15 @@ def decisions(lab, chosen: dict | None) -> list[str]:
         gap = 100 * (row.val_accuracy - lab.iloc[0].val_accuracy)
         if is_pick:
             verdict = "**the rule's pick**: the highest mean"
+        elif not row.complete:
+            best = lab.iloc[0]
+            same = [(a, dict(zip(best.fold_ids, best.fold_accuracies)).get(f))
+                    for f, a in zip(getattr(row, "fold_ids", []), row.fold_accuracies)]
+            same = [(a, b) for a, b in same if b is not None]
+            paired = (f"; on the same {len(same)} fold(s) {100 * float(np.mean([a - b for a, b in same])):+.1f} "
+                      "points from the pick" if same else "")
+            verdict = (f"not ranked: {row.folds_run} of {row.folds} folds (stopped by the pruner or the budget)"
+                       + paired)
         elif row.tied:
             verdict = (f"tied with the pick ({gap:+.1f} points on average; the fold ranges overlap, so the lab "
                        "cannot rank them)")
