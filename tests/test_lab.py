@@ -113,3 +113,23 @@ def test_a_search_stopped_by_its_budget_resumes_where_it_stopped(tmp_path, fake_
 def test_a_spent_budget_starts_nothing(tmp_path, fake_training, capsys):
     lab.run_lab(profile(), tmp_path, jobs=1, budget_minutes=0)
     assert fake_training == [] and "budget spent" in capsys.readouterr().out
+
+
+def test_the_final_runs_train_the_best_complete_candidate(tmp_path, fake_training):
+    prof = profile(max_trials=4)
+    assert lab.pick(prof, tmp_path) is None and lab.with_pick(prof, tmp_path) == (prof, None)
+    rows = lab.run_lab(prof, tmp_path, jobs=1)
+    chosen = lab.pick(prof, tmp_path)
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert chosen["value"] == max(r["value"] for r in complete)
+    final, same = lab.with_pick(prof, tmp_path)
+    assert same == chosen and final.extra["view"] == chosen["design"]["view"]
+    assert all(r.view == chosen["design"]["view"] and r.validation == "none" for r in final.main_runs())
+    assert final.epochs == chosen["design"]["epochs"] and final.search == prof.search
+
+
+def test_a_command_line_override_fixes_that_parameter_for_every_candidate():
+    prof = profile(space={**SPACE, "epochs": [10, 16]}, first=[{}, {"epochs": 16}, {"view": "cell-reflect"}])
+    fixed = lab.fix(dataclasses.replace(prof, epochs=1), {"epochs": 1})
+    assert "epochs" not in fixed.search["space"] and fixed.search["first"] == [{}, {"view": "cell-reflect"}]
+    assert lab.candidate(fixed, lab._full_choices(fixed, {}))["epochs"] == 1

@@ -44,7 +44,7 @@ from .data import build_manifest, find_images_root, load_split
 from .download import download
 from .errors import DataError, WBCError
 from .figures import build_all
-from .lab import run_lab
+from .lab import fix, run_lab, with_pick
 from .params import (
     ALL_LOSSES,
     ARCHS,
@@ -454,7 +454,14 @@ def _study(args) -> int:
     if profile.search and not args.scheduler:  # a lab profile: its search first (resumed; nothing once spent)
         if args.lab_trials is not None:
             profile = dataclasses.replace(profile, search={**profile.search, "max_trials": args.lab_trials})
+        given = {"epochs": args.epochs, "image_size": args.image_size, "learning_rate": args.learning_rate,
+                 "arch": args.arch}
+        profile = fix(profile, {k: getattr(profile, k) for k, v in given.items() if v is not None})
         run_lab(profile, args.runs_dir, args.data_dir, jobs=args.jobs)
+        profile, chosen = with_pick(profile, args.runs_dir)  # the final runs train the lab's pick
+        print(f"lab {profile.name}: the final runs use " + (
+            f"trial {chosen['trial']}'s design (mean {100 * chosen['value']:.1f}% over its folds): "
+            f"{chosen['choices']}" if chosen else "the profile's design (no candidate has finished every fold)"))
     rec = run_study(profile, args.runs_dir, args.data_dir, reuse=args.reuse, force=args.force, jobs=args.jobs,
                     scheduler=args.scheduler, gpus_per_run=args.gpus_per_run)
     print(f"study {profile.name}: {len(rec['runs'])} runs in {time.time() - t:.0f} s")

@@ -27,6 +27,7 @@ the report (:mod:`wbc_utils.beyond`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -66,6 +67,20 @@ def search_of(profile: Profile) -> dict:
             raise ParameterError(f"profile {profile.name!r}: search['first'][{i}] sets {', '.join(bad)} to a value "
                                  f"outside the search space")
     return search
+
+
+def fix(profile: Profile, values: dict) -> Profile:
+    """The profile with these design parameters fixed (a command-line override: ``--epochs 1``): taken out of the
+    search space and out of the listed first candidates, so every candidate uses the given value."""
+    s = dict(search_of(profile))
+    s["space"] = {k: v for k, v in s["space"].items() if k not in values}
+    first = []
+    for c in s.get("first", ()):
+        c = {k: v for k, v in c.items() if k not in values}
+        if c not in first:
+            first.append(c)
+    s["first"] = first
+    return dataclasses.replace(profile, search=s)
 
 
 def base_params(profile: Profile) -> dict:
@@ -139,7 +154,7 @@ def open_search(profile: Profile, runs_root=None, results_root=None):
     sampler = optuna.samplers.TPESampler(seed=int(s.get("seed", 0)), n_startup_trials=int(s.get("startup", 4)))
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=int(s.get("reduction", 2)),
                                                     min_early_stopping_rate=0)
-    study = optuna.create_study(study_name=f"{profile.name}-lab", storage=f"sqlite:///{pdir / STORAGE}",
+    study = optuna.create_study(study_name=f"{profile.name}-lab", storage=_storage_url(profile, runs_root),
                                 sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         # left running by a killed process: stopped (its finished folds stay on disk and are reused)
@@ -277,6 +292,42 @@ def run_lab(profile: Profile, runs_root=None, data_dir=None, jobs: int | None = 
     print(f"lab: {(time.time() - budget.t0) / 60:.0f} min this session; {budget.spent() / 60:.0f} of "
           f"{budget.seconds / 60:.0f} min spent over {len(ended(study))} trials ({pdir / TRIALS})", flush=True)
     return write_trials(profile, runs_root, study)
+
+
+#: Profile fields that hold a design parameter (the rest of a design goes in the profile's ``extra``).
+_PROFILE_FIELDS = ("image_size", "epochs", "learning_rate", "arch")
+
+
+def pick(profile: Profile, runs_root=None) -> dict | None:
+    """The rule fixed before the lab ran: the candidate with the highest mean validation accuracy over all of its
+    folds (Optuna's best complete trial: a pruned or stopped one is not ranked). {"trial", "value", "choices",
+    "design"} or None when no candidate has finished every fold."""
+    import optuna
+
+    if not (profile_dir(profile.name, runs_root) / STORAGE).exists():
+        return None
+    study = optuna.load_study(study_name=f"{profile.name}-lab", storage=_storage_url(profile, runs_root))
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if not done:
+        return None
+    best = max(done, key=lambda t: (t.value, -t.number))  # a tie goes to the earlier trial
+    params = candidate(profile, best.params)
+    return {"trial": best.number, "value": best.value, "choices": dict(best.params),
+            "design": {k: params[k] for k in DESIGN_PARAMS}}
+
+
+def with_pick(profile: Profile, runs_root=None) -> tuple[Profile, dict | None]:
+    """The profile whose main (final) runs use the lab's pick (:func:`pick`); unchanged when there is none yet."""
+    p = pick(profile, runs_root)
+    if p is None:
+        return profile, None
+    design = p["design"]
+    extra = {**profile.extra, **{k: v for k, v in design.items() if k not in _PROFILE_FIELDS}}
+    return dataclasses.replace(profile, extra=extra, **{k: design[k] for k in _PROFILE_FIELDS}), p
+
+
+def _storage_url(profile: Profile, runs_root=None) -> str:
+    return f"sqlite:///{profile_dir(profile.name, runs_root) / STORAGE}"
 
 
 def trial_rows(study) -> list[dict]:
