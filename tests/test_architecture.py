@@ -22,7 +22,7 @@ spec.loader.exec_module(import_graph)
 RUN_FILES = ("params.json", "metrics.json", "model.keras", "history.csv", "predictions.csv", "val_predictions.csv",
              "diagnostics.json", "train.ipynb", "train.log", "summary.csv", "study.json", "original-2020.json",
              "model.json", "state.json", "study.log", "lock.json", "ood.json", "lab_trials.json", "lab.sqlite3",
-             "shift_grid.json")
+             "shift_grid.json", "lab.lock")
 
 
 def test_import_graph_has_no_cycles():

@@ -276,15 +276,21 @@ def test_trials_table_says_what_each_candidate_changed_and_pairs_it_with_the_fir
                {"number": 2, "state": "complete", "params": {**first, "augment": "geometric+hed"},
                 "fold_accuracies": [0.82, 0.93, 0.87], "note": ""},
                {"number": 3, "state": "fail", "params": {**first, "view": "cell-reflect"},
-                "fold_accuracies": [0.70], "note": "budget spent before fold 1"},
+                "fold_accuracies": [0.70], "note": "budget spent before fold 1", "stopped": True},
                {"number": 4, "state": "fail", "params": {}, "fold_accuracies": [], "note": "x"}]}
     t = trials_frame({"trials": rec})
     assert list(t["trial"]) == [0, 1, 2, 3]  # a trial that drew no candidate is not a row
     assert list(t["candidate"]) == ["the previous design", "view cell-reflect", "augment geometric+hed",
                                     "view cell-reflect"]
     assert list(t["outcome"]) == ["all folds", "pruned after 1", "all folds", "stopped"]
+    # a control stopped, then resumed as a later trial: pairs use the trial with the most folds
+    resumed = {**rec, "trials": [{**rec["trials"][0], "state": "fail", "stopped": True, "fold_accuracies": [0.8]},
+                                 rec["trials"][2], {**rec["trials"][0], "number": 5}]}
+    assert trials_frame({"trials": resumed})["minus the first, paired over folds"].iloc[1].endswith("(3 folds)")
     assert t["minus the first, paired over folds"].iloc[1] == "-10.0 (1 fold)"
     assert t["minus the first, paired over folds"].iloc[2].startswith("+2.3 [")  # (2 + 3 + 2) / 3 points
+    from wbc_utils.beyond import folds_variance
+    assert folds_variance([0.02, 0.03, 0.02], 5) == pytest.approx(np.var([0.02, 0.03, 0.02], ddof=1) * (1 / 3 + 1 / 4))
     assert trials_frame({"trials": None}).empty
 
 

@@ -161,7 +161,7 @@ def test_best_profile_lab_then_final_report_and_figures(best):
     assert len([t for t in trials["trials"] if t["params"]]) == 2 and trials["wall_minutes"] > 0
     grid = json.loads((out / "runs" / "best" / "shift_grid.json").read_text())
     assert len(grid["rows"]) == len(grid["grid"]) >= 10 and grid["flag"]["false_alarms_clean"] is not None
-    assert "JPEG q20" in html and "trial" in html
+    assert "JPEG q20" in html and "Every trial of the lab's search" in html and "minus the first" in html
     assert "Traceback" not in html
     # the smoke report, re-made now that a best study exists, shows both
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "report", "--profile", "smoke", "--no-pdf"], cwd=ROOT,

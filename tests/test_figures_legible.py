@@ -220,13 +220,16 @@ def test_final_figures_are_legible_at_their_report_widths(monkeypatch):
     cm = rng.integers(0, 900, (4, 4))
     assert _small_texts(final_figures.confusion_pair_figure(cm, cm // 10, 3)) == {}
 
-    lab = pd.DataFrame([{"run_name": f"d{d}_f{f}", "key": f"d{d}", "design": f"cell crops (128 px) 64x64, design {d}, "
-                         "geometric+color aug, cosine lr, 10 epochs"} for d in range(3) for f in range(3)])
+    lab = pd.DataFrame([{"run_name": f"d{d}_f{f}", "key": f"d{d}", "folds": 3, "design": f"cell crops (128 px) "
+                         f"64x64, design {d}, geometric+color aug, cosine lr, 10 epochs"}
+                        for d in range(4) for f in range(3 if d < 3 else 1)])  # design 3: pruned after a fold
     hist = {n: pd.DataFrame({"epoch": np.arange(1, 11), "accuracy": np.linspace(0.4, 0.99, 10),
                              "val_accuracy": np.linspace(0.3, 0.9, 10)}) for n in lab["run_name"]}
     monkeypatch.setattr(final_figures, "lab_runs", lambda summary: lab)
     fig = final_figures.lab_curves_figure(None, hist)
     assert _small_texts(fig) == {} and _legends_on_data(fig) == []
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(legend) == 4 and legend[-1].startswith("1 candidate(s) with folds missing")
     fig.canvas.draw()
     ax = fig.axes[0]  # the y label fits beside its axes, not clipped or past them
     assert ax.yaxis.label.get_window_extent().height <= ax.get_window_extent().height

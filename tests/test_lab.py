@@ -78,8 +78,7 @@ def test_search_prunes_keeps_its_control_and_records_every_trial(tmp_path, fake_
     rows = lab.run_lab(prof, tmp_path, jobs=2)
     rec = json.loads((tmp_path / "labtest" / lab.TRIALS).read_text())
     assert [r["number"] for r in rec["trials"]] == [r["number"] for r in rows]
-    tried = [r for r in rows if r["params"]]
-    assert len([r for r in rows if r["state"] in ("complete", "pruned")]) <= 6
+    tried = [r for r in rows if r["params"] and r["duplicate_of"] is None]
     control = tried[0]
     assert control["params"] == lab._full_choices(prof, {}) and control["state"] == "complete"
     assert len(control["fold_accuracies"]) == 3  # the control is never pruned
@@ -91,6 +90,13 @@ def test_search_prunes_keeps_its_control_and_records_every_trial(tmp_path, fake_
             assert r["value"] == pytest.approx(sum(r["fold_accuracies"]) / 3)
     assert any(r["state"] == "pruned" for r in rows), "the worse half is stopped after its first folds"
     assert len(fake_training) == len(set(fake_training)), "no fold is trained twice"
+    keys = [tuple(sorted(r["params"].items())) for r in tried]
+    assert len(keys) == len(set(keys)), "a candidate proposed again is recorded as a duplicate, not trained"
+    # the control is asked too, so the pruner ranks the others against its folds (its rung values are recorded)
+    import optuna
+
+    study = optuna.load_study(study_name="labtest-lab", storage=f"sqlite:///{tmp_path / 'labtest' / lab.STORAGE}")
+    assert "completed_rung_0" in study.trials[control["number"]].system_attrs
     # a second call with the budget's trials used up runs nothing more
     n = len(fake_training)
     lab.run_lab(prof, tmp_path, jobs=2)
@@ -130,6 +136,36 @@ def test_the_final_runs_train_the_best_complete_candidate(tmp_path, fake_trainin
 
 def test_a_command_line_override_fixes_that_parameter_for_every_candidate():
     prof = profile(space={**SPACE, "epochs": [10, 16]}, first=[{}, {"epochs": 16}, {"view": "cell-reflect"}])
-    fixed = lab.fix(dataclasses.replace(prof, epochs=1), {"epochs": 1})
+    fixed = lab.fix_params(dataclasses.replace(prof, epochs=1), {"epochs": 1})
     assert "epochs" not in fixed.search["space"] and fixed.search["first"] == [{}, {"view": "cell-reflect"}]
     assert lab.candidate(fixed, lab._full_choices(fixed, {}))["epochs"] == 1
+
+
+def test_a_search_with_other_settings_is_refused_and_an_exported_one_resumed(tmp_path, fake_training):
+    prof = profile(first=[{}], max_trials=1)
+    lab.run_lab(prof, tmp_path / "first", jobs=1)
+    other = lab.fix_params(dataclasses.replace(prof, epochs=1), {"epochs": 1})
+    with pytest.raises(ParameterError, match="other choices or settings"):
+        lab.run_lab(dataclasses.replace(prof, search={**prof.search, "space": {"view": ["cell"]}}),
+                    tmp_path / "first", jobs=1)
+    # a later session elsewhere: the export (runs folder "first", read as results/) is resumed, folds imported
+    n = len(fake_training)
+    rows = lab.run_lab(dataclasses.replace(prof, search={**prof.search, "max_trials": 2}), tmp_path / "second",
+                       jobs=1, results_root=tmp_path / "first")
+    assert [r["state"] for r in rows][:1] == ["complete"] and len(fake_training) > n
+    assert (tmp_path / "second" / "labtest" / Path(rows[0]["run_name_fold0"]).name / "imported_from.txt").exists()
+    # another search's export is not resumed: a new search starts
+    rows = lab.run_lab(other, tmp_path / "third", jobs=1, results_root=tmp_path / "first")
+    assert rows[0]["number"] == 0 and len(rows) == 1
+
+
+def test_one_lab_at_a_time(tmp_path, fake_training):
+    from wbc_utils.errors import WBCError
+    from wbc_utils.locks import FolderLock
+    from wbc_utils.runs import LAB_LOCK
+
+    (tmp_path / "labtest").mkdir()
+    with FolderLock(tmp_path / "labtest" / LAB_LOCK, owner="otherhost:1:x"):
+        with pytest.raises(WBCError, match="running in another process"):
+            lab.run_lab(profile(), tmp_path, jobs=1)
+    assert fake_training == []

@@ -90,3 +90,12 @@ def test_score_grid_refuses_models_of_different_inputs():
     b = types.SimpleNamespace(image_size=(96, 96), view="cell")
     with pytest.raises(ValueError, match="differ in input"):
         shifts.score_grid([a, b], [None, None])
+
+
+def test_the_interval_says_whether_a_shift_is_settled():
+    fields = smear(4, 16)
+    m = BrightnessModel()
+    labels = m.model(shifts._inputs(fields, m.image_size, m.view)).argmax(1)
+    by = {s.name: s for s in shifts.GRID}
+    out = shifts.score_fields([m], [None], fields, labels, np.arange(16) // 2, (by["darker 25%"], by["JPEG q50"]))
+    assert [r["interval_says"] for r in out["rows"]] == ["beyond", "within"]

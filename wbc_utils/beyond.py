@@ -144,13 +144,13 @@ def decisions(lab, chosen: dict | None) -> list[str]:
     pick = choose_design(lab)
     out = []
     for row in lab.itertuples():
-        is_pick = _same_design(row.params, pick)
+        is_pick = pick is not None and _same_design(row.params, pick)
         folds = ", ".join(f"{100 * v:.1f}" for v in row.fold_accuracies)
         gap = 100 * (row.val_accuracy - lab.iloc[0].val_accuracy)
         if is_pick:
             verdict = "**the rule's pick**: the highest mean"
         elif not row.complete:
-            best = lab.iloc[0]
+            best = lab.iloc[0]  # the pick, or (none complete yet) the candidate with the highest mean
             same = [(a, dict(zip(best.fold_ids, best.fold_accuracies)).get(f))
                     for f, a in zip(getattr(row, "fold_ids", []), row.fold_accuracies)]
             same = [(a, b) for a, b in same if b is not None]
@@ -383,12 +383,14 @@ def methods_markdown(res: dict) -> str:
         "TRAIN's classes hold equal numbers of images, so no class weights. "
         f"{tta}\n\n"
         f"**How the design was chosen: the lab.** Each candidate was trained on {k - 1} of {k} folds of "
-        "TRAIN's same-cell clusters and scored on the remaining fold, once per fold: every TRAIN cell is held"
-        f" out {twice_text}, every image of every slide that shows a held-out cell is held out with it, and "
-        "every candidate sees the same folds (stratified by class, drawn once, independent of the seed). The "
-        "rule, fixed in advance: keep the candidate with the highest mean validation accuracy over the folds;"
-        " a candidate whose fold range overlaps the pick's is reported as *tied* with it, since the lab "
-        "cannot rank the two. TEST played no part: the final runs train the kept design on all of TRAIN (the "
+        "TRAIN's same-cell clusters and scored on the remaining fold, one fold after another: every TRAIN cell is"
+        f" held out {twice_text}, every image of every slide that shows a held-out cell is held out with it, and "
+        "every candidate sees the same folds (stratified by class, drawn once, independent of the seed). A"
+        " candidate whose first folds ranked in the lower half was stopped there (the search's pruner), so only"
+        " the promising ones were scored on every fold; the previous design, the control, always was. The "
+        "rule, fixed in advance: keep the candidate with the highest mean validation accuracy over all of its"
+        f" {k} folds; a candidate whose fold range overlaps the pick's is reported as *tied* with it, since the lab"
+        " cannot rank the two. TEST played no part: the final runs train the kept design on all of TRAIN (the "
         "6 cells TRAIN shares with TEST included; the headline leaves them out of TEST instead) with no "
         "validation at all, then score TEST once. (The pipeline scores TEST for every run, lab runs included;"
         " those numbers are in their `metrics.json` and were not used for any choice.) **What was fixed before this"
@@ -398,7 +400,16 @@ def methods_markdown(res: dict) -> str:
         " search, on TRAIN's folds alone.")
 
 
-def changes_from(params: dict, first: dict, space: dict) -> str:
+def folds_variance(d, k: int) -> float:
+    """The variance of the mean of ``d``, paired differences over the first len(d) of k cross-validation folds,
+    corrected for the folds' overlapping training sets (Nadeau and Bengio, 2003: the factor 1/n + 1/(k - 1), the
+    held-out share over the training share, instead of 1/n): about 1.5 times wider an interval for 5 folds."""
+    d = np.asarray(d, float)
+    n = len(d)
+    return float(d.var(ddof=1) * (1 / n + 1 / (k - 1))) if n > 1 else float("nan")
+
+
+def changes_from(params: dict, first: dict) -> str:
     """A trial's candidate in words: what it changes from the first candidate (the previous design)."""
     diff = [f"{k} {v}" for k, v in params.items() if str(first.get(k)) != str(v)]
     return "the previous design" if not diff else ", ".join(diff)
@@ -412,25 +423,31 @@ def trials_frame(res: dict) -> pd.DataFrame:
     if not rec or not rec.get("trials"):
         return pd.DataFrame()
     rows = rec["trials"]
-    first = next((r for r in rows if r["params"]), {"params": {}, "fold_accuracies": []})
+    first_params = next((r["params"] for r in rows if r["params"]), {})
+    # the control (the first candidate) may have run as several trials (stopped, then resumed): its folds are
+    # those of the trial that got furthest
+    first = max((r for r in rows if r["params"] == first_params), key=lambda r: len(r["fold_accuracies"]),
+                default={"params": {}, "fold_accuracies": []})
     f0 = first["fold_accuracies"]
+    k = int(rec.get("folds", 5))
     out = []
     for r in rows:
         if not r["params"]:
             continue
         folds = r["fold_accuracies"]
         n = min(len(folds), len(f0))
-        if r is first or n == 0:
+        if r["params"] == first_params or n == 0:
             paired = "-"
         else:
             d = np.subtract(folds[:n], f0[:n])
-            paired = (f"{100 * d.mean():+.1f}" + (f" [{100 * (d.mean() - _t(n) * d.std(ddof=1) / np.sqrt(n)):+.1f}, "
-                                                  f"{100 * (d.mean() + _t(n) * d.std(ddof=1) / np.sqrt(n)):+.1f}]"
-                                                  if n > 1 else "") + f" ({n} fold{'s' if n > 1 else ''})")
+            half = _t(n) * np.sqrt(folds_variance(d, k)) if n > 1 else None
+            paired = (f"{100 * d.mean():+.1f}" + (f" [{100 * (d.mean() - half):+.1f}, {100 * (d.mean() + half):+.1f}]"
+                                                  if half is not None else "") + f" ({n} fold{'s' if n > 1 else ''})")
         state = {"complete": "all folds", "pruned": f"pruned after {len(folds)}",
-                 "fail": "stopped" if "budget" in (r.get("note") or "") or "ended" in (r.get("note") or "")
-                 else "failed"}.get(r["state"], r["state"])
-        out.append({"trial": r["number"], "candidate": changes_from(r["params"], first["params"], rec["space"]),
+                 "fail": ("stopped" if r.get("stopped") else
+                          f"duplicate of trial {r['duplicate_of']}" if r.get("duplicate_of") is not None
+                          else "failed")}.get(r["state"], r["state"])
+        out.append({"trial": r["number"], "candidate": changes_from(r["params"], first["params"]),
                     "outcome": state, "each fold": ", ".join(f"{100 * v:.1f}" for v in folds) or "-",
                     "mean": _pct(float(np.mean(folds))) if folds else "-",
                     "minus the first, paired over folds": paired})
@@ -458,7 +475,8 @@ def grid_frame(res: dict) -> pd.DataFrame:
                      "accuracy": _ci(r["accuracy"], *r["accuracy_ci"]),
                      "minus clean": f"{100 * r['difference']:+.1f} [{100 * r['difference_ci'][0]:+.1f}, "
                                     f"{100 * r['difference_ci'][1]:+.1f}]",
-                     f"within {100 * g['tolerance']:.0f} points": "yes" if r["within"] else "**no**",
+                     f"within {100 * g['tolerance']:.0f} points": ("yes" if r["within"] else "**no**")
+                     + (f" ({r['interval_says']})" if r.get("interval_says") else ""),
                      "flagged": _pct(r["flagged"]) if r["flagged"] is not None else "-"})
     return pd.DataFrame(rows)
 
@@ -475,7 +493,8 @@ def lab_frame(res: dict):
         "each fold": [", ".join(f"{100 * v:.1f}" for v in r.fold_accuracies) for r in lab.itertuples()],
         "with TTA": [_pct(v) for v in lab["val_accuracy_tta"]],
         "cells (mean)": [_pct(v) for v in lab["val_cell_accuracy"]],
-        "vs the pick": ["pick" if i == 0 else ("tied" if r.tied else "below") for i, r in enumerate(lab.itertuples())],
+        "vs the pick": ["not ranked (folds missing)" if not r.complete else "pick" if i == 0 else
+                        ("tied" if r.tied else "below") for i, r in enumerate(lab.itertuples())],
         "train min": [f"{v:.1f}" for v in lab["train_minutes"]]})
 
 

@@ -79,7 +79,7 @@ def crop_cell(image: np.ndarray, out_size: tuple[int, int] = (64, 64), crop: int
     pad = ((half, half), (half, half), (0, 0))
     if border == "black":
         padded = np.pad(image, pad, mode="constant")
-    else:  # a window wider than the field reflects twice: "symmetric" keeps working where "reflect" would not
+    else:  # "reflect": the field mirrored at its edge (numpy's "symmetric": the edge row itself is mirrored too)
         padded = np.pad(image, pad, mode="edge" if border == "edge" else "symmetric")
     patch = padded[cy:cy + side, cx:cx + side]
     oh, ow = int(out_size[0]), int(out_size[1])

@@ -36,9 +36,10 @@ from pathlib import Path
 
 from .artifacts import copy_file, write_json
 from .config import RESULTS, THREADS, profile_dir
-from .errors import ParameterError
+from .errors import ParameterError, WBCError
+from .locks import OWNER_VARIABLE, FolderLock, RunLockedError, describe
 from .params import DESIGN_PARAMS, Profile, RunParams
-from .runs import LAB_STORAGE, LAB_TRIALS, Run, import_exported_run
+from .runs import LAB_LOCK, LAB_STORAGE, LAB_TRIALS, Run, import_exported_run
 from .study import train_one  # the study's runner: locks, resume, the training notebook
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def search_of(profile: Profile) -> dict:
     return search
 
 
-def fix(profile: Profile, values: dict) -> Profile:
+def fix_params(profile: Profile, values: dict) -> Profile:
     """The profile with these design parameters fixed (a command-line override: ``--epochs 1``): taken out of the
     search space and out of the listed first candidates, so every candidate uses the given value."""
     s = dict(search_of(profile))
@@ -134,42 +135,95 @@ class BudgetSpent(Exception):
     """Raised in a trial before a fold it would start after the budget is spent (its finished folds are kept)."""
 
 
+def stopped(study, trial) -> bool:
+    """True for a trial the budget, or the end of the process running it, stopped before its last fold."""
+    return bool(trial.user_attrs.get("stopped")) or trial.number in study.user_attrs.get("stopped_trials", [])
+
+
 def ended(study) -> list:
-    """The trials that have ended (complete, pruned or failed); not those queued or running, nor those the budget
-    stopped (queued again: they count once they end)."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not t.user_attrs.get("stopped")]
+    """The trials that have ended (complete, pruned or failed); not those queued or running, nor those stopped
+    (queued again: they count once they end)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and not stopped(study, t)]
+
+
+def signature(profile: Profile) -> dict:
+    """What makes two searches the same: the space's choices and every setting the candidates share."""
+    s = search_of(profile)
+    base = base_params(profile)
+    return {"space": {k: [_choice_key(c) for c in v] for k, v in s["space"].items()},
+            "fixed": {k: _choice_key(v) for k, v in sorted(base.items()) if k not in s["space"] and k != "fold"}}
 
 
 def open_search(profile: Profile, runs_root=None, results_root=None):
-    """The profile's Optuna study (created, or resumed from ``<runs>/<profile>/lab.sqlite3``)."""
+    """The profile's Optuna study: created, resumed from ``<runs>/<profile>/lab.sqlite3``, or (when the runs folder
+    has none) resumed from the one exported to ``results/<profile>/`` when it is the same search. A database of
+    another search (other choices, or other shared settings such as a command-line ``--epochs``) is refused."""
     import optuna
 
     s = search_of(profile)
     pdir = profile_dir(profile.name, runs_root)
     pdir.mkdir(parents=True, exist_ok=True)
+    here = pdir / STORAGE
     exported = Path(results_root or RESULTS) / profile.name / STORAGE
-    if not (pdir / STORAGE).exists() and exported.exists() and exported.resolve() != (pdir / STORAGE).resolve():
-        copy_file(exported, pdir / STORAGE)  # an earlier session's search, exported: resumed, not restarted
-        print(f"lab: resuming the search exported to {exported}", flush=True)
+    if not here.exists() and exported.exists() and exported.resolve() != here.resolve():
+        trial_copy = copy_file(exported, pdir / f".{STORAGE}.check")
+        try:
+            other = optuna.load_study(study_name=f"{profile.name}-lab", storage=f"sqlite:///{trial_copy}")
+            same = other.user_attrs.get("signature") in (None, signature(profile))
+        except KeyError:  # no study of that name in it
+            same = False
+        if same:
+            os.replace(trial_copy, here)  # an earlier session's search, exported: resumed, not restarted
+            print(f"lab: resuming the search exported to {exported}", flush=True)
+        else:
+            trial_copy.unlink(missing_ok=True)
+            print(f"lab: {exported} holds another search (other choices or settings): a new search starts here",
+                  flush=True)
     sampler = optuna.samplers.TPESampler(seed=int(s.get("seed", 0)), n_startup_trials=int(s.get("startup", 4)))
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=int(s.get("reduction", 2)),
                                                     min_early_stopping_rate=0)
     study = optuna.create_study(study_name=f"{profile.name}-lab", storage=_storage_url(profile, runs_root),
                                 sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True)
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        # left running by a killed process: stopped (its finished folds stay on disk and are reused)
-        study._storage.set_trial_user_attr(t._trial_id, "stopped", "the process running it ended")
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    sig = study.user_attrs.get("signature")
+    if sig is None:
+        study.set_user_attr("signature", signature(profile))
+    elif sig != signature(profile):
+        raise ParameterError(f"{here} holds a search with other choices or settings than profile "
+                             f"{profile.name!r} now has (a command-line override such as --epochs changes them): "
+                             f"run it with the settings it was started with, or move {here} aside to start anew")
+    # left running by a process that ended (the lab's lock is ours, so none is alive): stopped, queued again
+    dead = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    if dead:
+        study.set_user_attr("stopped_trials", sorted(set(study.user_attrs.get("stopped_trials", [])) | set(dead)))
+        for n in dead:
+            study.tell(n, state=optuna.trial.TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
-    queued = {_queue_key(t.params) for t in trials if not t.user_attrs.get("stopped")}
+    queued = {_queue_key(t.params) for t in trials if not stopped(study, t)}
     queued |= {_queue_key(t.system_attrs.get("fixed_params", {})) for t in trials
                if t.state == optuna.trial.TrialState.WAITING}
-    again = [t.params for t in trials if t.user_attrs.get("stopped") and t.params]
+    again = [t.params for t in trials if stopped(study, t) and t.params]
     for choices in [_full_choices(profile, first) for first in s.get("first", ())] + again:
         if _queue_key(choices) not in queued:
             study.enqueue_trial(choices)
             queued.add(_queue_key(choices))
     return study
+
+
+def import_exported_folds(profile: Profile, runs_root=None, results_root=None) -> int:
+    """Copy every finished lab fold exported to ``results/<profile>/`` that the runs folder lacks (a later session
+    on another machine): the report's lab table and the flag's held-out scores need them even when the budget is
+    spent. Returns how many were imported."""
+    src = Path(results_root or RESULTS) / profile.name
+    pdir = profile_dir(profile.name, runs_root)
+    if not src.is_dir() or src.resolve() == pdir.resolve():
+        return 0
+    n = 0
+    for d in sorted(src.iterdir()):
+        run = Run(pdir / d.name)
+        if d.is_dir() and profile.role_of(d.name) == "control" and Run(d).status == "finished" \
+                and run.status != "finished" and run.lock_owner() is None:
+            n += import_exported_run(d, run.path)
+    return n
 
 
 def _full_choices(profile: Profile, changes: dict) -> dict:
@@ -183,7 +237,7 @@ def _queue_key(choices: dict) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in choices.items()))
 
 
-def _objective(profile: Profile, runs_root, data_dir, env: dict, results_root=None, budget: _Budget | None = None):
+def _objective(profile: Profile, runs_root, data_dir, env: dict, budget: _Budget | None = None):
     import optuna
 
     pdir = profile_dir(profile.name, runs_root)
@@ -200,11 +254,6 @@ def _objective(profile: Profile, runs_root, data_dir, env: dict, results_root=No
             name = RunParams.from_dict(p).run_name
             if budget is not None and budget.spent() >= budget.seconds and Run(pdir / name).status != "finished":
                 raise BudgetSpent(f"budget spent before fold {fold}")
-            run, exported = Run(pdir / name), Path(results_root or RESULTS) / profile.name / name
-            if run.status != "finished" and run.lock_owner() is None and Run(exported).status == "finished" \
-                    and RunParams.from_dict(p).same_as(Run(exported).params()) \
-                    and exported.resolve() != run.path.resolve():
-                import_exported_run(exported, run.path)  # a fold an earlier session trained and exported
             entry = train_one(p, str(pdir / name), data_dir, False, env)
             if "error" in entry:
                 raise RuntimeError(f"lab run {name} failed: {entry['error']}")
@@ -215,8 +264,12 @@ def _objective(profile: Profile, runs_root, data_dir, env: dict, results_root=No
             trial.set_user_attr("fold_accuracies", scores)
             trial.report(sum(scores) / len(scores), step=fold + 1)
             print(f"lab trial {trial.number} fold {fold}: {100 * scores[-1]:.1f}% ({name})", flush=True)
-            if fold + 1 < params["folds"] and _queue_key(choices) != reference and trial.should_prune():
-                raise optuna.TrialPruned(f"after {fold + 1} fold(s): mean {100 * sum(scores) / len(scores):.1f}%")
+            if fold + 1 < params["folds"]:
+                # asked for the control too: the pruner records a trial's value at a rung only when asked, and the
+                # others must be ranked against the control's folds as well; the control's answer is ignored
+                prune = trial.should_prune()
+                if prune and _queue_key(choices) != reference:
+                    raise optuna.TrialPruned(f"after {fold + 1} fold(s): mean {100 * sum(scores) / len(scores):.1f}%")
         return sum(scores) / len(scores)
 
     return objective
@@ -229,27 +282,57 @@ def run_lab(profile: Profile, runs_root=None, data_dir=None, jobs: int | None = 
     ``jobs`` trials train at once, each in a thread that runs its folds one after another; new trials are asked
     for (and finished ones told) in this thread only (Optuna's ask-and-tell interface), so no two threads ever
     draw the same queued candidate. Once the budget is spent no trial starts a new fold: a trial stopped so is
-    recorded as failed with ``stopped``, and queued again by the next session (its finished folds reused)."""
+    recorded as failed with ``stopped``, and queued again by the next session (its finished folds reused). One
+    process at a time runs a profile's lab (``lab.lock`` in its folder)."""
     import optuna
 
     s = search_of(profile)
-    study = open_search(profile, runs_root, results_root)
-    budget = _Budget(study, float(budget_minutes if budget_minutes is not None else s.get("budget_minutes", 120)),
-                     int(s.get("max_trials", 30)))
-    jobs = max(1, int(jobs or profile.jobs))
     pdir = profile_dir(profile.name, runs_root)
-    if budget.exhausted():
-        print(f"lab: budget spent ({budget.spent() / 60:.0f} of {budget.seconds / 60:.0f} min, "
-              f"{len(ended(study))} trials): nothing to run", flush=True)
-        return write_trials(profile, runs_root, study)
-    env = {k: os.environ[k] for k in os.environ if k.startswith("WBC_")}
-    if data_dir is not None:
-        env["WBC_DATA_DIR"] = str(Path(data_dir).resolve())
-    old = os.environ.get(THREADS)
-    os.environ[THREADS] = str(max(1, (os.cpu_count() or 1) // jobs))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    objective = _objective(profile, runs_root, data_dir, env, results_root, budget)
-    space = s["space"]
+    pdir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FolderLock(pdir / LAB_LOCK).acquire()
+    except RunLockedError as e:
+        raise WBCError(f"the lab of profile {profile.name!r} is running in another process ({describe(e.owner)}): "
+                       f"wait for it, or stop it (its finished folds are kept)") from None
+    old_owner, old_threads = os.environ.get(OWNER_VARIABLE), os.environ.get(THREADS)
+    try:
+        imported = import_exported_folds(profile, runs_root, results_root)
+        if imported:
+            print(f"lab: {imported} fold(s) exported earlier, read from {Path(results_root or RESULTS) / profile.name}",
+                  flush=True)
+        study = open_search(profile, runs_root, results_root)
+        minutes = float(budget_minutes if budget_minutes is not None else s.get("budget_minutes", 120))
+        budget = _Budget(study, minutes, int(s.get("max_trials", 30)))
+        if budget.exhausted():
+            print(f"lab: budget spent ({budget.before / 60:.0f} of {minutes:.0f} min, {len(ended(study))} trials): "
+                  "nothing to run", flush=True)
+            return write_trials(profile, runs_root, study, minutes)
+        jobs = max(1, int(jobs or profile.jobs))
+        os.environ[OWNER_VARIABLE] = lock.owner  # the kernels started here train under the lab's run locks
+        os.environ[THREADS] = str(max(1, (os.cpu_count() or 1) // jobs))
+        env = {k: os.environ[k] for k in os.environ if k.startswith("WBC_")}
+        if data_dir is not None:
+            env["WBC_DATA_DIR"] = str(Path(data_dir).resolve())
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _search(profile, study, budget, _objective(profile, runs_root, data_dir, env, budget), jobs, runs_root)
+        print(f"lab: {(time.time() - budget.t0) / 60:.0f} min this session; {budget.spent() / 60:.0f} of "
+              f"{minutes:.0f} min spent over {len(ended(study))} trials ({pdir / TRIALS})", flush=True)
+        return write_trials(profile, runs_root, study, minutes)
+    finally:
+        for var, value in ((OWNER_VARIABLE, old_owner), (THREADS, old_threads)):
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        lock.release()
+
+
+def _search(profile: Profile, study, budget: _Budget, objective, jobs: int, runs_root) -> None:
+    """The ask-and-tell loop: keep ``jobs`` trials training until the budget is spent; tell each as it ends."""
+    import optuna
+
+    space = search_of(profile)["space"]
+    minutes = budget.seconds / 60
     running: dict = {}
     try:
         with ThreadPoolExecutor(jobs) as ex:
@@ -259,9 +342,13 @@ def run_lab(profile: Profile, runs_root=None, data_dir=None, jobs: int | None = 
                     trial = study.ask()
                     # the candidate is drawn here, in one thread: a queued one, else the sampler's proposal
                     choices = {k: trial.suggest_categorical(k, [_choice_key(c) for c in v]) for k, v in space.items()}
-                    twin = next((t for t in running.values() if _queue_key(t.params) == _queue_key(choices)), None)
-                    if twin is not None:  # the sampler proposed a candidate being trained now: not twice at once
-                        trial.set_user_attr("duplicate_of", twin.number)
+                    key = _queue_key(choices)
+                    twin = next((t.number for t in running.values() if _queue_key(t.params) == key), None)
+                    if twin is None:  # a candidate that ended already is not trained again (nor its pruning undone)
+                        twin = next((t.number for t in ended(study) if t.params and _queue_key(t.params) == key
+                                     and t.number != trial.number), None)
+                    if twin is not None:
+                        trial.set_user_attr("duplicate_of", twin)
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                         continue
                     running[ex.submit(objective, trial, choices)] = trial
@@ -277,21 +364,14 @@ def run_lab(profile: Profile, runs_root=None, data_dir=None, jobs: int | None = 
                     except BudgetSpent as e:
                         trial.set_user_attr("stopped", str(e))
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    except RuntimeError as e:
+                    except Exception as e:  # a failed candidate must not stop the others
                         print(f"lab trial {trial.number} failed: {e}", flush=True)
-                        trial.set_user_attr("error", str(e))
+                        trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     budget.save()
-                    write_trials(profile, runs_root, study)
+                    write_trials(profile, runs_root, study, minutes)
     finally:
         budget.save()
-        if old is None:
-            os.environ.pop(THREADS, None)
-        else:
-            os.environ[THREADS] = old
-    print(f"lab: {(time.time() - budget.t0) / 60:.0f} min this session; {budget.spent() / 60:.0f} of "
-          f"{budget.seconds / 60:.0f} min spent over {len(ended(study))} trials ({pdir / TRIALS})", flush=True)
-    return write_trials(profile, runs_root, study)
 
 
 #: Profile fields that hold a design parameter (the rest of a design goes in the profile's ``extra``).
@@ -338,26 +418,28 @@ def trial_rows(study) -> list[dict]:
                      "value": t.value, "fold_accuracies": list(t.user_attrs.get("fold_accuracies", [])),
                      "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
                      "run_name_fold0": t.user_attrs.get("run_name_fold0"),
+                     "stopped": stopped(study, t), "duplicate_of": t.user_attrs.get("duplicate_of"),
                      "note": t.user_attrs.get("stopped") or t.user_attrs.get("error") or (
-                         f"proposed while trial {t.user_attrs['duplicate_of']} trained the same candidate"
+                         "stopped: the process running it ended" if stopped(study, t) else "") or (
+                         f"proposed again after trial {t.user_attrs['duplicate_of']}: not trained twice"
                          if "duplicate_of" in t.user_attrs else ""),
                      "seconds": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
                      "started": t.datetime_start.isoformat() if t.datetime_start else None})
     return rows
 
 
-def write_trials(profile: Profile, runs_root, study) -> list[dict]:
-    """Write ``lab_trials.json`` (every trial, pruned and failed ones included) and return its rows."""
+def write_trials(profile: Profile, runs_root, study, budget_minutes: float | None = None) -> list[dict]:
+    """Write ``lab_trials.json`` (every trial, pruned, stopped and failed ones included) and return its rows."""
     s = search_of(profile)
     rows = trial_rows(study)
-    spent = float(study.user_attrs.get("wall_seconds", 0.0))
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = max(complete, key=lambda r: (r["value"], -r["number"])) if complete else None
     write_json(profile_dir(profile.name, runs_root) / TRIALS,
                {"profile": profile.name, "space": {k: [_choice_key(c) for c in v] for k, v in s["space"].items()},
                 "first": s.get("first", []), "folds": int(s.get("folds", 5)), "seed": int(s.get("seed", 0)),
-                "budget_minutes": float(s.get("budget_minutes", 120)), "wall_minutes": spent / 60,
+                "budget_minutes": float(budget_minutes if budget_minutes is not None else s.get("budget_minutes", 120)),
+                "wall_minutes": float(study.user_attrs.get("wall_seconds", 0.0)) / 60,
                 "sampler": "TPE (seeded), after the listed first candidates",
                 "pruner": f"successive halving over folds (reduction factor {int(s.get('reduction', 2))})",
-                "trials": rows})
+                "pick": best["number"] if best else None, "trials": rows})
     return rows
-
-

@@ -223,6 +223,8 @@ EXPORTED = (PARAMS, HISTORY, METRICS, PREDICTIONS, VAL_PREDICTIONS, DIAGNOSTICS)
 #: A lab profile's study folder (wbc_utils.lab, wbc_utils.shifts): every trial of its search, Optuna's storage (what a
 #: later session resumes), the final models on the shift grid.
 LAB_TRIALS, LAB_STORAGE, SHIFT_GRID = "lab_trials.json", "lab.sqlite3", "shift_grid.json"
+#: held while a process runs a profile's lab (one at a time)
+LAB_LOCK = "lab.lock"
 #: the study's own files; a lab's are small and go with them
 EXPORTED_STUDY = (SUMMARY, STUDY, ORIGINAL, LAB_TRIALS, LAB_STORAGE, SHIFT_GRID)
 

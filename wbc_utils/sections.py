@@ -92,6 +92,8 @@ REFERENCES: dict[str, Reference] = {r.key: r for r in [
               "via gradient-based localization. *ICCV 2017*, 618-626.", "https://arxiv.org/abs/1610.02391"),
     Reference("akiba2019", "Akiba, T., Sano, S., Yanase, T., Ohta, T. and Koyama, M. (2019). Optuna: a next-generation "
               "hyperparameter optimization framework. *KDD 2019*, 2623-2631.", "https://doi.org/10.1145/3292500.3330701"),
+    Reference("nadeau2003", "Nadeau, C. and Bengio, Y. (2003). Inference for the generalization error. *Machine "
+              "Learning* 52, 239-281.", "https://doi.org/10.1023/A:1024068626366"),
     Reference("tellez2019", "Tellez, D. et al. (2019). Quantifying the effects of data augmentation and stain color "
               "normalization in convolutional neural networks for computational pathology. *Medical Image Analysis* "
               "58, 101544.", "https://doi.org/10.1016/j.media.2019.101544"),

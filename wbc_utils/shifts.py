@@ -15,7 +15,9 @@ a re-encode by Pillow.
 For each shift: accuracy on TEST's unseen cells (image level, the headline's measure), its paired difference
 from clean TEST on the same images with an interval over cells, and how often the out-of-distribution flag
 (:mod:`wbc_utils.ood`) fires. A shift is **within competence** when its accuracy is within
-:data:`TOLERANCE` of clean TEST; the flag should fire on the others and not on clean images.
+:data:`TOLERANCE` of clean TEST (the goal's reading, on the estimate); ``interval_says`` adds whether the
+difference's interval settles it (wholly above -TOLERANCE, wholly below, or across). The flag should fire on
+the shifts beyond competence and not on clean images.
 """
 from __future__ import annotations
 
@@ -29,10 +31,10 @@ from PIL import Image
 from scipy import ndimage
 
 from . import NATIVE_SIZE, ood
-from .artifacts import write_json
+from .artifacts import copy_file, read_json, write_json
 from .augment import hed_jitter
 from .cellcrop import crop_cell
-from .config import profile_dir
+from .config import RESULTS, profile_dir
 from .data import build_manifest, load_split
 from .errors import DataError
 from .params import cell_window, crop_border
@@ -210,8 +212,11 @@ def score_fields(models: list, references: list, fields: np.ndarray, labels: np.
             print(f"shift grid: {s.name}", flush=True)
         c, f = read(apply_shift(s, fields))
         r = row(s.name, c, f, clean_correct)
+        lo, hi = r["difference_ci"]
         r.update(family=s.family, level=s.level, what=s.describe,
-                 within=bool(r["accuracy"] >= clean["accuracy"] - TOLERANCE))
+                 within=bool(r["accuracy"] >= clean["accuracy"] - TOLERANCE),
+                 # what the interval says: the whole of it above -TOLERANCE, or below, or across it
+                 interval_says="within" if lo >= -TOLERANCE else "beyond" if hi < -TOLERANCE else "not resolved")
         rows.append(r)
     return {"clean": clean, "rows": rows, "images": int(len(fields)), "cells": int(len(clusters)),
             "models": len(models), "tolerance": TOLERANCE}
@@ -231,17 +236,29 @@ def flag_summary(grid: dict) -> dict:
 
 
 def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress: bool = True,
-                  per_cell: int | None = PER_CELL) -> dict:
+                  per_cell: int | None = PER_CELL, reuse: bool = True, results_root=None) -> dict:
     """Score the study's final models (its finished main runs, every seed) on the grid, with the flag re-fitted on
     each (thresholds from TRAIN's statistics and the energy of held-out TRAIN cells where the lab scored the same
     design), and measure the flag's false alarms on TEST_SIMPLE's originals too; write ``<runs>/<profile>/
-    shift_grid.json`` (atomically) and return it."""
+    shift_grid.json`` (atomically) and return it.
+
+    With ``reuse``, a grid already scored for the same final runs (here, or exported to ``results/<profile>/`` by
+    an earlier session, whose final runs were imported without their models) is returned as it is."""
     study = load_study(profile, runs_root)
     final = study.finished()
     if final.empty:
         raise DataError(f"profile {profile} has no finished final runs to score on the shift grid: run "
                         f"`make report PROFILE={profile}` (or `python -m wbc_utils study --profile {profile}`) first.")
     dirs = [Path(d) for d in final["run_dir"]]
+    here = profile_dir(profile, runs_root) / SHIFT_GRID
+    if reuse:
+        for path in (here, Path(results_root or RESULTS) / profile / SHIFT_GRID):
+            if path.exists():
+                old = read_json(path)
+                if sorted(old.get("runs", [])) == sorted(d.name for d in dirs) and old.get("per_cell") == per_cell:
+                    if path != here:
+                        copy_file(path, here)
+                    return old
     models = [load_model(d) for d in dirs]
     refs = [fit_ood_reference(m, data_dir, held_out_logits=held_out_logits(d)) for m, d in zip(models, dirs)]
     grid = score_grid(models, refs, data_dir, progress=progress, per_cell=per_cell)
@@ -251,5 +268,5 @@ def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress
                       "false_alarms_simple": float(np.mean([s["flagged"] for s in simple])),
                       "simple_images": int(simple[0]["images"]), **flag_summary(grid)},
                 grid=grid_table())
-    write_json(profile_dir(profile, runs_root) / SHIFT_GRID, grid)
+    write_json(here, grid)
     return grid

@@ -133,29 +133,38 @@ def wrong_cells_figure(wrong, manifest, input_size=(64, 64), view: str = "cell",
 
 def lab_curves_figure(summary, histories):
     """Each lab candidate's accuracy per epoch, the mean over its folds with their range shaded: on the training
-    images (augmented) and on the held-out TRAIN cells. The legend, one design a line, is below the panels."""
+    images (augmented) and on the held-out TRAIN cells. Candidates scored on every fold are drawn in colour, one
+    legend line each, below the panels; those the pruner or the budget stopped, in thin grey under one line."""
     style()
     runs = lab_runs(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(A4_WIDTH, 3.6), sharey=True, layout="constrained")
-    most = 0
-    for _, g in runs.groupby("key", sort=False):
-        hs = [histories[n] for n in g["run_name"] if n in histories]
-        if not hs:
-            continue
+    groups = [(g, [histories[n] for n in g["run_name"] if n in histories]) for _, g in runs.groupby("key", sort=False)]
+    groups = [(g, hs) for g, hs in groups if hs]
+    full = [(g, hs) for g, hs in groups if len(hs) >= int(g["folds"].iloc[0] or 1)]
+    fig, axes = plt.subplots(1, 2, figsize=(A4_WIDTH, 2.9 + 0.2 * (len(full) + 1)), sharey=True,
+                             layout="constrained")
+    most, grey = 0, None
+    for g, hs in groups:
         epochs = min(len(h) for h in hs)
         most = max(most, epochs)
-        label = f"{g['design'].iloc[0]} ({len(hs)} folds)"
+        complete = any(g is f for f, _ in full)
+        label = f"{g['design'].iloc[0]} ({len(hs)} folds)" if complete else None
         for ax, col in zip(axes, ("accuracy", "val_accuracy")):
             v = np.stack([h[col].to_numpy(float)[:epochs] for h in hs])
             x = np.arange(1, epochs + 1)
-            line, = ax.plot(x, v.mean(0), marker="o", ms=3, label=label)
-            ax.fill_between(x, v.min(0), v.max(0), color=line.get_color(), alpha=0.15, lw=0)
+            if complete:
+                line, = ax.plot(x, v.mean(0), marker="o", ms=3, label=label)
+                ax.fill_between(x, v.min(0), v.max(0), color=line.get_color(), alpha=0.15, lw=0)
+            else:
+                grey, = ax.plot(x, v.mean(0), color="0.6", lw=0.8, zorder=1)
     axes[0].set_title("training accuracy\n(augmented images)")
     axes[1].set_title("validation accuracy\n(the held-out fold's TRAIN cells)")
     for ax in axes:
         epoch_axis(ax, most or None)
     axes[0].set_ylabel("accuracy, mean over folds\n(shaded: their range)")
     handles, labels = axes[1].get_legend_handles_labels()
+    if grey is not None:
+        handles.append(grey)
+        labels.append(f"{len(groups) - len(full)} candidate(s) with folds missing (pruned or stopped by the budget)")
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=1, frameon=False)
     return fig
