@@ -193,19 +193,25 @@ def open_search(profile: Profile, runs_root=None, results_root=None):
                              f"run it with the settings it was started with, or move {here} aside to start anew")
     # left running by a process that ended (the lab's lock is ours, so none is alive): stopped, queued again
     dead = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    # the queue is rebuilt in the order wanted (Optuna draws the oldest waiting trial first): stopped trials
+    # first (the control among them), then the listed candidates not yet tried; the waiting trials of the last
+    # session are drawn and closed here (recorded as stopped, with no fold), then queued again in that order
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    for _ in waiting:
+        dead.append(study.ask().number)
     if dead:
         study.set_user_attr("stopped_trials", sorted(set(study.user_attrs.get("stopped_trials", [])) | set(dead)))
         for n in dead:
             study.tell(n, state=optuna.trial.TrialState.FAIL)
     trials = study.get_trials(deepcopy=False)
-    queued = {_queue_key(t.params) for t in trials if not stopped(study, t)}
-    queued |= {_queue_key(t.system_attrs.get("fixed_params", {})) for t in trials
-               if t.state == optuna.trial.TrialState.WAITING}
+    done = {_queue_key(t.params) for t in trials if not stopped(study, t) and t.params}
     again = [t.params for t in trials if stopped(study, t) and t.params]
-    for choices in [_full_choices(profile, first) for first in s.get("first", ())] + again:
-        if _queue_key(choices) not in queued:
+    queued: set = set()
+    for choices in again + [_full_choices(profile, first) for first in s.get("first", ())]:
+        key = _queue_key(choices)
+        if key not in done and key not in queued:
             study.enqueue_trial(choices)
-            queued.add(_queue_key(choices))
+            queued.add(key)
     return study
 
 
