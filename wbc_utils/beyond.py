@@ -477,8 +477,13 @@ def grid_frame(res: dict) -> pd.DataFrame:
                                     f"{100 * r['difference_ci'][1]:+.1f}]",
                      f"within {100 * g['tolerance']:.0f} points": ("yes" if r["within"] else "**no**")
                      + (f" ({r['interval_says']})" if r.get("interval_says") else ""),
-                     "flagged": _pct(r["flagged"]) if r["flagged"] is not None else "-"})
-    return pd.DataFrame(rows)
+                     "flagged": _pct(r["flagged"]) if r["flagged"] is not None else "-",
+                     "competence flag": _pct(r["competence_flagged"]) if r.get("competence_flagged") is not None
+                     else "-"})
+    rows[0]["competence flag"] = (_pct(c["competence_flagged"]) if c.get("competence_flagged") is not None
+                                  else "-")
+    out = pd.DataFrame(rows)
+    return out if (out["competence flag"] != "-").any() else out.drop(columns="competence flag")
 
 
 def lab_frame(res: dict):
@@ -588,6 +593,22 @@ def flag_markdown(res: dict) -> str:
         if within:
             lines.append("- Shifts the model reads well, flagged anyway (a flag that fires on them costs a person's "
                          "time, not an error): " + "; ".join(f"{n}: {_pct(v)}" for n, v in within) + ".")
+    cf = g.get("competence")
+    if cf and cf.get("false_alarms_clean") is not None:
+        fa, fs, low = cf["false_alarms_clean"], cf.get("false_alarms_simple"), cf.get("lowest_detection")
+        ok = fa <= GOALS["false_alarms"] and (fs is None or fs <= GOALS["false_alarms"])
+        lines.append(
+            f"- **The competence flag** (fitted after the model on TRAIN alone: seven image statistics against the "
+            f"range where {cf.get('folds')} lab fold models of this design, reading their held-out cells under "
+            f"{len(cf.get('drops', {}))} synthetic changes other than the grid's, kept their accuracy within "
+            f"{100 * cf['tolerance']:.0f} points; {len(cf.get('beyond', []))} of those changes were beyond it): "
+            f"false alarms {_pct(fa)} on clean TEST" + (f" and {_pct(fs)} on TEST_SIMPLE's originals" if fs is not None
+                                                        else "")
+            + f" ({'met' if ok else 'not met'}); "
+            + (f"detection lowest {_pct(low)} over the shifts beyond competence ("
+               + "; ".join(f"{n}: {_pct(v)}" for n, v in cf.get("beyond", [])) + f"): "
+               f"{'met' if low >= GOALS['detection'] else 'not met'}" if low is not None else "no shift beyond it")
+            + "; on the shifts it reads well: " + "; ".join(f"{n}: {_pct(v)}" for n, v in cf.get("within", [])) + ".")
     return "\n".join(lines)
 
 

@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="best", help="the study whose final models are scored (default: best)")
     p.add_argument("--model", help="score this model instead (a run folder, models/best/ or a .keras file)")
     p.add_argument("--out", help="with --model: where to write the JSON (default: print only)")
+    p.add_argument("--competence-from", metavar="PROFILE",
+                   help="with --model: fit the competence flag on this profile's lab folds of the model's design "
+                   "(default: no competence flag)")
     p.set_defaults(func=cmd_shifts)
 
     p = sub.add_parser("reevaluate", help="recompute finished runs' metrics from their predictions (no training)")
@@ -430,21 +433,28 @@ def cmd_lab(args) -> int:
 def cmd_shifts(args) -> int:
     if args.model:
         model = load_model(args.model)
-        grid = shifts.score_grid([model], [ood_reference(model, args.data_dir)], args.data_dir, progress=True)
+        region = (shifts.fit_competence(args.competence_from, model.params, args.runs_dir, args.data_dir,
+                                        progress=True) if args.competence_from else None)
+        grid = shifts.score_grid([model], [ood_reference(model, args.data_dir)], args.data_dir, progress=True,
+                                 region=region)
         grid["flag"] = shifts.flag_summary(grid)
+        if region is not None:
+            grid["competence"] = {**region, **shifts.flag_summary(grid, "competence_flagged")}
         grid["grid"] = shifts.grid_table()
         if args.out:
             write_json(Path(args.out), grid)
     else:
         grid = shifts.grid_of_study(args.profile, args.runs_dir, args.data_dir)
     c = grid["clean"]
-    print(f"clean: {100 * c['accuracy']:.1f}% (flagged {100 * (c['flagged'] or 0):.1f}%), {grid['images']} images "
-          f"of {grid['cells']} unseen TEST cells, {grid['models']} model(s)")
+    comp = lambda r: (f", competence flag {100 * r['competence_flagged']:.0f}%"  # noqa: E731
+                      if r.get("competence_flagged") is not None else "")
+    print(f"clean: {100 * c['accuracy']:.1f}% (flagged {100 * (c['flagged'] or 0):.1f}%{comp(c)}), {grid['images']} "
+          f"images of {grid['cells']} unseen TEST cells, {grid['models']} model(s)")
     for r in grid["rows"]:
         lo, hi = r["difference_ci"]
         print(f"  {r['shift']:<20} {100 * r['accuracy']:5.1f}%  {100 * r['difference']:+5.1f} "
               f"[{100 * lo:+.1f}, {100 * hi:+.1f}]  {'within' if r['within'] else 'BEYOND'}  "
-              f"flagged {100 * (r['flagged'] or 0):.0f}%")
+              f"flagged {100 * (r['flagged'] or 0):.0f}%{comp(r)}")
     return 0
 
 

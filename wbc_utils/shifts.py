@@ -30,16 +30,16 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from . import NATIVE_SIZE, ood
+from . import NATIVE_SIZE, competence, ood
 from .artifacts import copy_file, read_json, write_json
 from .augment import hed_jitter
 from .cellcrop import crop_cell
 from .config import RESULTS, profile_dir
-from .data import build_manifest, load_split
+from .data import build_manifest, decode_images, load_split
 from .errors import DataError
-from .params import cell_window, crop_border
+from .params import cell_window, crop_border, design_key
 from .predict import fit_ood_reference, held_out_logits, logits_of, ood_rate
-from .runs import SHIFT_GRID, load_model, load_study
+from .runs import MODEL, SHIFT_GRID, VAL_PREDICTIONS, Run, load_model, load_study
 from .stats import Clusters, difference_interval, mean_interval
 
 #: Images scored per TEST cell. TEST's ~2,300 unseen images are ~37 augmented copies of each of its 62 cells:
@@ -59,15 +59,15 @@ class Shift:
     apply: Callable[[np.ndarray], np.ndarray]
 
 
-def _hed(h: float = 1.0, e: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+def hed(h: float = 1.0, e: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
     return lambda f: hed_jitter(f[None], np.array([[h, e, 1.0]]), np.zeros((1, 3)))[0]
 
 
-def _gain(g: float) -> Callable[[np.ndarray], np.ndarray]:
+def gain(g: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda f: np.clip(np.rint(f.astype(np.float32) * g), 0, 255).astype(np.uint8)
 
 
-def _contrast(c: float) -> Callable[[np.ndarray], np.ndarray]:
+def contrast(c: float) -> Callable[[np.ndarray], np.ndarray]:
     def apply(f):
         x = f.astype(np.float32)
         m = x.mean(axis=(0, 1), keepdims=True)
@@ -75,12 +75,12 @@ def _contrast(c: float) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
-def _blur(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+def blur(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda f: np.clip(np.rint(ndimage.gaussian_filter(f.astype(np.float32), (sigma, sigma, 0))),
                              0, 255).astype(np.uint8)
 
 
-def _scale(s: float) -> Callable[[np.ndarray], np.ndarray]:
+def scale(s: float) -> Callable[[np.ndarray], np.ndarray]:
     def apply(f):
         h, w = f.shape[:2]
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
@@ -93,7 +93,7 @@ def _scale(s: float) -> Callable[[np.ndarray], np.ndarray]:
     return apply
 
 
-def _jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
+def jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
     def apply(f):
         buf = io.BytesIO()
         Image.fromarray(f).save(buf, format="JPEG", quality=q)
@@ -103,25 +103,38 @@ def _jpeg(q: int) -> Callable[[np.ndarray], np.ndarray]:
 
 #: The published grid: fixed before any model was scored on it.
 GRID: tuple[Shift, ...] = (
-    Shift("haematoxylin +20%", "stain", "mild", "haematoxylin density x1.2 (HED space)", _hed(h=1.2)),
-    Shift("haematoxylin -20%", "stain", "mild", "haematoxylin density x0.8", _hed(h=0.8)),
-    Shift("eosin +20%", "stain", "mild", "eosin density x1.2", _hed(e=1.2)),
-    Shift("eosin -20%", "stain", "mild", "eosin density x0.8", _hed(e=0.8)),
-    Shift("haematoxylin +50%", "stain", "strong", "haematoxylin density x1.5", _hed(h=1.5)),
-    Shift("eosin -50%", "stain", "strong", "eosin density x0.5", _hed(e=0.5)),
-    Shift("brighter 10%", "light", "mild", "every pixel x1.1", _gain(1.1)),
-    Shift("darker 10%", "light", "mild", "every pixel x0.9", _gain(0.9)),
-    Shift("darker 25%", "light", "strong", "every pixel x0.75", _gain(0.75)),
-    Shift("contrast -20%", "light", "mild", "deviations from the mean colour x0.8", _contrast(0.8)),
-    Shift("contrast +25%", "light", "strong", "deviations from the mean colour x1.25", _contrast(1.25)),
-    Shift("blur 1 px", "focus", "mild", "Gaussian blur, sigma 1 native pixel", _blur(1.0)),
-    Shift("blur 2 px", "focus", "strong", "Gaussian blur, sigma 2 native pixels", _blur(2.0)),
-    Shift("zoom x0.9", "scale", "mild", "magnification x0.9 (field shrunk, mirrored at the edges)", _scale(0.9)),
-    Shift("zoom x1.1", "scale", "mild", "magnification x1.1 (centre enlarged)", _scale(1.1)),
-    Shift("zoom x0.8", "scale", "strong", "magnification x0.8", _scale(0.8)),
-    Shift("zoom x1.25", "scale", "strong", "magnification x1.25", _scale(1.25)),
-    Shift("JPEG q50", "scanner", "mild", "re-encoded as JPEG, quality 50", _jpeg(50)),
-    Shift("JPEG q20", "scanner", "strong", "re-encoded as JPEG, quality 20", _jpeg(20)),
+    Shift("haematoxylin +20%", "stain", "mild", "haematoxylin density x1.2 (HED space)", hed(h=1.2)),
+    Shift("haematoxylin -20%", "stain", "mild", "haematoxylin density x0.8", hed(h=0.8)),
+    Shift("eosin +20%", "stain", "mild", "eosin density x1.2", hed(e=1.2)),
+    Shift("eosin -20%", "stain", "mild", "eosin density x0.8", hed(e=0.8)),
+    Shift("haematoxylin +50%", "stain", "strong", "haematoxylin density x1.5", hed(h=1.5)),
+    Shift("eosin -50%", "stain", "strong", "eosin density x0.5", hed(e=0.5)),
+    Shift("brighter 10%", "light", "mild", "every pixel x1.1", gain(1.1)),
+    Shift("darker 10%", "light", "mild", "every pixel x0.9", gain(0.9)),
+    Shift("darker 25%", "light", "strong", "every pixel x0.75", gain(0.75)),
+    Shift("contrast -20%", "light", "mild", "deviations from the mean colour x0.8", contrast(0.8)),
+    Shift("contrast +25%", "light", "strong", "deviations from the mean colour x1.25", contrast(1.25)),
+    Shift("blur 1 px", "focus", "mild", "Gaussian blur, sigma 1 native pixel", blur(1.0)),
+    Shift("blur 2 px", "focus", "strong", "Gaussian blur, sigma 2 native pixels", blur(2.0)),
+    Shift("zoom x0.9", "scale", "mild", "magnification x0.9 (field shrunk, mirrored at the edges)", scale(0.9)),
+    Shift("zoom x1.1", "scale", "mild", "magnification x1.1 (centre enlarged)", scale(1.1)),
+    Shift("zoom x0.8", "scale", "strong", "magnification x0.8", scale(0.8)),
+    Shift("zoom x1.25", "scale", "strong", "magnification x1.25", scale(1.25)),
+    Shift("JPEG q50", "scanner", "mild", "re-encoded as JPEG, quality 50", jpeg(50)),
+    Shift("JPEG q20", "scanner", "strong", "re-encoded as JPEG, quality 20", jpeg(20)),
+)
+
+
+#: The competence flag's calibration ladder (:mod:`wbc_utils.competence`): each kind of change at strengths other
+#: than the grid's, so that the flag is not fitted to the shifts it is measured on.
+LADDER: tuple[Shift, ...] = (
+    *(Shift(f"haematoxylin x{v:g}", "stain", "ladder", "", hed(h=v)) for v in (0.6, 0.7, 0.9, 1.1, 1.3, 1.7)),
+    *(Shift(f"eosin x{v:g}", "stain", "ladder", "", hed(e=v)) for v in (0.4, 0.6, 0.7, 0.9, 1.1, 1.3)),
+    *(Shift(f"light x{v:g}", "light", "ladder", "", gain(v)) for v in (0.7, 0.8, 0.85, 0.95, 1.05, 1.15)),
+    *(Shift(f"contrast x{v:g}", "light", "ladder", "", contrast(v)) for v in (0.7, 0.9, 1.1, 1.2, 1.35)),
+    *(Shift(f"blur {v:g} px", "focus", "ladder", "", blur(v)) for v in (0.5, 1.5, 2.5)),
+    *(Shift(f"zoom x{v:g}", "scale", "ladder", "", scale(v)) for v in (0.75, 0.85, 0.95, 1.05, 1.15, 1.3)),
+    *(Shift(f"JPEG q{v}", "scanner", "ladder", "", jpeg(v)) for v in (10, 30, 70)),
 )
 
 
@@ -145,7 +158,7 @@ def _inputs(fields: np.ndarray, image_size, view: str) -> np.ndarray:
 
 
 def score_grid(models: list, references: list, data_dir=None, split: str = "TEST", progress: bool = False,
-               shifts: tuple[Shift, ...] = GRID, per_cell: int | None = PER_CELL) -> dict:
+               shifts: tuple[Shift, ...] = GRID, per_cell: int | None = PER_CELL, region: dict | None = None) -> dict:
     """Score each model (:class:`wbc_utils.runs.LoadedModel`, the seeds of one design) on ``split``'s unseen cells,
     clean and under every shift of the grid, with the flag fitted for each model (``references``, one per model,
     :func:`wbc_utils.predict.fit_ood_reference`; None leaves the flag out).
@@ -172,15 +185,19 @@ def score_grid(models: list, references: list, data_dir=None, split: str = "TEST
         keep = chosen
     out = score_fields(models, references, np.asarray(data.images[np.flatnonzero(keep)]),
                        data.frame["label"].to_numpy()[keep],
-                       data.frame["cell"].to_numpy()[keep], shifts, progress)
+                       data.frame["cell"].to_numpy()[keep], shifts, progress, region)
     return {"split": split, **out, "per_cell": per_cell}
 
 
 def score_fields(models: list, references: list, fields: np.ndarray, labels: np.ndarray, cells: np.ndarray,
-                 shifts: tuple[Shift, ...] = GRID, progress: bool = False) -> dict:
-    """:func:`score_grid` on given 240x320 ``fields`` with their ``labels`` and ``cells`` (the clusters)."""
+                 shifts: tuple[Shift, ...] = GRID, progress: bool = False, region: dict | None = None) -> dict:
+    """:func:`score_grid` on given 240x320 ``fields`` with their ``labels`` and ``cells`` (the clusters); with a
+    competence ``region`` (:mod:`wbc_utils.competence`) each row also holds the share that flag marks."""
     size, view = tuple(models[0].image_size), models[0].view
     clusters = Clusters.of(cells, labels)
+
+    def competent(shifted: np.ndarray) -> float | None:
+        return None if region is None else float(competence.flag(region, competence.statistics(shifted))[0].mean())
 
     def read(shifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = _inputs(shifted, size, view)
@@ -205,13 +222,14 @@ def score_fields(models: list, references: list, fields: np.ndarray, labels: np.
         return out
 
     clean_correct, clean_flagged = read(fields)
-    clean = row("clean", clean_correct, clean_flagged)
+    clean = {**row("clean", clean_correct, clean_flagged), "competence_flagged": competent(fields)}
     rows = []
     for s in shifts:
         if progress:
             print(f"shift grid: {s.name}", flush=True)
-        c, f = read(apply_shift(s, fields))
-        r = row(s.name, c, f, clean_correct)
+        shifted = apply_shift(s, fields)
+        c, f = read(shifted)
+        r = {**row(s.name, c, f, clean_correct), "competence_flagged": competent(shifted)}
         lo, hi = r["difference_ci"]
         r.update(family=s.family, level=s.level, what=s.describe,
                  within=bool(r["accuracy"] >= clean["accuracy"] - TOLERANCE),
@@ -222,17 +240,56 @@ def score_fields(models: list, references: list, fields: np.ndarray, labels: np.
             "models": len(models), "tolerance": TOLERANCE}
 
 
-def flag_summary(grid: dict) -> dict:
-    """The flag against its goals: its rate on clean images, and on each shift beyond the model's competence
-    (the lowest of those rates is what the detection goal is about), and on the shifts within it."""
-    beyond = [r for r in grid["rows"] if not r["within"] and r["flagged"] is not None]
-    within = [r for r in grid["rows"] if r["within"] and r["flagged"] is not None]
-    return {"false_alarms_clean": grid["clean"]["flagged"],
-            "beyond": [(r["shift"], r["flagged"]) for r in beyond],
-            "lowest_detection": min((r["flagged"] for r in beyond), default=None),
-            "within": [(r["shift"], r["flagged"]) for r in within]}
+def flag_summary(grid: dict, key: str = "flagged") -> dict:
+    """A flag against its goals (``key``: "flagged", the out-of-distribution flag, or "competence_flagged"): its
+    rate on clean images, on each shift beyond the model's competence (the lowest of those rates is what the
+    detection goal is about), and on the shifts within it."""
+    rows = [r for r in grid["rows"] if r.get(key) is not None]
+    beyond = [r for r in rows if not r["within"]]
+    within = [r for r in rows if r["within"]]
+    return {"false_alarms_clean": grid["clean"].get(key),
+            "beyond": [(r["shift"], r[key]) for r in beyond],
+            "lowest_detection": min((r[key] for r in beyond), default=None),
+            "within": [(r["shift"], r[key]) for r in within]}
 
 
+def lab_readers(profile: str, design: dict, runs_root=None, data_dir=None, per_cell: int | None = PER_CELL) -> list:
+    """The competence flag's readers (:func:`wbc_utils.competence.calibrate`): one per finished lab fold of
+    ``design`` whose model is here, with up to ``per_cell`` of its held-out cells' images (drawn once, seed 0) as
+    240x320 fields. Empty when the lab has no such fold (its runs were imported from an export)."""
+    study = load_study(profile, runs_root)
+    out = []
+    rng = np.random.default_rng(0)
+    for r in study.finished(role=None).itertuples():
+        run = Run(Path(r.run_dir))
+        if r.validation != "grouped" or design_key(run.params()) != design_key(design) or not run.has(MODEL) \
+                or not run.has(VAL_PREDICTIONS):
+            continue
+        val = run.predictions(name=VAL_PREDICTIONS)
+        if per_cell:
+            rows = [rng.choice(idx, min(per_cell, len(idx)), replace=False)
+                    for idx in val.groupby("cell").indices.values()]
+            val = val.iloc[np.sort(np.concatenate(rows))].reset_index(drop=True)
+        fields, bad = decode_images(val["path"].tolist(), NATIVE_SIZE)
+        keep = np.array([i not in bad for i in range(len(val))])
+        model = load_model(run.path)
+
+        def predict(f, m=model):
+            return logits_of(m, _inputs(f, m.image_size, m.view)).argmax(1)
+
+        out.append((fields[keep], val["label"].to_numpy()[keep], predict))
+    return out
+
+
+def fit_competence(profile: str, design: dict, runs_root=None, data_dir=None, per_cell: int | None = 4,
+                   progress: bool = False) -> dict | None:
+    """The competence region of ``design``, fitted on its lab folds' held-out TRAIN cells (None without them)."""
+    readers = lab_readers(profile, design, runs_root, data_dir, per_cell)
+    if not readers:
+        return None
+    region = competence.calibrate(readers, LADDER, apply_shift, TOLERANCE, progress)
+    region.update(folds=len(readers), per_cell=per_cell)
+    return region
 
 
 def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress: bool = True,
@@ -261,12 +318,19 @@ def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress
                     return old
     models = [load_model(d) for d in dirs]
     refs = [fit_ood_reference(m, data_dir, held_out_logits=held_out_logits(d)) for m, d in zip(models, dirs)]
-    grid = score_grid(models, refs, data_dir, progress=progress, per_cell=per_cell)
+    region = fit_competence(profile, Run(dirs[0]).params(), runs_root, data_dir, progress=progress)
+    grid = score_grid(models, refs, data_dir, progress=progress, per_cell=per_cell, region=region)
     simple = [ood_rate(m, r, "TEST_SIMPLE", data_dir) for m, r in zip(models, refs)]
     grid.update(runs=[d.name for d in dirs], seeds=[int(s) for s in final["seed"]],
                 flag={"energy_from": refs[0].get("energy_from"), "tail": refs[0].get("tail"),
                       "false_alarms_simple": float(np.mean([s["flagged"] for s in simple])),
                       "simple_images": int(simple[0]["images"]), **flag_summary(grid)},
                 grid=grid_table())
+    if region is not None:
+        originals = np.asarray(load_split(build_manifest(data_dir), "TEST_SIMPLE", NATIVE_SIZE, progress=False).images)
+        grid["competence"] = {**{k: v for k, v in region.items()},
+                              "false_alarms_simple": float(competence.flag(region, competence.statistics(originals))[0]
+                                                           .mean()),
+                              **flag_summary(grid, "competence_flagged")}
     write_json(here, grid)
     return grid
