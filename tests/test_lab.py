@@ -154,9 +154,10 @@ def test_a_search_with_other_settings_is_refused_and_an_exported_one_resumed(tmp
                        jobs=1, results_root=tmp_path / "first")
     assert [r["state"] for r in rows][:1] == ["complete"] and len(fake_training) > n
     assert (tmp_path / "second" / "labtest" / Path(rows[0]["run_name_fold0"]).name / "imported_from.txt").exists()
-    # another search's export is not resumed: a new search starts
+    # another search's export is not resumed, nor its folds imported: a new search starts
     rows = lab.run_lab(other, tmp_path / "third", jobs=1, results_root=tmp_path / "first")
     assert rows[0]["number"] == 0 and len(rows) == 1
+    assert not list((tmp_path / "third" / "labtest").glob("*/imported_from.txt"))
 
 
 def test_one_lab_at_a_time(tmp_path, fake_training):

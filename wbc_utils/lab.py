@@ -227,9 +227,17 @@ def import_exported_folds(profile: Profile, runs_root=None, results_root=None) -
     for d in sorted(src.iterdir()):
         run = Run(pdir / d.name)
         if d.is_dir() and profile.role_of(d.name) == "control" and Run(d).status == "finished" \
-                and run.status != "finished" and run.lock_owner() is None:
+                and in_search(profile, Run(d).params()) and run.status != "finished" and run.lock_owner() is None:
             n += import_exported_run(d, run.path)
     return n
+
+
+def in_search(profile: Profile, params: dict) -> bool:
+    """True when a run's parameters are a fold of one of this search's candidates: every setting outside the
+    search space as the candidates share it (another search's folds, e.g. at other epochs, are not)."""
+    fixed = signature(profile)["fixed"]
+    p = RunParams.from_dict({k: v for k, v in params.items() if k in RunParams.defaults()}).to_dict()
+    return all(_choice_key(p.get(k)) == v for k, v in fixed.items())
 
 
 def _full_choices(profile: Profile, changes: dict) -> dict:
