@@ -258,6 +258,8 @@ def lab_readers(profile: str, design: dict, runs_root=None, data_dir=None, per_c
     ``design`` whose model is here, with up to ``per_cell`` of its held-out cells' images (drawn once, seed 0) as
     240x320 fields. Empty when the lab has no such fold (its runs were imported from an export)."""
     study = load_study(profile, runs_root)
+    train = build_manifest(data_dir).split("TRAIN")
+    where = dict(zip(train["relpath"], train["path"]))
     out = []
     rng = np.random.default_rng(0)
     for r in study.finished(role=None).itertuples():
@@ -270,7 +272,8 @@ def lab_readers(profile: str, design: dict, runs_root=None, data_dir=None, per_c
             rows = [rng.choice(idx, min(per_cell, len(idx)), replace=False)
                     for idx in val.groupby("cell").indices.values()]
             val = val.iloc[np.sort(np.concatenate(rows))].reset_index(drop=True)
-        fields, bad = decode_images(val["path"].tolist(), NATIVE_SIZE)
+        paths = val["relpath"].map(where)  # predictions name files relative to the dataset (it may have moved)
+        fields, bad = decode_images(paths.tolist(), NATIVE_SIZE)
         keep = np.array([i not in bad for i in range(len(val))])
         model = load_model(run.path)
 
