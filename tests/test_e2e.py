@@ -135,6 +135,7 @@ def best(smoke):
     out, env, _ = smoke
     res = subprocess.run([sys.executable, "-m", "wbc_utils", "all", "--profile", "best", "--epochs", "1",
                           "--train-subset", "128", "--seeds", "0", "--lab-trials", "2", "--grid-per-cell", "1",
+                          "--competence-folds", "1",
                           "--no-pdf"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=budget(900))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -161,6 +162,9 @@ def test_best_profile_lab_then_final_report_and_figures(best):
     assert len([t for t in trials["trials"] if t["params"]]) == 2 and trials["wall_minutes"] > 0
     grid = json.loads((out / "runs" / "best" / "shift_grid.json").read_text())
     assert len(grid["rows"]) == len(grid["grid"]) >= 10 and grid["flag"]["false_alarms_clean"] is not None
+    from wbc_utils.shifts import LADDER
+    assert grid["competence"]["folds"] == 1 and len(grid["competence"]["drops"]) == len(LADDER)
+    assert all(r["competence_flagged"] is not None for r in grid["rows"])
     assert "JPEG q20" in html and "Every trial of the lab's search" in html and "minus the first" in html
     assert "Traceback" not in html
     # the smoke report, re-made now that a best study exists, shows both

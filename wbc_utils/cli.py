@@ -109,6 +109,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-per-cell", type=int, default=None,
                    help="a lab profile, with all: TEST images per unseen cell scored on the shift grid (default: "
                    "wbc_utils.shifts.PER_CELL)")
+    p.add_argument("--competence-folds", type=int, default=None,
+                   help="a lab profile, with all: lab folds the competence flag is calibrated on (default: all)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--reuse", action="store_true", help="keep finished runs with the same parameters")
     g.add_argument("--force", action="store_true", help="retrain runs that already finished")
@@ -522,7 +524,8 @@ def cmd_all(args) -> int:
     if profile.search and status == 0:  # a lab profile: its final models on the shift grid, for the report
         try:
             shifts.grid_of_study(profile.name, args.runs_dir, args.data_dir,
-                                 per_cell=args.grid_per_cell if args.grid_per_cell is not None else shifts.PER_CELL)
+                                 per_cell=args.grid_per_cell if args.grid_per_cell is not None else shifts.PER_CELL,
+                                 competence_folds=args.competence_folds)
         except DataError as e:  # final runs imported from an export keep no models: the report goes without it
             print(f"note: the shift grid was not scored: {e}", file=sys.stderr)
     cmd_figures(args)

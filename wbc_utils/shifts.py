@@ -253,10 +253,12 @@ def flag_summary(grid: dict, key: str = "flagged") -> dict:
             "within": [(r["shift"], r[key]) for r in within]}
 
 
-def lab_readers(profile: str, design: dict, runs_root=None, data_dir=None, per_cell: int | None = PER_CELL) -> list:
+def lab_readers(profile: str, design: dict, runs_root=None, data_dir=None, per_cell: int | None = PER_CELL,
+                folds: int | None = None) -> list:
     """The competence flag's readers (:func:`wbc_utils.competence.calibrate`): one per finished lab fold of
-    ``design`` whose model is here, with up to ``per_cell`` of its held-out cells' images (drawn once, seed 0) as
-    240x320 fields. Empty when the lab has no such fold (its runs were imported from an export)."""
+    ``design`` whose model is here (the first ``folds`` of them; None: all), with up to ``per_cell`` of its
+    held-out cells' images (drawn once, seed 0) as 240x320 fields. Empty when the lab has no such fold (its runs
+    were imported from an export)."""
     study = load_study(profile, runs_root)
     train = build_manifest(data_dir).split("TRAIN")
     where = dict(zip(train["relpath"], train["path"]))
@@ -281,13 +283,20 @@ def lab_readers(profile: str, design: dict, runs_root=None, data_dir=None, per_c
             return logits_of(m, _inputs(f, m.image_size, m.view)).argmax(1)
 
         out.append((fields[keep], val["label"].to_numpy()[keep], predict))
+        if folds is not None and len(out) >= folds:
+            break
     return out
 
 
-def fit_competence(profile: str, design: dict, runs_root=None, data_dir=None, per_cell: int | None = 4,
+#: Held-out images per TRAIN cell the competence flag is calibrated on (each of the ladder's 35 rungs re-reads them).
+COMPETENCE_PER_CELL = 3
+
+
+def fit_competence(profile: str, design: dict, runs_root=None, data_dir=None,
+                   per_cell: int | None = COMPETENCE_PER_CELL, folds: int | None = None,
                    progress: bool = False) -> dict | None:
     """The competence region of ``design``, fitted on its lab folds' held-out TRAIN cells (None without them)."""
-    readers = lab_readers(profile, design, runs_root, data_dir, per_cell)
+    readers = lab_readers(profile, design, runs_root, data_dir, per_cell, folds)
     if not readers:
         return None
     region = competence.calibrate(readers, LADDER, apply_shift, TOLERANCE, progress)
@@ -296,7 +305,8 @@ def fit_competence(profile: str, design: dict, runs_root=None, data_dir=None, pe
 
 
 def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress: bool = True,
-                  per_cell: int | None = PER_CELL, reuse: bool = True, results_root=None) -> dict:
+                  per_cell: int | None = PER_CELL, reuse: bool = True, results_root=None,
+                  competence_folds: int | None = None) -> dict:
     """Score the study's final models (its finished main runs, every seed) on the grid, with the flag re-fitted on
     each (thresholds from TRAIN's statistics and the energy of held-out TRAIN cells where the lab scored the same
     design), and measure the flag's false alarms on TEST_SIMPLE's originals too; write ``<runs>/<profile>/
@@ -321,7 +331,9 @@ def grid_of_study(profile: str = "best", runs_root=None, data_dir=None, progress
                     return old
     models = [load_model(d) for d in dirs]
     refs = [fit_ood_reference(m, data_dir, held_out_logits=held_out_logits(d)) for m, d in zip(models, dirs)]
-    region = fit_competence(profile, Run(dirs[0]).params(), runs_root, data_dir, progress=progress)
+    region = fit_competence(profile, Run(dirs[0]).params(), runs_root, data_dir,
+                            per_cell=min(COMPETENCE_PER_CELL, per_cell or COMPETENCE_PER_CELL),
+                            folds=competence_folds, progress=progress)
     grid = score_grid(models, refs, data_dir, progress=progress, per_cell=per_cell, region=region)
     simple = [ood_rate(m, r, "TEST_SIMPLE", data_dir) for m, r in zip(models, refs)]
     grid.update(runs=[d.name for d in dirs], seeds=[int(s) for s in final["seed"]],
