@@ -34,22 +34,32 @@ GAIN, OFFSET = 0.08, 12.0
 HED_SCALE, HED_SHIFT = 0.05, 0.01
 
 
+#: skimage's density scale: a density of 1 is a transmission of 1e-6.
+_LOG_ADJUST = float(np.log(1e-6))
+
+
+def to_hed(rgb: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin and DAB densities of 0-255 RGB values (any shape ending in 3), in ``rgb2hed``'s units
+    (skimage's stain matrix ``hed_from_rgb``) but without its clamp of negative densities to 0."""
+    from skimage.color import hed_from_rgb  # imported here: only the stain jitter and the flags' statistics need it
+
+    od = np.log(np.maximum(np.asarray(rgb, np.float32) / 255.0, 1e-6)) / _LOG_ADJUST
+    return od @ hed_from_rgb.astype(np.float32)
+
+
 def hed_jitter(images: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Scale and shift each image's haematoxylin, eosin and DAB densities: ``alpha``, ``beta`` of shape (N, 3).
 
-    uint8 (N, H, W, 3) in and out; ``alpha`` = 1 and ``beta`` = 0 give the images back (up to rounding). The
-    densities are skimage's (``rgb2hed``'s units, its stain matrix ``hed_from_rgb`` and inverse ``rgb_from_hed``),
-    without ``rgb2hed``'s clamp of negative densities to 0, which would change an image even at alpha=1, beta=0."""
-    from skimage.color import hed_from_rgb, rgb_from_hed  # imported here: only the stain jitter and shift grid need it
+    uint8 (N, H, W, 3) in and out; ``alpha`` = 1 and ``beta`` = 0 give the images back (up to rounding): the
+    densities are :func:`to_hed`'s, mixed back with skimage's inverse matrix ``rgb_from_hed``."""
+    from skimage.color import rgb_from_hed
 
     images = np.asarray(images)
     if len(images) == 0:
         return images
-    log_adjust = np.log(1e-6)  # skimage's scale: a density of 1 is a transmission of 1e-6
-    od = np.log(np.maximum(images.astype(np.float32) / 255.0, 1e-6)) / log_adjust
-    hed = od @ hed_from_rgb.astype(np.float32)
+    hed = to_hed(images)
     hed = hed * np.asarray(alpha, np.float32)[:, None, None, :] + np.asarray(beta, np.float32)[:, None, None, :]
-    rgb = np.exp((hed @ rgb_from_hed.astype(np.float32)) * log_adjust)
+    rgb = np.exp((hed @ rgb_from_hed.astype(np.float32)) * _LOG_ADJUST)
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 

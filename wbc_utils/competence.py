@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .augment import to_hed
 from .cellcrop import stain_map
 from .ood import FILL_MAX
 
@@ -36,8 +37,6 @@ RUNG_RANGE = (2.5, 97.5)
 
 def field_statistics(field: np.ndarray) -> np.ndarray:
     """The seven :data:`STATISTICS` of one uint8 RGB field (any size; TRAIN's are 240x320)."""
-    from skimage.color import hed_from_rgb
-
     x = np.asarray(field, np.float32)
     smear = x.sum(2) > FILL_MAX
     if smear.mean() < 0.05:
@@ -45,8 +44,7 @@ def field_statistics(field: np.ndarray) -> np.ndarray:
     inner = ndimage.binary_erosion(smear, iterations=3)
     inner = inner if inner.any() else smear
     gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    od = np.log(np.maximum(x[smear] / 255.0, 1e-6)) / np.log(1e-6)
-    hed = od @ hed_from_rgb.astype(np.float32)
+    hed = to_hed(x[smear])
     sharp = np.log10(float(ndimage.laplace(gray)[inner].var()) + 1.0)
     # JPEG blockiness: the mean jump across the 8-pixel grid's columns and rows over the mean jump elsewhere
     dx, dy = np.abs(np.diff(gray, axis=1)), np.abs(np.diff(gray, axis=0))
