@@ -18,7 +18,7 @@ TF_VERSION := $(shell sed -n 's/^tensorflow-cpu==//p' requirements.txt)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  PROFILE=$(PROFILE) (smoke: ~1 min, quick: ~19 min on a 2-core AVX2 CPU, full: the loss study where the network learns, ~3.5 h on a 2-core AVX2 CPU, resumable across sessions; collapse: ~8 min, best: ~65 min, paper: the 2020 set-up, on a GPU; see python -m wbc_utils profiles)"
+	@echo "  PROFILE=$(PROFILE) (smoke: ~1 min, quick: ~19 min on a 2-core AVX2 CPU, full: the loss study where the network learns, ~3.5 h on a 2-core AVX2 CPU, resumable across sessions; collapse: ~8 min, best: its lab's 2 h budget (resumable across sessions) + about 30 min for the final models and the shift grid, paper: the 2020 set-up, on a GPU; see python -m wbc_utils profiles)"
 
 setup: ## create .venv, install the package and its dependencies, and the system packages PDF export needs
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
