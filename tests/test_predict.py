@@ -197,3 +197,40 @@ def test_predict_on_a_bomb_and_ten_good_images_answers_the_ten_within_1_5x_the_m
     good_mb, mixed_mb = good["maxrss_kb"] / 1024, mixed_run["maxrss_kb"] / 1024
     print(f"predict peak RSS: 10 good images {good_mb:.0f} MB, the bombs and the 10 {mixed_mb:.0f} MB")
     assert mixed_mb <= 1.5 * good_mb
+
+
+def test_the_competence_region_marks_images_unreliable_and_ships_with_the_model(tiny_run, tmp_path):
+    """A lab profile's final run gets the region its shift grid fitted; predict flags an image outside it, names the
+    statistic, and the shipped copy carries the region; a model without one leaves the column empty."""
+    import shutil
+
+    from wbc_utils.competence import STATISTICS, field_statistics
+    from wbc_utils.data import decode_image
+    from wbc_utils.predict import NO_REGION, format_table, predict_files, ship_model
+
+    normal = smear(tmp_path / "imgs" / "normal.jpg")
+    dark = tmp_path / "imgs" / "dark.png"
+    Image.fromarray((np.asarray(Image.open(normal)) * 0.4).astype(np.uint8)).save(dark)
+    run = tmp_path / "runs" / "best" / "final_s0"
+    shutil.copytree(tiny_run, run)
+    s = field_statistics(decode_image(str(normal), (240, 320), "full"))
+    region = {"statistics": list(STATISTICS), "low": (s - np.abs(s) * 0.2 - 0.1).tolist(),
+              "high": (s + np.abs(s) * 0.2 + 0.1).tolist(), "tolerance": 0.03, "within": [], "beyond": [],
+              "false_alarms_clean": 0.01, "lowest_detection": 0.9, "drops": {"not kept": 0.0}}
+    write_json(run.parent / "shift_grid.json", {"runs": ["other_s1"], "competence": region})
+    assert predict_files([normal], run)["unreliable"].iloc[0] is None  # the grid scored other runs: no region
+    write_json(run.parent / "shift_grid.json", {"runs": ["final_s0"], "competence": region})
+    frame = predict_files([normal, dark], run)
+    assert list(frame["unreliable"]) == [False, True]
+    assert "brightness" in frame["unreliable_reason"].iloc[1] and frame["unreliable_reason"].iloc[0] == ""
+    shown = format_table(frame)
+    assert "unreliable" in shown and "outside the model's competence" in shown and "dark.png: " in shown
+    dest = ship_model(run, tmp_path / "shipped")
+    from wbc_utils.runs import read_shipped
+
+    kept = read_shipped(dest)["competence"]
+    assert kept["low"] == region["low"] and "drops" not in kept
+    assert list(predict_files([normal, dark], dest)["unreliable"]) == [False, True]
+    bare = predict_files([normal], tiny_run)
+    assert bare["unreliable"].iloc[0] is None and bare["unreliable_reason"].iloc[0] == NO_REGION
+    assert "unreliable" not in format_table(bare)

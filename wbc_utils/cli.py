@@ -241,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(runs/<profile>/<run>/), a shipped-model folder or a .keras file; without it the best shipped "
                        "model (models/best/) is used. Each image is also checked against TRAIN: the 'unlike TRAIN' "
                        "column (CSV: ood, ood_reason) flags images whose statistics or whose scores are unlike the "
-                       "training images'; do not trust those answers. Unreadable files are reported on their own "
+                       "training images'; do not trust those answers. A model with a competence region (a lab "
+                       "profile's final model, after its shift grid) adds an 'unreliable' column (CSV: unreliable, "
+                       "unreliable_reason): the image lies where that model's accuracy was measured to drop. "
+                       "Unreadable files are reported on their own "
                        "row; the others are still classified. Exit status 1 when any file failed. Not a diagnostic "
                        "tool: the models have only seen one lab's BCCD smears.")
     p.add_argument("--data-dir", default=None, help="the dataset, to fit the out-of-distribution check for a run "

@@ -8,7 +8,10 @@ field, then, for a model trained on cell crops, cropped around the white cell;
 or resized to the model's input size. A file that cannot be read, or that the reader refuses from its header (a
 decompression bomb, or an image too large to decode), is reported
 on its own row with the reason and the others are still classified. Every image is also checked against TRAIN
-(:mod:`wbc_utils.ood`): the ``ood`` column flags one unlike the training images, and ``ood_reason`` says why.
+(:mod:`wbc_utils.ood`): the ``ood`` column flags one unlike the training images, and ``ood_reason`` says why. A
+model with a competence region (:mod:`wbc_utils.competence`: a lab profile's final model, fitted by its shift grid
+and kept in a shipped model's ``model.json``) also gets ``unreliable``: the image lies where the model's accuracy
+was measured to drop (a darker lamp, another magnification, ...), with ``unreliable_reason`` naming the statistic.
 
 Without a model, the best shipped model (``models/best/``) is used.
 
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import CLASSES, NATIVE_SIZE, ood
+from . import CLASSES, NATIVE_SIZE, competence, ood
 from .artifacts import read_json, write_json
 from .augment import dihedral, valid_views
 from .config import SHIPPED_MODEL, cache_dir
@@ -36,7 +39,17 @@ from .data import build_manifest, decode_image, decode_images, stratified_subset
 from .errors import DataError, RunExistsError
 from .evaluation import SCORE_COLUMNS, softmax
 from .params import design_key
-from .runs import MODEL, PARAMS, VAL_PREDICTIONS, LoadedModel, Run, load_model, read_shipped, write_shipped
+from .runs import (
+    MODEL,
+    PARAMS,
+    VAL_PREDICTIONS,
+    LoadedModel,
+    Run,
+    load_model,
+    read_shift_grid,
+    read_shipped,
+    write_shipped,
+)
 
 DISCLAIMER = ("Research code, not a diagnostic tool: trained on one lab's BCCD smears (320x240, four classes); "
               "its output on other images means nothing.")
@@ -163,6 +176,30 @@ def ood_rate(run: LoadedModel, reference: dict, split: str = "TEST", data_dir=No
             "by_energy": float(np.mean(["no class fits" in r for r in reasons]))}
 
 
+#: What a shipped model keeps of its competence region: the region and its measured rates (the grid's detail stays in
+#: the profile's ``shift_grid.json`` and the report).
+COMPETENCE_KEYS = ("statistics", "low", "high", "tolerance", "within", "beyond", "folds", "per_cell", "clean_accuracy",
+                   "false_alarms_clean", "false_alarms_simple", "lowest_detection")
+NO_REGION = ("no competence region: fitted by the shift grid for a lab profile's final models "
+             "(`python -m wbc_utils shifts --profile best`), kept by `make ship-model`")
+
+
+def competence_region(run: LoadedModel) -> dict | None:
+    """The model's competence region (:mod:`wbc_utils.competence`): a shipped model's, from its ``model.json``; a run
+    folder's, from its profile's ``shift_grid.json`` when the run is one of the final models scored there; else
+    None (the ``unreliable`` column stays empty)."""
+    shipped = read_shipped(run.path)
+    if shipped is not None:
+        return shipped.get("competence")
+    folder = Run(run.path)
+    if not folder.has(PARAMS):
+        return None
+    grid = read_shift_grid(folder.path.parent.name, folder.path.parent.parent)
+    if grid and grid.get("competence") and folder.path.name in grid.get("runs", []):
+        return {k: grid["competence"][k] for k in COMPETENCE_KEYS if k in grid["competence"]}
+    return None
+
+
 def predict_arrays(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities (N, 4) for prepared uint8 images; averaged over flips/rotations if the model used TTA."""
     images = np.asarray(images, np.uint8)
@@ -184,44 +221,53 @@ def predict_files(inputs: Iterable[str | os.PathLike], model: str | os.PathLike 
     """Classify image files and folders; returns a DataFrame, one row per file.
 
     Columns: ``file``, ``predicted``, ``confidence``, ``p_<CLASS>`` for each
-    class, ``ood`` (True when the image looks unlike TRAIN; empty without a reference), ``ood_reason``, and
-    ``error`` (empty when the file was classified).
+    class, ``ood`` (True when the image looks unlike TRAIN; empty without a reference), ``ood_reason``,
+    ``unreliable`` (True when the image lies outside the model's competence region; empty without one, see
+    :func:`competence_region`), ``unreliable_reason``, and ``error`` (empty when the file was classified).
     """
     run = run or load_model(model or default_model())
     reference = ood_reference(run, data_dir)
+    region = competence_region(run)
     items = expand_inputs(list(inputs))
-    rows, batch, fields, where = [], [], [], []
+    rows, batch, features, stats, where = [], [], [], [], []
     for path, err in items:
-        row = {"file": path, "predicted": "", "confidence": np.nan,
-               **{f"p_{c}": np.nan for c in CLASSES}, "ood": None, "ood_reason": "", "error": err or ""}
+        row = {"file": path, "predicted": "", "confidence": np.nan, **{f"p_{c}": np.nan for c in CLASSES},
+               "ood": None, "ood_reason": "", "unreliable": None, "unreliable_reason": "", "error": err or ""}
         if not err:
             arr = prepare(path, run.image_size, run.view)
             if isinstance(arr, str):
                 row["error"] = arr
             else:
                 batch.append(arr)
-                fields.append(ood.image_features(decode_image(path, NATIVE_SIZE, "full")))
+                field = decode_image(path, NATIVE_SIZE, "full")
+                features.append(ood.image_features(field))
+                if region is not None:
+                    stats.append(competence.field_statistics(field))
                 where.append(len(rows))
         rows.append(row)
     if batch:
         x = np.stack(batch)
         probs = predict_arrays(run, x)
-        flags, reasons = (ood.flag(reference, np.stack(fields), logits_of(run, x)) if reference is not None
+        flags, reasons = (ood.flag(reference, np.stack(features), logits_of(run, x)) if reference is not None
                           else ([None] * len(x), ["no reference: the dataset was not found to fit one"] * len(x)))
-        for i, pr, fl, why in zip(where, probs, flags, reasons):
+        unreliable, why_unreliable = (competence.flag(region, np.stack(stats)) if region is not None
+                                      else ([None] * len(x), [NO_REGION] * len(x)))
+        for i, pr, fl, why, un, why_un in zip(where, probs, flags, reasons, unreliable, why_unreliable):
             rows[i].update({f"p_{c}": float(v) for c, v in zip(CLASSES, pr)})
             rows[i]["predicted"] = CLASSES[int(pr.argmax())]
             rows[i]["confidence"] = float(pr.max())
             rows[i]["ood"], rows[i]["ood_reason"] = (None if fl is None else bool(fl)), why
+            rows[i]["unreliable"], rows[i]["unreliable_reason"] = (None if un is None else bool(un)), why_un
     frame = pd.DataFrame(rows, columns=["file", "predicted", "confidence", *[f"p_{c}" for c in CLASSES], "ood",
-                                        "ood_reason", "error"])
+                                        "ood_reason", "unreliable", "unreliable_reason", "error"])
     frame.attrs["model"] = str(run.path)
     return frame
 
 
 def format_table(frame) -> str:
     """A plain-text table for the terminal: paths relative to the folder the files share, probabilities to three
-    places, and the reasons for each out-of-distribution flag as numbered notes below the table."""
+    places, and the reasons for each flag (out-of-distribution, outside the model's competence) as numbered notes
+    below the table."""
     shown = frame.copy()
     files = [Path(f) for f in shown["file"]]
     try:
@@ -231,20 +277,27 @@ def format_table(frame) -> str:
     shown["file"] = [str(f.relative_to(base)) if f.is_relative_to(base) and f != base else str(f) for f in files]
     for c in ["confidence", *[f"p_{c}" for c in CLASSES]]:
         shown[c] = shown[c].map(lambda v: "" if v != v else f"{v:.3f}")
-    notes = []
-    flags = []
-    for r in shown.itertuples():
-        if r.ood:
-            notes.append(f"  [{len(notes) + 1}] {r.file}: {r.ood_reason}")
-            flags.append(f"yes [{len(notes)}]")
-        else:
-            flags.append("" if r.ood is None or r.ood != r.ood else "no")
-    shown["unlike TRAIN"] = flags
-    shown = shown.drop(columns=["ood", "ood_reason"])
+    notes: dict[str, list[str]] = {}
+    marked: dict[str, list[str]] = {}
+    for column, label in (("ood", "unlike TRAIN"), ("unreliable", "unreliable")):
+        marks, said = marked.setdefault(label, []), notes.setdefault(label, [])
+        for f, flagged, why in zip(shown["file"], shown[column], shown[f"{column}_reason"]):
+            if flagged is not None and flagged == flagged and bool(flagged):  # None or NaN: not judged
+                said.append(f"  [{len(said) + 1}] {f}: {why}")
+                marks.append(f"yes [{len(said)}]")
+            else:
+                marks.append("" if flagged is None or flagged != flagged else "no")
+    shown = shown.drop(columns=["ood", "ood_reason", "unreliable", "unreliable_reason"])
+    for label, marks in marked.items():
+        if label == "unlike TRAIN" or any(marks):  # without a competence region: no column of blanks
+            shown[label] = marks
     shown.columns = [c.replace("p_", "")[:4] if c.startswith("p_") else c for c in shown.columns]
     text = (f"files in {base}\n" if str(base) not in ("", ".") else "") + shown.to_string(index=False)
-    if notes:
-        text += "\nunlike the training images (do not trust these answers):\n" + "\n".join(notes)
+    if notes["unlike TRAIN"]:
+        text += "\nunlike the training images (do not trust these answers):\n" + "\n".join(notes["unlike TRAIN"])
+    if notes["unreliable"]:
+        text += ("\noutside the model's competence (where its accuracy was measured to drop; do not trust these "
+                 "answers):\n" + "\n".join(notes["unreliable"]))
     return text
 
 
@@ -282,6 +335,10 @@ def ship_model(run_dir: str | os.PathLike, dest: str | os.PathLike = SHIPPED_MOD
     # its false alarms on TEST (augmented copies, like TRAIN) and on TEST_SIMPLE (un-augmented original fields)
     meta["ood"]["test"] = ood_rate(loaded, meta["ood"], "TEST", data_dir)
     meta["ood"]["test_simple"] = ood_rate(loaded, meta["ood"], "TEST_SIMPLE", data_dir)
+    # what predict calls unreliable: the competence region the profile's shift grid fitted for this model's design
+    region = competence_region(loaded)
+    if region is not None:
+        meta["competence"] = region
     # without the optimizer's state: a third of the size, the same predictions
     write_shipped(dest, loaded.model, meta)
     return dest
