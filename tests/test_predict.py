@@ -215,8 +215,9 @@ def test_the_competence_region_marks_images_unreliable_and_ships_with_the_model(
     shutil.copytree(tiny_run, run)
     s = field_statistics(decode_image(str(normal), (240, 320), "full"))
     region = {"statistics": list(STATISTICS), "low": (s - np.abs(s) * 0.2 - 0.1).tolist(),
-              "high": (s + np.abs(s) * 0.2 + 0.1).tolist(), "tolerance": 0.03, "within": [], "beyond": [],
-              "false_alarms_clean": 0.01, "lowest_detection": 0.9, "drops": {"not kept": 0.0}}
+              "high": (s + np.abs(s) * 0.2 + 0.1).tolist(), "tolerance": 0.03, "drops": {"light x0.7": 0.4},
+              "false_alarms_clean": 0.01, "lowest_detection": 0.9, "beyond": [["darker 25%", 0.9]],
+              "within": [["blur 1 px", 0.0]], "clean_images": 10}
     write_json(run.parent / "shift_grid.json", {"runs": ["other_s1"], "competence": region})
     assert predict_files([normal], run)["unreliable"].iloc[0] is None  # the grid scored other runs: no region
     write_json(run.parent / "shift_grid.json", {"runs": ["final_s0"], "competence": region})
@@ -229,7 +230,8 @@ def test_the_competence_region_marks_images_unreliable_and_ships_with_the_model(
     from wbc_utils.runs import read_shipped
 
     kept = read_shipped(dest)["competence"]
-    assert kept["low"] == region["low"] and "drops" not in kept
+    assert kept["low"] == region["low"] and kept["drops"] == region["drops"] and "clean_images" not in kept
+    assert kept["measured"]["detection"] == {"darker 25%": 0.9} and kept["measured"]["false_alarms_test"] == 0.01
     assert list(predict_files([normal, dark], dest)["unreliable"]) == [False, True]
     bare = predict_files([normal], tiny_run)
     assert bare["unreliable"].iloc[0] is None and bare["unreliable_reason"].iloc[0] == NO_REGION

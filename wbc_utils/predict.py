@@ -176,10 +176,9 @@ def ood_rate(run: LoadedModel, reference: dict, split: str = "TEST", data_dir=No
             "by_energy": float(np.mean(["no class fits" in r for r in reasons]))}
 
 
-#: What a shipped model keeps of its competence region: the region and its measured rates (the grid's detail stays in
-#: the profile's ``shift_grid.json`` and the report).
-COMPETENCE_KEYS = ("statistics", "low", "high", "tolerance", "within", "beyond", "folds", "per_cell", "clean_accuracy",
-                   "false_alarms_clean", "false_alarms_simple", "lowest_detection")
+#: What a shipped model keeps of its competence region: the region, the ladder's drop per rung (on held-out TRAIN
+#: cells), and the rates the shift grid measured on TEST (its detail stays in ``shift_grid.json`` and the report).
+COMPETENCE_KEYS = ("statistics", "low", "high", "tolerance", "drops", "folds", "per_cell", "clean_accuracy")
 NO_REGION = ("no competence region: fitted by the shift grid for a lab profile's final models "
              "(`python -m wbc_utils shifts --profile best`), kept by `make ship-model`")
 
@@ -195,9 +194,16 @@ def competence_region(run: LoadedModel) -> dict | None:
     if not folder.has(PARAMS):
         return None
     grid = read_shift_grid(folder.path.parent.name, folder.path.parent.parent)
-    if grid and grid.get("competence") and folder.path.name in grid.get("runs", []):
-        return {k: grid["competence"][k] for k in COMPETENCE_KEYS if k in grid["competence"]}
-    return None
+    c = grid.get("competence") if grid else None
+    if not c or folder.path.name not in grid.get("runs", []):
+        return None
+    # in the grid's entry, "beyond" is the flag's detection per grid shift (the ladder's verdicts are in "drops")
+    return {**{k: c[k] for k in COMPETENCE_KEYS if k in c},
+            "measured": {"false_alarms_test": c.get("false_alarms_clean"),
+                         "false_alarms_test_simple": c.get("false_alarms_simple"),
+                         "detection": dict(c.get("beyond", [])), "lowest_detection": c.get("lowest_detection"),
+                         "from": f"shift grid of {folder.path.parent.name}: {grid.get('images')} images, "
+                                 f"{grid.get('models')} model(s)"}}
 
 
 def predict_arrays(run, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
