@@ -313,3 +313,10 @@ def test_grid_words_follow_the_numbers():
     g = grid_frame({"grid": grid})
     assert list(g["within 3 points"]) == ["-", "**no**", "yes"] and g["minus clean"].iloc[1].startswith("-30.0 [")
     assert flag_markdown({"grid": None}) == "" and grid_frame({"grid": None}).empty
+    # the competence flag as the grid stores it: the ladder's verdicts in "drops", its "beyond" the grid's shifts
+    grid["competence"] = {"folds": 5, "tolerance": 0.03, "drops": {"a": 0.1, "b": 0.0, "c": 0.05},
+                          "false_alarms_clean": 0.015, "false_alarms_simple": 0.01, "lowest_detection": 0.9,
+                          "beyond": [("blur 2 px", 0.9)], "within": [("JPEG q50", 0.0)]}
+    text = flag_markdown({"grid": grid})
+    assert "under 3 synthetic changes" in text and "2 of those changes were beyond it" in text
+    assert "false alarms 1.5% on clean TEST and 1.0% on TEST_SIMPLE's originals (met)" in text

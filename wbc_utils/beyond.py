@@ -94,7 +94,8 @@ def lab_table(summary) -> pd.DataFrame:
         rows.append({"design": g["design"].iloc[0], "key": g["key"].iloc[0], "folds_run": len(g),
                      "folds": int(g["folds"].iloc[0]), "fold_accuracies": acc.tolist(),
                      "fold_ids": [int(f) for f in g["fold"]],
-                     "val_accuracy": float(acc.mean()), "val_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                     "val_accuracy": float(acc.mean()),
+                     "val_sd": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),  # one fold: no spread
                      "val_min": float(acc.min()), "val_max": float(acc.max()),
                      "val_cell_accuracy": float(g["val_cell_accuracy"].mean()),
                      "val_accuracy_tta": float(g["val_accuracy_tta"].mean()) if g["val_accuracy_tta"].notna().all()
@@ -163,8 +164,8 @@ def decisions(lab, chosen: dict | None) -> list[str]:
                        "cannot rank them)")
         else:
             verdict = f"dropped: {gap:+.1f} points on average, its best fold below the pick's worst"
-        out.append(f"{row.design}: mean {100 * row.val_accuracy:.1f}% ± {100 * row.val_sd:.1f} over "
-                   f"{row.folds_run} folds (folds: {folds}) - {verdict}")
+        out.append(f"{row.design}: mean {100 * row.val_accuracy:.1f}%{_sd(row.val_sd)} over "
+                   f"{row.folds_run} fold{'s' if row.folds_run != 1 else ''} (folds: {folds}) - {verdict}")
     if chosen is not None and pick is not None and not _same_design(chosen, pick):
         out.append(f"**The final runs do not use the rule's pick** (they use {describe(chosen)}): the profile "
                    "must be updated to the pick and the final runs trained again.")
@@ -493,7 +494,7 @@ def lab_frame(res: dict):
         return pd.DataFrame()
     return pd.DataFrame({
         "candidate design": lab["design"],
-        "validation accuracy, mean ± SD over folds": [f"{_pct(r.val_accuracy)} ± {100 * r.val_sd:.1f}"
+        "validation accuracy, mean ± SD over folds": [f"{_pct(r.val_accuracy)}{_sd(r.val_sd)}"
                                                      for r in lab.itertuples()],
         "each fold": [", ".join(f"{100 * v:.1f}" for v in r.fold_accuracies) for r in lab.itertuples()],
         "with TTA": [_pct(v) for v in lab["val_accuracy_tta"]],
@@ -563,6 +564,11 @@ def verdict_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _sd(v: float) -> str:
+    """" ± SD" in points, or nothing for one fold (no spread to show)."""
+    return "" if v != v else f" ± {100 * v:.1f}"
+
+
 def flag_markdown(res: dict) -> str:
     """The shift grid and the flag against their goals, in words computed from ``shift_grid.json``."""
     g = res.get("grid")
@@ -597,11 +603,13 @@ def flag_markdown(res: dict) -> str:
     if cf and cf.get("false_alarms_clean") is not None:
         fa, fs, low = cf["false_alarms_clean"], cf.get("false_alarms_simple"), cf.get("lowest_detection")
         ok = fa <= GOALS["false_alarms"] and (fs is None or fs <= GOALS["false_alarms"])
+        # the ladder's verdicts are its drops (this entry's "beyond" lists the grid's shifts, with the flag's rates)
+        ladder_beyond = sum(d > cf["tolerance"] for d in cf.get("drops", {}).values())
         lines.append(
             f"- **The competence flag** (fitted after the model on TRAIN alone: seven image statistics against the "
             f"range where {cf.get('folds')} lab fold models of this design, reading their held-out cells under "
             f"{len(cf.get('drops', {}))} synthetic changes other than the grid's, kept their accuracy within "
-            f"{100 * cf['tolerance']:.0f} points; {len(cf.get('beyond', []))} of those changes were beyond it): "
+            f"{100 * cf['tolerance']:.0f} points; {ladder_beyond} of those changes were beyond it): "
             f"false alarms {_pct(fa)} on clean TEST" + (f" and {_pct(fs)} on TEST_SIMPLE's originals" if fs is not None
                                                         else "")
             + f" ({'met' if ok else 'not met'}); "

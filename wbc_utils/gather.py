@@ -301,5 +301,6 @@ def best_findings(best: dict) -> dict:
             "mean_simple": float(sd["simple_accuracy"].mean()) if "simple_accuracy" in sd else None,
             "train_minutes": float(sd["train_minutes"].mean()),
             "folds": int(lab["folds"].iloc[0]) if len(lab) else 0,
-            "lab": [{"design": r.design, "mean": r.val_accuracy, "sd": r.val_sd, "folds": r.fold_accuracies,
+            "lab": [{"design": r.design, "mean": r.val_accuracy, "sd": None if r.val_sd != r.val_sd else r.val_sd,
+                     "folds": r.fold_accuracies,
                      "tied": bool(r.tied)} for r in lab.itertuples()] if len(lab) else []}
