@@ -186,6 +186,8 @@ def test_predict_and_inside_notebook_run(best, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     table = pd.read_csv(__import__("io").StringIO(res.stdout))
     assert len(table) == 4 and table["predicted"].notna().all()
+    # a final model the shift grid scored carries its competence region: predict judges every image with it
+    assert table["unreliable"].notna().all() and {"ood", "unreliable_reason"} <= set(table.columns)
     old = dict(os.environ)
     os.environ.update(env)
     try:
