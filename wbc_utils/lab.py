@@ -318,8 +318,8 @@ def run_lab(profile: Profile, runs_root=None, data_dir=None, jobs: int | None = 
         minutes = float(budget_minutes if budget_minutes is not None else s.get("budget_minutes", 120))
         budget = _Budget(study, minutes, int(s.get("max_trials", 30)))
         if budget.exhausted():
-            print(f"lab: budget spent ({budget.before / 60:.0f} of {minutes:.0f} min, {len(ended(study))} trials): "
-                  "nothing to run", flush=True)
+            print(f"lab: budget spent ({budget.before / 60:.0f} of {minutes:.0f} min, {len(ended(study))} trials "
+                  "ended, those the budget stopped aside): nothing to run", flush=True)
             return write_trials(profile, runs_root, study, minutes)
         jobs = max(1, int(jobs or profile.jobs))
         os.environ[OWNER_VARIABLE] = lock.owner  # the kernels started here train under the lab's run locks
@@ -330,7 +330,8 @@ def run_lab(profile: Profile, runs_root=None, data_dir=None, jobs: int | None = 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         _search(profile, study, budget, _objective(profile, runs_root, data_dir, env, budget), jobs, runs_root)
         print(f"lab: {(time.time() - budget.t0) / 60:.0f} min this session; {budget.spent() / 60:.0f} of "
-              f"{minutes:.0f} min spent over {len(ended(study))} trials ({pdir / TRIALS})", flush=True)
+              f"{minutes:.0f} min spent; {len(ended(study))} trials ended, those the budget stopped aside "
+              f"({pdir / TRIALS})", flush=True)
         return write_trials(profile, runs_root, study, minutes)
     finally:
         for var, value in ((OWNER_VARIABLE, old_owner), (THREADS, old_threads)):
